@@ -1,0 +1,48 @@
+"""autoqnn: automatic neural-network quantization for Keras 3.
+
+Example:
+    >>> import keras, autoqnn
+    >>> inputs = keras.Input((8,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
+    >>> qmodel = autoqnn.quantize(model, weight_bits=4, activation_bits=None)
+    >>> autoqnn.quantization_report(qmodel)[1].weight_bits
+    4
+"""
+
+from autoqnn.api import quantize
+from autoqnn.config import LayerConfig, QuantizationConfig
+from autoqnn.layers import ActivationQuantizer
+from autoqnn.ptq import (
+    Observer,
+    activation_quantizers,
+    calibrate,
+    list_calibration_methods,
+    register_observer,
+)
+from autoqnn.report import LayerReport, QuantizationReport, quantization_report
+from autoqnn.rewrite.registry import Unsupported, register_handler
+from autoqnn.schemes import Scheme, get_scheme, list_schemes, register_scheme
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationQuantizer",
+    "LayerConfig",
+    "LayerReport",
+    "Observer",
+    "QuantizationConfig",
+    "QuantizationReport",
+    "Scheme",
+    "Unsupported",
+    "__version__",
+    "activation_quantizers",
+    "calibrate",
+    "get_scheme",
+    "list_calibration_methods",
+    "list_schemes",
+    "quantization_report",
+    "quantize",
+    "register_handler",
+    "register_observer",
+    "register_scheme",
+]

@@ -1,0 +1,211 @@
+"""Quantization configs: validated dataclasses and per-layer overrides.
+
+`QuantizationConfig` holds the model-wide defaults; `overrides` maps a layer
+selector to the fields that change for the layers it selects. A selector is a
+layer class (or its name, e.g. "Conv2D"), a regex matched against the whole
+layer name, or an exact layer name; later kinds win (class < regex < name).
+An override of `None` or `{"quantize": False}` keeps the layer float.
+
+Example:
+    >>> from autoqnn.config import QuantizationConfig
+    >>> cfg = QuantizationConfig(scheme="pot", weight_bits=4,
+    ...                          overrides={"dense_.*": {"weight_bits": 8}})
+    >>> cfg.for_layer("dense_1", "Dense").weight_bits
+    8
+    >>> cfg.for_layer("conv2d", "Conv2D").weight_bits
+    4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from autoqnn.schemes import GRANULARITIES, get_scheme, list_schemes
+
+LAYER_FIELDS = (
+    "quantize",
+    "scheme",
+    "weight_bits",
+    "activation_bits",
+    "activation_scheme",
+    "granularity",
+    "scheme_options",
+    "activation_options",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+    """The resolved quantization settings of one layer.
+
+    Args:
+        quantize: False keeps the layer float.
+        scheme: weight scheme name (see `autoqnn.list_schemes("weight")`).
+        weight_bits: bits of the weights.
+        activation_bits: bits of the layer's output activations (None: float).
+        activation_scheme: scheme of the activations ("uniform", "pact", ...).
+        granularity: "per_channel" or "per_tensor" for weights.
+        scheme_options: extra constructor arguments of the weight scheme.
+        activation_options: extra constructor arguments of the activation scheme.
+    """
+
+    quantize: bool = True
+    scheme: str = "uniform"
+    weight_bits: int = 8
+    activation_bits: int | None = 8
+    activation_scheme: str = "uniform"
+    granularity: str = "per_channel"
+    scheme_options: dict = dataclasses.field(default_factory=dict)
+    activation_options: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.quantize, bool):
+            raise TypeError(f"quantize must be a bool, got {self.quantize!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        for field in ("scheme_options", "activation_options"):
+            if not isinstance(getattr(self, field), dict):
+                raise TypeError(f"{field} must be a dict, got {getattr(self, field)!r}")
+        # Building the schemes validates names, bits and options.
+        self.weight_scheme()
+        if self.activation_bits is not None:
+            self.output_scheme()
+
+    def weight_scheme(self):
+        """The weight `Scheme` these settings describe."""
+        return _build_scheme("scheme", self.scheme, self.weight_bits, "weight",
+                             granularity=self.granularity, **self.scheme_options)
+
+    def output_scheme(self, bits=None):
+        """The activation `Scheme` (per-tensor), or None when activations stay float."""
+        bits = self.activation_bits if bits is None else bits
+        if bits is None:
+            return None
+        options = dict(self.activation_options)
+        if self.activation_scheme == "uniform":
+            options.setdefault("symmetric", False)
+        return _build_scheme("activation_scheme", self.activation_scheme, bits, "activation",
+                             **options)
+
+    def replace(self, **changes) -> LayerConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _build_scheme(argument, name, bits, kind, **options):
+    if not isinstance(name, str):
+        raise TypeError(f"{argument} must be a scheme name, got {name!r}")
+    valid = list_schemes(kind)
+    if name not in valid:
+        raise ValueError(f"{argument} must be one of {valid}, got {name!r}")
+    bits_arg = "weight_bits" if kind == "weight" else "activation_bits"
+    try:
+        return get_scheme(name, bits=bits, **options)
+    except TypeError as err:
+        if "bits" in str(err):
+            raise TypeError(f"{bits_arg}: {err}") from None
+        raise TypeError(f"{argument}={name!r}: invalid options {options}: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{bits_arg if 'bits' in str(err) else argument}: {err}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizationConfig:
+    """Model-wide quantization settings.
+
+    Args:
+        scheme, weight_bits, activation_bits, activation_scheme, granularity,
+            scheme_options, activation_options: defaults of every layer
+            (see `LayerConfig`).
+        input_bits: bits of the model-input quantizers (default:
+            `activation_bits`); e.g. 8 with 2-bit activations elsewhere.
+        fold_batchnorm: fold BatchNormalization into the preceding
+            Conv/Dense/Depthwise layer before quantizing its weights (what
+            the TFLite converter does, so exported weights stay on the grid).
+        overrides: {selector: dict of LayerConfig fields, or None for float}.
+    """
+
+    scheme: str = "uniform"
+    weight_bits: int = 8
+    activation_bits: int | None = 8
+    activation_scheme: str = "uniform"
+    granularity: str = "per_channel"
+    scheme_options: dict = dataclasses.field(default_factory=dict)
+    activation_options: dict = dataclasses.field(default_factory=dict)
+    input_bits: int | None = None
+    fold_batchnorm: bool = True
+    overrides: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        base = self.default_layer_config()  # validates the defaults
+        if self.input_bits is not None and self.activation_bits is not None:
+            base.output_scheme(self.input_bits)
+        if not isinstance(self.fold_batchnorm, bool):
+            raise TypeError(f"fold_batchnorm must be a bool, got {self.fold_batchnorm!r}")
+        if not isinstance(self.overrides, dict):
+            raise TypeError(f"config must be a dict of layer selectors, got {self.overrides!r}")
+        for selector, value in self.overrides.items():
+            if not isinstance(selector, (str, type)):
+                raise TypeError(
+                    f"config keys must be layer names, regexes or layer classes, got {selector!r}"
+                )
+            if isinstance(selector, str):
+                try:
+                    re.compile(selector)
+                except re.error as err:
+                    raise ValueError(f"config key {selector!r} is not a valid regex: {err}") from None
+            if value is None or value is False:
+                continue
+            if not isinstance(value, dict):
+                raise TypeError(f"config[{selector!r}] must be a dict or None, got {value!r}")
+            unknown = set(value) - set(LAYER_FIELDS)
+            if unknown:
+                raise ValueError(
+                    f"config[{selector!r}] has unknown keys {sorted(unknown)}; valid: {list(LAYER_FIELDS)}"
+                )
+            try:
+                base.replace(**value)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"config[{selector!r}]: {err}") from None
+
+    @property
+    def effective_input_bits(self):
+        return self.activation_bits if self.input_bits is None else self.input_bits
+
+    def default_layer_config(self) -> LayerConfig:
+        return LayerConfig(
+            scheme=self.scheme,
+            weight_bits=self.weight_bits,
+            activation_bits=self.activation_bits,
+            activation_scheme=self.activation_scheme,
+            granularity=self.granularity,
+            scheme_options=dict(self.scheme_options),
+            activation_options=dict(self.activation_options),
+        )
+
+    def matching_selectors(self, layer_name: str, layer_class) -> list:
+        """Selectors that apply to a layer, lowest priority first."""
+        class_name = layer_class if isinstance(layer_class, str) else layer_class.__name__
+        by_class, by_regex, by_name = [], [], []
+        for selector in self.overrides:
+            if isinstance(selector, type):
+                if not isinstance(layer_class, str) and issubclass(layer_class, selector):
+                    by_class.append(selector)
+            elif selector == layer_name:
+                by_name.append(selector)
+            elif selector == class_name:
+                by_class.append(selector)
+            elif re.fullmatch(selector, layer_name):
+                by_regex.append(selector)
+        return by_class + by_regex + by_name
+
+    def for_layer(self, layer_name: str, layer_class) -> LayerConfig:
+        """The resolved `LayerConfig` of one layer."""
+        config = self.default_layer_config()
+        for selector in self.matching_selectors(layer_name, layer_class):
+            value = self.overrides[selector]
+            if value is None or value is False:
+                config = config.replace(quantize=False)
+            else:
+                config = config.replace(**value)
+        return config

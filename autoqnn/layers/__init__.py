@@ -1,0 +1,36 @@
+"""Quantized Keras layers and the activation quantizer."""
+
+from autoqnn.layers.activation import ActivationQuantizer, reset_compiled_functions
+from autoqnn.layers.folded import FoldedBatchNorm
+from autoqnn.layers.quantized import (
+    QUANTIZED_LAYERS,
+    QuantConv1D,
+    QuantConv2D,
+    QuantConv2DTranspose,
+    QuantConv3D,
+    QuantDense,
+    QuantDepthwiseConv2D,
+    QuantEinsumDense,
+    QuantEmbedding,
+    QuantizedWeightsMixin,
+    QuantSeparableConv2D,
+    quantized_weight_names,
+)
+
+__all__ = [
+    "QUANTIZED_LAYERS",
+    "ActivationQuantizer",
+    "FoldedBatchNorm",
+    "QuantConv1D",
+    "QuantConv2D",
+    "QuantConv2DTranspose",
+    "QuantConv3D",
+    "QuantDense",
+    "QuantDepthwiseConv2D",
+    "QuantEinsumDense",
+    "QuantEmbedding",
+    "QuantSeparableConv2D",
+    "QuantizedWeightsMixin",
+    "quantized_weight_names",
+    "reset_compiled_functions",
+]

@@ -1,0 +1,236 @@
+"""Quantized twins of Keras' weighted layers.
+
+Each class subclasses the Keras layer it replaces (so `get_config`, shapes,
+masking and `fit` behave the same) and adds `weight_quantizers`: a mapping
+from weight name ("kernel", "depthwise_kernel", ...) to a `Scheme`. The float
+weights stay the trainable variables (QAT updates them through the STE); the
+forward pass uses their fake-quantized values. Scheme state (clip ratios,
+learned steps) is created on the layer, so it is saved with the model.
+
+Example:
+    >>> import numpy as np
+    >>> from autoqnn.layers import QuantDense
+    >>> layer = QuantDense(4, weight_quantizers={"kernel": {"name": "binary"}})
+    >>> y = layer(np.ones((2, 3), "float32"))
+    >>> len(np.unique(np.abs(np.asarray(layer.quantized_weight("kernel")))))
+    1
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from autoqnn.schemes import get_scheme, serialize_scheme
+
+QUANTIZED_LAYERS: dict[type, type] = {}
+"""Keras layer class -> its quantized subclass (filled by `_quantized`)."""
+
+
+def _quantized(keras_cls):
+    def decorator(cls):
+        QUANTIZED_LAYERS[keras_cls] = cls
+        return keras.saving.register_keras_serializable(package="autoqnn")(cls)
+
+    return decorator
+
+
+class QuantizedWeightsMixin:
+    """Adds per-weight quantizers to a Keras layer (put it first in the bases).
+
+    Subclasses list their quantizable weights and the channel axis of each in
+    `weight_channel_axes`.
+
+    Args:
+        weight_quantizers: dict weight name -> scheme (name, config dict or
+            `Scheme`). Weights not listed stay float (e.g. biases).
+        **kwargs: the Keras layer's own arguments.
+    """
+
+    weight_channel_axes: dict = {"kernel": -1}
+
+    def __init__(self, *args, weight_quantizers=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        weight_quantizers = dict(weight_quantizers or {})
+        unknown = set(weight_quantizers) - set(self.weight_channel_axes)
+        if unknown:
+            raise ValueError(
+                f"weight_quantizers of {type(self).__name__} may name "
+                f"{sorted(self.weight_channel_axes)}, got {sorted(unknown)}"
+            )
+        self.weight_quantizers = {k: get_scheme(v) for k, v in weight_quantizers.items()}
+        for attr, scheme in self.weight_quantizers.items():
+            if not scheme.supports_weights:
+                raise ValueError(
+                    f"scheme {scheme.name!r} cannot quantize weights ({attr} of {self.name!r})"
+                )
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.quantizer_state = {}
+        for attr, scheme in self.weight_quantizers.items():
+            var = getattr(self, attr)
+            self.quantizer_state[attr] = scheme.build(
+                self, attr, tuple(var.shape), self.weight_channel_axes[attr]
+            )
+
+    def quantized_weight(self, attr: str, training=False):
+        """The fake-quantized value of weight `attr` (the float weight if unquantized)."""
+        weight = getattr(self, attr)
+        scheme = self.weight_quantizers.get(attr)
+        if scheme is None:
+            return weight
+        return scheme.quantize(
+            weight,
+            self.quantizer_state[attr],
+            channel_axis=self.weight_channel_axes[attr],
+            training=bool(training),
+        )
+
+    def _bias_and_activation(self, outputs):
+        if getattr(self, "bias", None) is not None:
+            if getattr(self, "data_format", "channels_last") == "channels_first" and hasattr(
+                self, "rank"
+            ):
+                bias = ops.reshape(self.bias, (1, -1) + (1,) * self.rank)
+            else:
+                bias = self.bias
+            outputs = ops.add(outputs, bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    # Dense, EinsumDense and Embedding save only their kernel and bias (their
+    # own int8 modes); the generic Layer behaviour saves every variable,
+    # scheme state included.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+    def get_config(self):
+        config = super().get_config()
+        config["weight_quantizers"] = {
+            k: serialize_scheme(v) for k, v in self.weight_quantizers.items()
+        }
+        return config
+
+
+@_quantized(keras.layers.Dense)
+class QuantDense(QuantizedWeightsMixin, keras.layers.Dense):
+    """`keras.layers.Dense` with quantized kernel."""
+
+    def call(self, inputs, training=None):
+        return self._bias_and_activation(
+            ops.matmul(inputs, self.quantized_weight("kernel", training))
+        )
+
+
+@_quantized(keras.layers.EinsumDense)
+class QuantEinsumDense(QuantizedWeightsMixin, keras.layers.EinsumDense):
+    """`keras.layers.EinsumDense` with quantized kernel (channels: last kernel axis)."""
+
+    def call(self, inputs, training=None):
+        x = ops.einsum(self.equation, inputs, self.quantized_weight("kernel", training))
+        return self._bias_and_activation(x)
+
+
+class _QuantConvMixin(QuantizedWeightsMixin):
+    def call(self, inputs, training=None):
+        return self._bias_and_activation(
+            self.convolution_op(inputs, self.quantized_weight("kernel", training))
+        )
+
+
+@_quantized(keras.layers.Conv1D)
+class QuantConv1D(_QuantConvMixin, keras.layers.Conv1D):
+    """`keras.layers.Conv1D` with quantized kernel (per output channel)."""
+
+
+@_quantized(keras.layers.Conv2D)
+class QuantConv2D(_QuantConvMixin, keras.layers.Conv2D):
+    """`keras.layers.Conv2D` with quantized kernel (per output channel)."""
+
+
+@_quantized(keras.layers.Conv3D)
+class QuantConv3D(_QuantConvMixin, keras.layers.Conv3D):
+    """`keras.layers.Conv3D` with quantized kernel (per output channel)."""
+
+
+@_quantized(keras.layers.DepthwiseConv2D)
+class QuantDepthwiseConv2D(QuantizedWeightsMixin, keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` with quantized kernel.
+
+    Per-channel means per (input channel, multiplier) pair: the kernel axes 2
+    and 3, which together index the output channels.
+    """
+
+    weight_channel_axes = {"kernel": (2, 3)}
+
+    def call(self, inputs, training=None):
+        outputs = ops.depthwise_conv(
+            inputs,
+            self.quantized_weight("kernel", training),
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        return self._bias_and_activation(outputs)
+
+
+@_quantized(keras.layers.SeparableConv2D)
+class QuantSeparableConv2D(QuantizedWeightsMixin, keras.layers.SeparableConv2D):
+    """`keras.layers.SeparableConv2D` with quantized depthwise and pointwise kernels."""
+
+    weight_channel_axes = {"depthwise_kernel": (2, 3), "pointwise_kernel": -1}
+
+    def call(self, inputs, training=None):
+        outputs = ops.separable_conv(
+            inputs,
+            self.quantized_weight("depthwise_kernel", training),
+            self.quantized_weight("pointwise_kernel", training),
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        return self._bias_and_activation(outputs)
+
+
+@_quantized(keras.layers.Conv2DTranspose)
+class QuantConv2DTranspose(QuantizedWeightsMixin, keras.layers.Conv2DTranspose):
+    """`keras.layers.Conv2DTranspose` with quantized kernel (channels: kernel axis -2)."""
+
+    weight_channel_axes = {"kernel": -2}
+
+    def call(self, inputs, training=None):
+        outputs = ops.conv_transpose(
+            inputs,
+            self.quantized_weight("kernel", training),
+            strides=list(self.strides),
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        return self._bias_and_activation(outputs)
+
+
+@_quantized(keras.layers.Embedding)
+class QuantEmbedding(QuantizedWeightsMixin, keras.layers.Embedding):
+    """`keras.layers.Embedding` with quantized table (per-channel: per embedding dim)."""
+
+    weight_channel_axes = {"embeddings": -1}
+
+    def call(self, inputs, training=None):
+        if inputs.dtype not in ("int32", "int64"):
+            inputs = ops.cast(inputs, "int32")
+        table = self.quantized_weight("embeddings", training)
+        return ops.cast(ops.take(table, inputs, axis=0), self.compute_dtype)
+
+
+def quantized_weight_names(layer) -> list[str]:
+    """Names of the weights a quantized layer quantizes (empty for other layers)."""
+    return list(getattr(layer, "weight_quantizers", {}) or {})

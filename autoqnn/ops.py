@@ -1,0 +1,184 @@
+"""Pure quantization math on `keras.ops` tensors.
+
+Every scheme in `autoqnn.schemes` is a thin class around the functions here.
+The functions are stateless, work on any float tensor, and use the
+straight-through estimator (STE): the forward pass rounds, the backward pass
+lets the gradient through as if the rounding were the identity.
+
+Example:
+    >>> import numpy as np
+    >>> from autoqnn import ops
+    >>> x = np.array([-1.0, -0.26, 0.0, 0.4, 1.0], "float32")
+    >>> np.asarray(ops.uniform_quantize(x, -1.0, 1.0, bits=2, narrow_range=True))
+    array([-1.,  0.,  0.,  0.,  1.], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+_EPS = 1e-12
+
+
+def round_ste(x):
+    """`round(x)` (half to even) in the forward pass, identity gradient."""
+    return x + ops.stop_gradient(ops.round(x) - x)
+
+
+def floor_ste(x):
+    """`floor(x)` in the forward pass, identity gradient."""
+    return x + ops.stop_gradient(ops.floor(x) - x)
+
+
+def sign_ste(x):
+    """`sign(x)` with 0 mapped to +1 and an identity gradient clipped to |x| <= 1."""
+    s = ops.where(x >= 0, 1.0, -1.0)
+    s = ops.cast(s, x.dtype)
+    clipped = ops.clip(x, -1.0, 1.0)
+    return clipped + ops.stop_gradient(s - clipped)
+
+
+def ste(x, q):
+    """Returns `q` in the forward pass and passes the gradient straight to `x`."""
+    return x + ops.stop_gradient(q - x)
+
+
+def reduce_axes(ndim: int, channel_axis: int | tuple[int, ...] | None):
+    """Axes to reduce over so that only `channel_axis` remains (None: all axes).
+
+    Args:
+        ndim: rank of the tensor.
+        channel_axis: the axis (or axes) that index channels, or None for
+            per-tensor statistics.
+
+    Returns:
+        A tuple of axes, suitable for `keras.ops.max(..., keepdims=True)`.
+    """
+    if channel_axis is None:
+        return tuple(range(ndim))
+    keep = {a % ndim for a in np.atleast_1d(channel_axis).tolist()}
+    return tuple(a for a in range(ndim) if a not in keep)
+
+
+def abs_max(x, channel_axis=None):
+    """max(|x|) per channel (keepdims) or per tensor."""
+    return ops.max(ops.abs(x), axis=reduce_axes(len(x.shape), channel_axis), keepdims=True)
+
+
+def uniform_quantize(x, min_value, max_value, bits, narrow_range=False):
+    """Fake-quantizes `x` onto `2^bits` (or `2^bits - 1`) evenly spaced levels.
+
+    The grid spans `[min_value, max_value]`, nudged (like TensorFlow's
+    `fake_quant_with_min_max_vars`) so that 0 is exactly representable. `bits`
+    may be a Python int or a scalar tensor (a learnable bitwidth); values are
+    clipped to the range and the gradient is the STE inside the range.
+
+    Args:
+        x: float tensor.
+        min_value: broadcastable lower bound (<= 0 after nudging).
+        max_value: broadcastable upper bound (>= 0 after nudging).
+        bits: number of bits, >= 1.
+        narrow_range: drop the lowest integer level (symmetric int grids).
+
+    Returns:
+        A tensor like `x` whose values lie on the grid.
+    """
+    x = ops.convert_to_tensor(x)
+    dtype = x.dtype
+    min_value = ops.minimum(ops.cast(min_value, dtype), 0.0)
+    max_value = ops.maximum(ops.cast(max_value, dtype), 0.0)
+    bits = ops.cast(bits, dtype)
+    quant_min = 1.0 if narrow_range else 0.0
+    quant_max = ops.power(2.0, bits) - 1.0
+    scale = ops.maximum((max_value - min_value) / (quant_max - quant_min), _EPS)
+    zero_point = ops.clip(ops.round(quant_min - min_value / scale), quant_min, quant_max)
+    nudged_min = (quant_min - zero_point) * scale
+    nudged_max = (quant_max - zero_point) * scale
+    clipped = ops.clip(x, nudged_min, nudged_max)
+    q = ops.round((clipped - nudged_min) / scale) * scale + nudged_min
+    # STE inside the range; zero gradient outside (as TF's fake-quant gradient).
+    return clipped + ops.stop_gradient(q - clipped)
+
+
+def fake_quant(x, min_value, max_value, bits, narrow_range=False, channel_axis=None):
+    """Uniform fake quantization through the TFLite-convertible fake-quant op.
+
+    On the TensorFlow backend with a Python-int `bits` in [2, 16], this calls
+    `keras.quantizers.fake_quant_with_min_max_vars` (TensorFlow's
+    `FakeQuantWithMinMaxVars*`), which the TFLite converter turns into an
+    integer graph. Otherwise it falls back to `uniform_quantize`, which
+    computes the same values.
+
+    Args:
+        x: float tensor.
+        min_value: scalar or per-channel lower bound.
+        max_value: scalar or per-channel upper bound.
+        bits: Python int or tensor.
+        narrow_range: use `[1, 2^bits - 1]` instead of `[0, 2^bits - 1]`.
+        channel_axis: axis indexing channels when the bounds are per-channel.
+
+    Returns:
+        The fake-quantized tensor.
+    """
+    static_bits = isinstance(bits, (int, np.integer)) and 2 <= int(bits) <= 16
+    if static_bits and keras.backend.backend() == "tensorflow":
+        ndim = len(x.shape)
+        if channel_axis is not None and ndim > 0:
+            axis = channel_axis % ndim
+            min_value = ops.reshape(min_value, (-1,))
+            max_value = ops.reshape(max_value, (-1,))
+            if axis != ndim - 1:
+                x_t = ops.moveaxis(x, axis, -1)
+                y = keras.quantizers.fake_quant_with_min_max_vars(
+                    x_t, min_value, max_value, int(bits), narrow_range, axis=-1
+                )
+                return ops.moveaxis(y, -1, axis)
+            return keras.quantizers.fake_quant_with_min_max_vars(
+                x, min_value, max_value, int(bits), narrow_range, axis=-1
+            )
+        return keras.quantizers.fake_quant_with_min_max_vars(
+            x, ops.reshape(min_value, ()), ops.reshape(max_value, ()), int(bits), narrow_range
+        )
+    return uniform_quantize(x, min_value, max_value, bits, narrow_range)
+
+
+def nearest_level(x, levels):
+    """Maps each element of `x` to the nearest value in the sorted 1-D `levels`.
+
+    Uses `searchsorted` on the midpoints, so memory stays O(size of x) however
+    many levels there are. No gradient (wrap with `ste`).
+
+    Args:
+        x: float tensor.
+        levels: sorted 1-D array-like of candidate values.
+
+    Returns:
+        Tensor like `x` with values from `levels`.
+    """
+    levels = np.asarray(levels, dtype="float32")
+    if levels.ndim != 1 or levels.size == 0:
+        raise ValueError(f"levels must be a non-empty 1-D array, got shape {levels.shape}")
+    if levels.size == 1:
+        return ops.zeros_like(x) + levels[0]
+    mids = ops.convert_to_tensor((levels[1:] + levels[:-1]) / 2.0)
+    flat = ops.reshape(x, (-1,))
+    idx = ops.searchsorted(mids, ops.cast(flat, "float32"), side="left")
+    q = ops.take(ops.convert_to_tensor(levels), idx)
+    return ops.cast(ops.reshape(q, ops.shape(x)), x.dtype)
+
+
+def std(x, channel_axis=None):
+    """Standard deviation per channel (keepdims) or per tensor."""
+    return ops.std(x, axis=reduce_axes(len(x.shape), channel_axis), keepdims=True)
+
+
+def mean_abs(x, channel_axis=None):
+    """mean(|x|) per channel (keepdims) or per tensor."""
+    return ops.mean(ops.abs(x), axis=reduce_axes(len(x.shape), channel_axis), keepdims=True)
+
+
+def safe_scale(s):
+    """Replaces zero (or tiny) scales so divisions stay finite."""
+    return ops.maximum(s, _EPS)

@@ -1,0 +1,171 @@
+"""The per-layer quantization report: what is quantized, how, and what stayed float.
+
+Example:
+    >>> import keras, autoqnn
+    >>> inputs = keras.Input((4,))
+    >>> x = keras.layers.LayerNormalization()(keras.layers.Dense(3)(inputs))
+    >>> qmodel = autoqnn.quantize(keras.Model(inputs, x), weight_bits=4)
+    >>> [(r.name, r.status) for r in autoqnn.quantization_report(qmodel) if r.params]
+    [('dense', 'quantized'), ('layer_normalization', 'float')]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+
+from autoqnn.layers.activation import ActivationQuantizer
+from autoqnn.layers.folded import FoldedBatchNorm
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """One row of the report.
+
+    Attributes:
+        name: layer name (nested models: "outer/inner").
+        class_name: the layer's class.
+        status: "quantized" (weights quantized), "float" (weights kept
+            float: see `reason`), "activation" (an activation quantizer),
+            "folded" (a BatchNormalization folded into the previous layer),
+            or "no weights".
+        scheme: weight (or activation) scheme name.
+        weight_bits: bits of the quantized weights.
+        granularity: per_tensor / per_channel.
+        activation_bits: bits of an activation quantizer.
+        params: number of weight parameters of the layer.
+        quantized_params: how many of them are quantized.
+        size_bytes: storage at the quantized bit widths (float weights at 32 bits).
+        reason: why a weighted layer stayed float, or a note.
+    """
+
+    name: str
+    class_name: str
+    status: str
+    scheme: str | None = None
+    weight_bits: int | None = None
+    granularity: str | None = None
+    activation_bits: int | None = None
+    params: int = 0
+    quantized_params: int = 0
+    size_bytes: float = 0.0
+    reason: str = ""
+
+
+class QuantizationReport(list):
+    """A list of `LayerReport` rows with model-level summaries and a table view."""
+
+    @property
+    def float_layers(self) -> list[LayerReport]:
+        """Layers with weights that stayed float."""
+        return [r for r in self if r.status == "float"]
+
+    @property
+    def size_bytes(self) -> float:
+        return float(sum(r.size_bytes for r in self))
+
+    @property
+    def weight_bits_avg(self) -> float:
+        """Average bits of the quantized weight parameters (0 if none)."""
+        q = sum(r.quantized_params for r in self)
+        return float(sum(r.quantized_params * (r.weight_bits or 0) for r in self) / q) if q else 0.0
+
+    @property
+    def uncalibrated(self) -> list[str]:
+        return [r.name for r in self if r.status == "activation" and "not calibrated" in r.reason]
+
+    def to_dicts(self) -> list[dict]:
+        return [dataclasses.asdict(r) for r in self]
+
+    def __str__(self):
+        header = ("layer", "class", "status", "scheme", "w bits", "granularity", "a bits",
+                  "params", "note")
+        rows = [header] + [
+            (r.name, r.class_name, r.status, r.scheme or "", _fmt(r.weight_bits), r.granularity or "",
+             _fmt(r.activation_bits), str(r.params), r.reason)
+            for r in self
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(
+            f"total: {self.size_bytes / 1024:.1f} KiB, average weight bits "
+            f"{self.weight_bits_avg:.2f}, float weighted layers: {len(self.float_layers)}"
+        )
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _fmt(v):
+    return "" if v is None else str(v)
+
+
+def quantization_report(model, float_reasons: dict | None = None) -> QuantizationReport:
+    """Builds the report of a (quantized) model; works on loaded `.keras` models too.
+
+    Args:
+        model: a Keras model.
+        float_reasons: optional `{layer name: reason}` recorded by the rewrite
+            (`quantize` attaches its own report as `model.autoqnn_report`).
+
+    Returns:
+        A `QuantizationReport`.
+    """
+    float_reasons = float_reasons or {}
+    report = QuantizationReport()
+    _collect(model, "", float_reasons, report)
+    return report
+
+
+def _collect(model, prefix, reasons, report):
+    for layer in model.layers:
+        name = prefix + layer.name
+        if isinstance(layer, keras.Model):
+            _collect(layer, name + "/", reasons, report)
+            continue
+        report.append(_layer_row(layer, name, reasons))
+
+
+def _count(variable):
+    return int(np.prod(variable.shape)) if len(variable.shape) else 1
+
+
+def _layer_row(layer, name, reasons):
+    cls = type(layer).__name__
+    if isinstance(layer, ActivationQuantizer):
+        calibrated = layer.is_calibrated
+        rng = layer.get_range()
+        note = f"range [{rng[0]:.4g}, {rng[1]:.4g}]" if rng else (
+            "" if calibrated else "not calibrated: passes float values until calibrated or trained")
+        return LayerReport(name, cls, "activation", scheme=layer.scheme.name,
+                           activation_bits=layer.bits, reason=note)
+    quantizers = getattr(layer, "weight_quantizers", None)
+    weights = layer.weights
+    params = sum(_count(v) for v in weights)
+    if quantizers:
+        quantized = {id(getattr(layer, attr)): scheme for attr, scheme in quantizers.items()}
+        size, qparams = 0.0, 0
+        for v in weights:
+            scheme = quantized.get(id(v))
+            if scheme is not None:
+                size += _count(v) * scheme.storage_bits() / 8
+                qparams += _count(v)
+            else:
+                size += _count(v) * 4
+        first = next(iter(quantizers.values()))
+        bits = max(int(math.ceil(s.storage_bits())) for s in quantizers.values())
+        return LayerReport(name, cls, "quantized", scheme=first.name, weight_bits=bits,
+                           granularity=first.granularity, params=params,
+                           quantized_params=qparams, size_bytes=size,
+                           reason=", ".join(sorted(quantizers)))
+    if isinstance(layer, FoldedBatchNorm):
+        return LayerReport(name, cls, "folded",
+                           reason=f"BatchNormalization folded into {layer.folded_into}")
+    if params:
+        reason = reasons.get(name, reasons.get(layer.name, f"no quantization handler for {cls}"))
+        return LayerReport(name, cls, "float", params=params, size_bytes=params * 4.0, reason=reason)
+    return LayerReport(name, cls, "no weights")

@@ -1,0 +1,1 @@
+"""QAG: the architecture rewriter."""

@@ -1,0 +1,276 @@
+"""QAG: turns any Functional or Sequential Keras model into its quantized twin.
+
+The rewrite clones the model with `keras.models.clone_model`: a clone function
+swaps each layer that has a registered handler for its quantized twin (float
+clones for the rest), and a call function inserts `ActivationQuantizer`s on
+the model inputs and on the outputs of range-changing layers (compute layers
+with their fused BatchNorm/ReLU, Add, Concatenate, average pooling, unknown
+layers), so the graph is integer-friendly. Sequential models are rebuilt as
+Functional ones; nested models are rewritten recursively. Weights are copied
+(BatchNorm folded when asked); the input model is never modified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+from keras import tree
+
+from autoqnn.config import LayerConfig, QuantizationConfig
+from autoqnn.layers.activation import ActivationQuantizer
+from autoqnn.layers.folded import FoldedBatchNorm
+from autoqnn.layers.quantized import QuantizedWeightsMixin
+from autoqnn.rewrite import fold
+from autoqnn.rewrite.graph import ModelGraph
+from autoqnn.rewrite.registry import Unsupported, find_handler, layer_role
+
+
+@dataclasses.dataclass
+class RewriteLog:
+    """What the rewrite decided: layer name -> reason for each float weighted layer."""
+
+    float_reasons: dict = dataclasses.field(default_factory=dict)
+    folded: dict = dataclasses.field(default_factory=dict)  # bn name -> layer name
+
+
+def check_model(model, argument="model"):
+    """Raises a clear error unless `model` is a built, clonable Keras model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{argument} must be a keras.Model, got {type(model).__name__}: {model!r:.80}")
+    if not model.built or not getattr(model, "inputs", None):
+        raise ValueError(
+            f"{argument} {model.name!r} is not built: call it on data or build it with an "
+            "Input before quantizing"
+        )
+    if not isinstance(model, keras.Sequential) and not _is_functional(model):
+        raise TypeError(
+            f"{argument} {model.name!r} is a subclassed model ({type(model).__name__}), which "
+            "cannot be cloned layer by layer; rebuild it as a Functional model "
+            "(keras.Model(inputs, outputs)) or quantize its inner layers with autoqnn.layers"
+        )
+    for layer in _all_layers(model):
+        if isinstance(layer, (QuantizedWeightsMixin, ActivationQuantizer)):
+            raise ValueError(
+                f"{argument} {model.name!r} is already quantized by autoqnn (layer {layer.name!r}); "
+                "quantize the float model instead"
+            )
+
+
+def rewrite(model, config: QuantizationConfig):
+    """Returns `(quantized_model, RewriteLog)`; see the module docstring."""
+    check_model(model)
+    log = RewriteLog()
+    return _Rewriter(config, log).rewrite(model), log
+
+
+class _Rewriter:
+    def __init__(self, config: QuantizationConfig, log: RewriteLog):
+        self.config = config
+        self.log = log
+
+    def layer_config(self, layer) -> LayerConfig:
+        return self.config.for_layer(layer.name, type(layer))
+
+    def rewrite(self, model):
+        graph = ModelGraph(model)
+        folds = self._plan_folds(graph)
+        output_schemes = self._plan_output_quantizers(graph)
+        state = _CloneState(self, folds, output_schemes, graph)
+        if isinstance(model, keras.Sequential):
+            new_model = state.clone_sequential(model)
+        else:
+            inputs = tree.map_structure(
+                lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype,
+                                      name=t._keras_history.operation.name),
+                model.input,
+            )
+            new_model = keras.models.clone_model(
+                model, input_tensors=inputs, clone_function=state.clone_layer,
+                call_function=state.call_layer,
+            )
+        state.copy_weights()
+        return new_model
+
+    def _plan_folds(self, graph):
+        """`{id(bn): layer, id(layer): bn}` for each BN folded into its producer."""
+        if not self.config.fold_batchnorm:
+            return {}
+        folds = {}
+        for bn in graph.layers:
+            if not isinstance(bn, keras.layers.BatchNormalization):
+                continue
+            producers = graph.producers(bn)
+            if len(producers) != 1:
+                continue
+            layer = producers[0]
+            if graph.consumers(layer) != [bn] or graph.is_output(layer):
+                continue
+            if len(layer._inbound_nodes) != 1 or len(bn._inbound_nodes) != 1:
+                continue  # shared layers keep their BN
+            if not self.layer_config(layer).quantize or fold.can_fold(layer, bn) is not None:
+                continue
+            folds[id(bn)] = layer
+            folds[id(layer)] = bn
+            self.log.folded[bn.name] = layer.name
+        return folds
+
+    def _owner(self, graph, layer):
+        """The compute layer heading the fused chain that ends at `layer`."""
+        while layer_role(layer) == "fusable":
+            producers = graph.producers(layer)
+            if len(producers) != 1 or graph.consumers(producers[0]) != [layer]:
+                break
+            layer = producers[0]
+        return layer
+
+    def _plan_output_quantizers(self, graph):
+        """Layer id -> activation scheme for its output quantizer."""
+        plan = {}
+        for layer in graph.layers:
+            role = layer_role(layer)
+            if role in ("passthrough", "model"):
+                continue
+            owner_config = self.layer_config(self._owner(graph, layer))
+            if not owner_config.quantize or owner_config.activation_bits is None:
+                continue
+            consumers = graph.consumers(layer)
+            fused = consumers and all(
+                layer_role(c) == "fusable" and graph.producers(c) == [layer] for c in consumers
+            )
+            if fused and not graph.is_output(layer):
+                continue
+            plan[id(layer)] = owner_config.output_scheme()
+        return plan
+
+
+class _CloneState:
+    """Clone/call functions for one model level, and the weight copy after."""
+
+    def __init__(self, rewriter, folds, output_schemes, graph):
+        self.rewriter = rewriter
+        self.folds = folds
+        self.output_schemes = output_schemes
+        self.pairs = []  # (original, clone, kind)
+        self.origin = {}  # id(clone) -> original
+        self.input_quantizers = {}
+        self.used_names = {layer.name for layer in graph.layers}
+
+    def unique_name(self, base):
+        name, i = base, 1
+        while name in self.used_names:
+            name, i = f"{base}_{i}", i + 1
+        self.used_names.add(name)
+        return name
+
+    def clone_layer(self, layer):
+        config = self.rewriter.config
+        if isinstance(layer, keras.Model):
+            clone = _Rewriter(config, self.rewriter.log).rewrite(layer)
+            kind = "model"
+        elif isinstance(layer, keras.layers.BatchNormalization) and id(layer) in self.folds:
+            clone = FoldedBatchNorm(folded_into=self.folds[id(layer)].name, name=layer.name)
+            kind = "folded"
+        else:
+            clone, kind = self._quantize_or_copy(layer)
+        self.pairs.append((layer, clone, kind))
+        self.origin[id(clone)] = layer
+        return clone
+
+    def _quantize_or_copy(self, layer):
+        layer_config = self.rewriter.layer_config(layer)
+        handler = find_handler(layer)
+        reason = None
+        if handler is None:
+            reason = f"no quantization handler for {type(layer).__name__}"
+        elif not layer_config.quantize:
+            reason = "excluded by config"
+        else:
+            try:
+                clone = handler(layer, layer_config)
+                if id(layer) in self.folds:
+                    clone.use_bias = True
+                return clone, "quantized"
+            except Unsupported as err:
+                reason = str(err)
+        if layer.weights:
+            self.rewriter.log.float_reasons[layer.name] = reason
+        return layer.__class__.from_config(layer.get_config()), "float"
+
+    def call_layer(self, layer, *args, **kwargs):
+        args = tree.map_structure(self._quantize_if_model_input, args)
+        outputs = layer(*args, **kwargs)
+        original = self.origin.get(id(layer))
+        scheme = self.output_schemes.get(id(original)) if original is not None else None
+        if scheme is None:
+            return outputs
+
+        def quantize_output(tensor):
+            if not _is_float_tensor(tensor):
+                return tensor
+            name = self.unique_name(f"{original.name}_aq")
+            return ActivationQuantizer(scheme, name=name)(tensor)
+
+        return tree.map_structure(quantize_output, outputs)
+
+    def _quantize_if_model_input(self, tensor):
+        if not isinstance(tensor, keras.KerasTensor) or not _is_float_tensor(tensor):
+            return tensor
+        op = tensor._keras_history.operation
+        if not isinstance(op, keras.layers.InputLayer):
+            return tensor
+        if id(tensor) not in self.input_quantizers:
+            cfg = self.rewriter.config
+            bits = cfg.effective_input_bits
+            if bits is None:
+                self.input_quantizers[id(tensor)] = tensor
+            else:
+                scheme = cfg.default_layer_config().output_scheme(bits)
+                name = self.unique_name(f"{op.name}_aq")
+                self.input_quantizers[id(tensor)] = ActivationQuantizer(scheme, name=name)(tensor)
+        return self.input_quantizers[id(tensor)]
+
+    def clone_sequential(self, model):
+        spec = model.inputs[0]
+        x = keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=model.layers[0].name + "_input"
+                        if model.layers else "input")
+        inputs = x
+        for layer in model.layers:
+            x = self.call_layer(self.clone_layer(layer), x)
+        return keras.Model(inputs, x, name=model.name)
+
+    def copy_weights(self):
+        for original, clone, kind in self.pairs:
+            if kind in ("model", "folded"):
+                continue
+            if kind == "float":
+                clone.set_weights(original.get_weights())
+                continue
+            values = {v.name: keras.ops.convert_to_numpy(v) for v in original.weights}
+            if id(original) in self.folds:
+                weight, bias = fold.fold_batchnorm_weights(original, self.folds[id(original)])
+                values[fold.folded_weight_name(original)] = weight
+                values["bias"] = bias
+            targets = {v.name: v for v in clone.weights}
+            for name, value in values.items():
+                if name not in targets:
+                    raise RuntimeError(
+                        f"internal error: weight {name!r} of {original.name!r} has no twin in "
+                        f"{type(clone).__name__} ({sorted(targets)})"
+                    )
+                targets[name].assign(value)
+
+
+def _is_float_tensor(tensor):
+    return "float" in str(getattr(tensor, "dtype", ""))
+
+
+def _is_functional(model):
+    return hasattr(model, "_nodes_by_depth") and type(model).__name__ != "Sequential"
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
