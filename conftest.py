@@ -1,0 +1,5 @@
+"""Test-session settings: quiet TensorFlow, fixed seeds."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,0 +1,59 @@
+"""Shared benchmark plumbing: data loading and cached training of the reference models.
+
+Every benchmark trains (or reloads) the same float reference model, so numbers
+from `benchmark.py`, `bench_tuner.py` and `bench_export.py` are comparable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+
+from autoqnn.data import load_demo_subset, load_npz, shared_data_path  # noqa: E402
+from autoqnn.models import build_model  # noqa: E402
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def load_data(path=None, train_subset=None, test_subset=None):
+    """`((x_train, y_train), (x_test, y_test))` from PATH, $AUTOQNN_DATA, ../shared, or the demo subset."""
+    path = path or shared_data_path()
+    if path is None:
+        (xt, yt), (xv, yv) = load_demo_subset()
+        return (xt[:train_subset], yt[:train_subset]), (xv[:test_subset], yv[:test_subset])
+    return load_npz(path, train_subset, test_subset)
+
+
+def compile_model(model, learning_rate=1e-3):
+    model.compile(keras.optimizers.Adam(learning_rate), LOSS, metrics=["accuracy"])
+    return model
+
+
+def accuracy(model, x, y, batch_size=256) -> float:
+    compile_model(model)
+    return float(model.evaluate(x, y, batch_size=batch_size, verbose=0)[1])
+
+
+def train_reference(model_name, train, epochs=3, cache_dir="runs", seed=0, verbose=0):
+    """Trains the reference model (or reloads it from `cache_dir`).
+
+    Returns:
+        (model, seconds spent training; 0 when reloaded).
+    """
+    x, y = train
+    cache = Path(cache_dir) / f"{model_name}_e{epochs}_n{len(x)}_s{seed}.keras"
+    if cache.is_file():
+        return keras.models.load_model(cache), 0.0
+    keras.utils.set_random_seed(seed)
+    model = compile_model(build_model(model_name, x.shape[1:], int(y.max()) + 1))
+    start = time.perf_counter()
+    model.fit(x, y, epochs=epochs, batch_size=128, verbose=verbose)
+    seconds = time.perf_counter() - start
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    model.save(cache)
+    return model, seconds
