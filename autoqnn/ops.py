@@ -93,11 +93,12 @@ def uniform_quantize(x, min_value, max_value, bits, narrow_range=False):
     quant_min = 1.0 if narrow_range else 0.0
     quant_max = ops.power(2.0, bits) - 1.0
     scale = ops.maximum((max_value - min_value) / (quant_max - quant_min), _EPS)
-    zero_point = ops.clip(ops.round(quant_min - min_value / scale), quant_min, quant_max)
+    zero_point = ops.clip(ops.floor(quant_min - min_value / scale + 0.5), quant_min, quant_max)
     nudged_min = (quant_min - zero_point) * scale
     nudged_max = (quant_max - zero_point) * scale
     clipped = ops.clip(x, nudged_min, nudged_max)
-    q = ops.round((clipped - nudged_min) / scale) * scale + nudged_min
+    # floor(v + 0.5), as TensorFlow's kernel, so both paths agree on ties.
+    q = ops.floor((clipped - nudged_min) / scale + 0.5) * scale + nudged_min
     # STE inside the range; zero gradient outside (as TF's fake-quant gradient).
     return clipped + ops.stop_gradient(q - clipped)
 

@@ -55,8 +55,31 @@ class LayerReport:
     reason: str = ""
 
 
-class QuantizationReport(list):
-    """A list of `LayerReport` rows with model-level summaries and a table view."""
+class QuantizationReport:
+    """`LayerReport` rows (iterable, indexable) with model-level summaries and a table view.
+
+    Args:
+        rows: the `LayerReport`s.
+    """
+
+    def __init__(self, rows=()):
+        self.rows = list(rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.rows[index]
+
+    def get(self, name: str) -> LayerReport:
+        """The row of the layer called `name`."""
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"no layer named {name!r} in the report")
 
     @property
     def float_layers(self) -> list[LayerReport]:
@@ -116,9 +139,9 @@ def quantization_report(model, float_reasons: dict | None = None) -> Quantizatio
         A `QuantizationReport`.
     """
     float_reasons = float_reasons or {}
-    report = QuantizationReport()
-    _collect(model, "", float_reasons, report)
-    return report
+    rows = []
+    _collect(model, "", float_reasons, rows)
+    return QuantizationReport(rows)
 
 
 def _collect(model, prefix, reasons, report):

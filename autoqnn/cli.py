@@ -1,0 +1,165 @@
+"""The `autoqnn` command line: demo, quantize, info, export, schemes.
+
+Example:
+    $ autoqnn demo                     # train, quantize W8A8 and W4A4 on the bundled subset
+    $ autoqnn quantize model.keras -o q.keras --weight-bits 4 --data calib.npz
+    $ autoqnn info q.keras
+    $ autoqnn export q.keras --tflite q.tflite --packed q.aqnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _load_inputs(path, model):
+    """Calibration inputs from an .npz: x_calib, x, x_train or x_test (first found)."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: --data file not found: {str(path)!r}")
+    with np.load(path) as data:
+        key = next((k for k in ("x_calib", "x", "x_train", "x_test") if k in data.files), None)
+        if key is None:
+            raise SystemExit(
+                f"error: --data {str(path)!r} has none of x_calib, x, x_train, x_test "
+                f"(arrays: {data.files})"
+            )
+        x = data[key]
+    if x.dtype == np.uint8:
+        x = x.astype("float32") / 255.0
+    expected = len(model.inputs[0].shape)
+    if x.ndim == expected - 1:
+        x = x[..., None]
+    return x.astype("float32")
+
+
+def _load_model(path):
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: model file not found: {str(path)!r}")
+    try:
+        return keras.models.load_model(path)
+    except Exception as err:  # keras raises many types for bad files
+        raise SystemExit(f"error: cannot load {str(path)!r} as a Keras model: {err}") from None
+
+
+def cmd_demo(args):
+    from autoqnn.demo import run_demo
+
+    run_demo(out_dir=args.out, epochs=args.epochs, qat_epochs=args.qat_epochs,
+             data_path=args.data, verbose=args.verbose)
+
+
+def cmd_quantize(args):
+    import autoqnn
+
+    model = _load_model(args.model)
+    data = _load_inputs(args.data, model) if args.data else None
+    qmodel = autoqnn.quantize(
+        model,
+        scheme=args.scheme,
+        weight_bits=args.weight_bits,
+        activation_bits=None if args.activation_bits == 0 else args.activation_bits,
+        granularity=args.granularity,
+        calibration_data=data,
+        calibration_samples=args.calibration_samples,
+    )
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    qmodel.save(args.output)
+    print(qmodel.autoqnn_report)
+    print(f"saved {args.output}")
+
+
+def cmd_info(args):
+    import autoqnn
+
+    print(autoqnn.quantization_report(_load_model(args.model)))
+
+
+def cmd_export(args):
+    import autoqnn
+
+    if not (args.tflite or args.packed):
+        raise SystemExit("error: give --tflite PATH and/or --packed PATH")
+    model = _load_model(args.model)
+    data = _load_inputs(args.data, model) if args.data else None
+    if args.tflite:
+        autoqnn.export_tflite(model, args.tflite, representative_data=data)
+        print(f"wrote {args.tflite} ({Path(args.tflite).stat().st_size} bytes)")
+    if args.packed:
+        autoqnn.export_packed(model, args.packed)
+        print(f"wrote {args.packed} ({Path(args.packed).stat().st_size} bytes)")
+    print(autoqnn.export_report(model))
+
+
+def cmd_schemes(args):
+    from autoqnn.schemes import get_scheme, list_schemes
+
+    for name in list_schemes():
+        scheme_cls = type(get_scheme(name))
+        kinds = [k for k, ok in (("weights", scheme_cls.supports_weights),
+                                 ("activations", scheme_cls.supports_activations)) if ok]
+        print(f"{name:12s} bits {scheme_cls.min_bits}-{scheme_cls.max_bits:<3d} {', '.join(kinds)}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="autoqnn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train, quantize and compare on the bundled Fashion-MNIST subset")
+    demo.add_argument("--out", default="autoqnn_demo", help="folder for the .keras files")
+    demo.add_argument("--epochs", type=int, default=3, help="float training epochs")
+    demo.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs for W4A4")
+    demo.add_argument("--data", default=None, help="an .npz like ../shared/data/fashion_mnist.npz "
+                      "(default: the bundled subset)")
+    demo.add_argument("--verbose", type=int, default=1)
+    demo.set_defaults(func=cmd_demo)
+
+    quantize = sub.add_parser("quantize", help="quantize a .keras model")
+    quantize.add_argument("model")
+    quantize.add_argument("-o", "--output", required=True)
+    quantize.add_argument("--scheme", default="uniform")
+    quantize.add_argument("--weight-bits", type=int, default=8)
+    quantize.add_argument("--activation-bits", type=int, default=8, help="0 keeps activations float")
+    quantize.add_argument("--granularity", default="per_channel", choices=["per_channel", "per_tensor"])
+    quantize.add_argument("--data", help=".npz with calibration inputs (x_calib, x, x_train or x_test)")
+    quantize.add_argument("--calibration-samples", type=int, default=512)
+    quantize.set_defaults(func=cmd_quantize)
+
+    info = sub.add_parser("info", help="print the per-layer quantization report of a .keras model")
+    info.add_argument("model")
+    info.set_defaults(func=cmd_info)
+
+    export = sub.add_parser("export", help="export a quantized .keras model to TFLite / packed")
+    export.add_argument("model")
+    export.add_argument("--tflite")
+    export.add_argument("--packed")
+    export.add_argument("--data", help=".npz with representative inputs (optional)")
+    export.set_defaults(func=cmd_export)
+
+    schemes = sub.add_parser("schemes", help="list the registered quantization schemes")
+    schemes.set_defaults(func=cmd_schemes)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
