@@ -151,6 +151,11 @@ def _split_inputs(data, n_inputs):
 
 def _array_batches(data, batch_size, n_inputs, argument):
     x = _split_inputs(data, n_inputs)
+    if isinstance(x, (list, tuple)) and all(isinstance(a, np.ndarray) for a in x) \
+            and len(x) != n_inputs and n_inputs > 0 and (n_inputs > 1 or len(x) > 1):
+        raise ValueError(
+            f"{argument} gives {len(x)} input arrays but the model has {n_inputs} input(s)"
+        )
     if isinstance(x, (list, tuple)) and n_inputs > 1:
         arrays = [np.asarray(a) for a in x]
     else:

@@ -38,16 +38,16 @@ def check_model(model, argument="model"):
     """Raises a clear error unless `model` is a built, clonable Keras model."""
     if not isinstance(model, keras.Model):
         raise TypeError(f"{argument} must be a keras.Model, got {type(model).__name__}: {model!r:.80}")
-    if not model.built or not getattr(model, "inputs", None):
-        raise ValueError(
-            f"{argument} {model.name!r} is not built: call it on data or build it with an "
-            "Input before quantizing"
-        )
     if not isinstance(model, keras.Sequential) and not _is_functional(model):
         raise TypeError(
             f"{argument} {model.name!r} is a subclassed model ({type(model).__name__}), which "
             "cannot be cloned layer by layer; rebuild it as a Functional model "
             "(keras.Model(inputs, outputs)) or quantize its inner layers with autoqnn.layers"
+        )
+    if not model.built or not getattr(model, "inputs", None):
+        raise ValueError(
+            f"{argument} {model.name!r} is not built: call it on data or build it with an "
+            "Input before quantizing"
         )
     for layer in _all_layers(model):
         if isinstance(layer, (QuantizedWeightsMixin, ActivationQuantizer)):
