@@ -14,6 +14,7 @@ from autoqnn.config import LayerConfig, QuantizationConfig
 from autoqnn.layers import ActivationQuantizer
 from autoqnn.ptq import (
     Observer,
+    PTQConfig,
     activation_quantizers,
     calibrate,
     list_calibration_methods,
@@ -22,6 +23,8 @@ from autoqnn.ptq import (
 from autoqnn.report import LayerReport, QuantizationReport, quantization_report
 from autoqnn.rewrite.registry import Unsupported, register_handler
 from autoqnn.schemes import Scheme, get_scheme, list_schemes, register_scheme
+from autoqnn.search.ptq_tuner import TuneResult, tune_ptq
+from autoqnn.search.space import SearchSpace
 
 __version__ = "0.1.0"
 
@@ -30,9 +33,12 @@ __all__ = [
     "LayerConfig",
     "LayerReport",
     "Observer",
+    "PTQConfig",
     "QuantizationConfig",
     "QuantizationReport",
     "Scheme",
+    "SearchSpace",
+    "TuneResult",
     "Unsupported",
     "__version__",
     "activation_quantizers",
@@ -45,4 +51,5 @@ __all__ = [
     "register_handler",
     "register_observer",
     "register_scheme",
+    "tune_ptq",
 ]

@@ -8,7 +8,9 @@ import keras
 import numpy as np
 
 from autoqnn.config import QuantizationConfig
+from autoqnn.ptq.apply import apply_ptq, quantize_arguments
 from autoqnn.ptq.calibrate import calibrate
+from autoqnn.ptq.config import PTQConfig
 from autoqnn.report import quantization_report
 from autoqnn.rewrite.qag import check_model, rewrite
 
@@ -40,6 +42,7 @@ def quantize(
     calibration_method: str = "max",
     calibration_samples: int | None = None,
     verbose: int = 0,
+    ptq: PTQConfig | dict | None = None,
 ):
     """Returns the quantized twin of a Keras model (the input model is not changed).
 
@@ -75,9 +78,18 @@ def quantize(
             (`autoqnn.list_calibration_methods()`).
         calibration_samples: calibrate on at most this many samples.
         verbose: 1 shows progress.
+        ptq: a `PTQConfig` (or a dict of its fields): post-training
+            quantization on the uniform scheme. It sets weight_bits,
+            activation_bits, granularity, the scheme options, the
+            calibration method and samples, and the overrides of the layer
+            kinds it keeps at higher precision (`config` entries win over
+            them); then clips the weights (MSE), calibrates on
+            `calibration_data` and corrects the biases as it says. Passing
+            one of those arguments with a different value raises.
 
     Returns:
-        A new `keras.Model`; `model.autoqnn_report` holds the per-layer report.
+        A new `keras.Model`; `model.autoqnn_report` holds the per-layer report
+        (and `model.autoqnn_ptq` what the PTQ steps chose, when `ptq` is given).
 
     Raises:
         TypeError: `model` is not a Keras model, or an argument has a wrong type.
@@ -93,6 +105,30 @@ def quantize(
         (32, 4)
     """
     check_model(model)
+    if ptq is not None:
+        ptq = PTQConfig.from_dict(ptq)
+        given = {"scheme": scheme, "weight_bits": weight_bits, "activation_bits": activation_bits,
+                 "granularity": granularity, "calibration_method": calibration_method,
+                 "calibration_samples": calibration_samples,
+                 "scheme_options": scheme_options or None,
+                 "activation_options": activation_options or None}
+        defaults = {"scheme": "uniform", "weight_bits": 8, "activation_bits": 8,
+                    "granularity": "per_channel", "calibration_method": "max",
+                    "calibration_samples": None, "scheme_options": None,
+                    "activation_options": None}
+        ptq_arguments = quantize_arguments(model, ptq)
+        for name, value in given.items():
+            if value != defaults[name] and value != ptq_arguments[name]:
+                raise ValueError(
+                    f"{name}={value!r} conflicts with ptq={ptq!r}; set it in the PTQConfig "
+                    "(ptq= decides the scheme, bits, granularity and calibration)"
+                )
+        scheme, weight_bits = ptq_arguments["scheme"], ptq_arguments["weight_bits"]
+        activation_bits = ptq_arguments["activation_bits"]
+        granularity = ptq_arguments["granularity"]
+        scheme_options = ptq_arguments["scheme_options"]
+        activation_options = ptq_arguments["activation_options"]
+        config = {**ptq_arguments["config"], **(config or {})}
     qconfig = QuantizationConfig(
         scheme=scheme,
         weight_bits=weight_bits,
@@ -107,7 +143,9 @@ def quantize(
     )
     _check_finite_weights(model)
     qmodel, log = rewrite(model, qconfig)
-    if calibration_data is not None:
+    if ptq is not None:
+        qmodel.autoqnn_ptq = apply_ptq(qmodel, ptq, calibration_data, verbose=verbose)
+    elif calibration_data is not None:
         calibrate(qmodel, calibration_data, method=calibration_method,
                   num_samples=calibration_samples, verbose=verbose)
     report = quantization_report(qmodel, log.float_reasons)

@@ -1,5 +1,6 @@
-"""Post-training quantization: calibration (pluggable observers)."""
+"""Post-training quantization: observers, weight clipping, bias correction, PTQConfig."""
 
+from autoqnn.ptq.apply import apply_ptq, quantize_arguments, select_layers
 from autoqnn.ptq.calibrate import (
     MinMaxObserver,
     Observer,
@@ -8,12 +9,30 @@ from autoqnn.ptq.calibrate import (
     list_calibration_methods,
     register_observer,
 )
+from autoqnn.ptq.config import PTQConfig
+from autoqnn.ptq.observers import (
+    HistogramObserver,
+    KLObserver,
+    MSEObserver,
+    PercentileObserver,
+)
+from autoqnn.ptq.weights import correct_biases, search_weight_clips
 
 __all__ = [
+    "HistogramObserver",
+    "KLObserver",
+    "MSEObserver",
     "MinMaxObserver",
     "Observer",
+    "PTQConfig",
+    "PercentileObserver",
     "activation_quantizers",
+    "apply_ptq",
     "calibrate",
+    "correct_biases",
     "list_calibration_methods",
+    "quantize_arguments",
     "register_observer",
+    "search_weight_clips",
+    "select_layers",
 ]

@@ -90,7 +90,7 @@ def activation_quantizers(model) -> list[ActivationQuantizer]:
 
 
 def calibrate(model, data, method: str = "max", num_samples: int | None = None,
-              batch_size: int = 64, verbose: int = 0):
+              batch_size: int = 64, verbose: int = 0, observer_options: dict | None = None):
     """Sets the range of every range-based activation quantizer from data.
 
     Args:
@@ -101,6 +101,8 @@ def calibrate(model, data, method: str = "max", num_samples: int | None = None,
         num_samples: use at most this many samples (None: all).
         batch_size: batch size for arrays.
         verbose: 1 shows a progress bar.
+        observer_options: extra keyword arguments of the observer class
+            (e.g. `{"percentile": 99.9}` for "percentile").
 
     Raises:
         ValueError: unknown method, empty data, or data that does not fit.
@@ -110,8 +112,9 @@ def calibrate(model, data, method: str = "max", num_samples: int | None = None,
     quantizers = [q for q in activation_quantizers(model) if q.scheme.needs_range]
     if not quantizers:
         return
+    options = dict(observer_options or {})
     for q in quantizers:
-        q._observer = _OBSERVERS[method](q.bits, getattr(q.scheme, "symmetric", False))
+        q._observer = _OBSERVERS[method](q.bits, getattr(q.scheme, "symmetric", False), **options)
     try:
         seen = 0
         for batch in iterate_batches(model, data, batch_size, num_samples, "calibration_data",

@@ -1,0 +1,146 @@
+"""Turns a `PTQConfig` into `quantize()` settings and runs the PTQ steps after the rewrite.
+
+`quantize(model, calibration_data=x, ptq=cfg)` calls `quantize_arguments` to
+get the uniform-scheme settings and the per-layer overrides of the kept layer
+kinds, rewrites the model, then `apply_ptq`: weight clipping, activation
+calibration, bias correction, in that order (each step sees the result of the
+one before).
+
+Example:
+    >>> import keras
+    >>> from autoqnn.ptq.apply import select_layers
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3, name="stem")(inputs)
+    >>> x = keras.layers.DepthwiseConv2D(3, name="dw")(x)
+    >>> x = keras.layers.Conv2D(8, 1, name="pw")(x)
+    >>> x = keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x))
+    >>> model = keras.Model(inputs, x)
+    >>> select_layers(model, ("first", "last")), select_layers(model, ("depthwise", "pointwise"))
+    (['stem', 'head'], ['dw', 'pw'])
+"""
+
+from __future__ import annotations
+
+import keras
+
+from autoqnn.ptq.calibrate import calibrate
+from autoqnn.ptq.config import PTQConfig
+from autoqnn.ptq.weights import correct_biases, search_weight_clips
+from autoqnn.rewrite.registry import find_handler
+
+CALIBRATION_BATCH_SIZE = 256
+
+
+def weighted_layers(model) -> list:
+    """Layers with a quantization handler, in graph order (nested models flattened)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.extend(weighted_layers(layer))
+        elif layer.weights and find_handler(layer) is not None:
+            found.append(layer)
+    return found
+
+
+def _is_depthwise(layer):
+    return isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D))
+
+
+def _is_conv(layer):
+    return isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D
+                      | keras.layers.Conv2DTranspose) and not _is_depthwise(layer)
+
+
+def _is_pointwise(layer):
+    return _is_conv(layer) and all(k == 1 for k in layer.kernel_size)
+
+
+def select_layers(model, kinds) -> list[str]:
+    """Names of the model's weighted layers of the given kinds, in graph order.
+
+    Args:
+        model: a float Keras model.
+        kinds: any of "first", "last", "depthwise", "pointwise", "conv"
+            (non-depthwise convolutions), "dense" (Dense, EinsumDense).
+
+    Returns:
+        Layer names (each once).
+    """
+    layers = weighted_layers(model)
+    kinds = set(kinds)
+    selected = []
+    for i, layer in enumerate(layers):
+        if (
+            ("first" in kinds and i == 0)
+            or ("last" in kinds and i == len(layers) - 1)
+            or ("depthwise" in kinds and _is_depthwise(layer))
+            or ("pointwise" in kinds and _is_pointwise(layer))
+            or ("conv" in kinds and _is_conv(layer))
+            or ("dense" in kinds and isinstance(layer, (keras.layers.Dense,
+                                                        keras.layers.EinsumDense)))
+        ):
+            selected.append(layer.name)
+    return selected
+
+
+def quantize_arguments(model, ptq: PTQConfig) -> dict:
+    """The `quantize()` keyword arguments a PTQ config stands for.
+
+    Returns:
+        A dict with scheme, weight_bits, activation_bits, granularity,
+        scheme_options, activation_options, calibration_method,
+        calibration_samples and config (the overrides of the kept layers).
+    """
+    options = ptq.scheme_options
+    overrides = {}
+    keep = {"weight_bits": ptq.keep_bits, "activation_bits": ptq.keep_bits}
+    for name in select_layers(model, ptq.keep_layers):
+        overrides[name] = None if ptq.keep_bits is None else dict(keep)
+        if ptq.activation_bits is None and ptq.keep_bits is not None:
+            overrides[name]["activation_bits"] = None
+    return {
+        "scheme": "uniform",
+        "weight_bits": ptq.weight_bits,
+        "activation_bits": ptq.activation_bits,
+        "granularity": ptq.granularity,
+        "scheme_options": dict(options),
+        "activation_options": dict(options),
+        "calibration_method": ptq.calibration,
+        "calibration_samples": ptq.calibration_samples,
+        "config": overrides,
+    }
+
+
+def apply_ptq(qmodel, ptq: PTQConfig, calibration_data=None, verbose: int = 0) -> dict:
+    """Runs the post-rewrite PTQ steps on a quantized model, in place.
+
+    Steps: MSE weight clipping (if `ptq.weight_clipping == "mse"`),
+    activation calibration (when data is given), bias correction (if asked).
+
+    Args:
+        qmodel: the rewritten model (from `autoqnn.quantize`).
+        ptq: the recipe.
+        calibration_data: inputs for calibration and bias correction.
+        verbose: 1 shows progress.
+
+    Returns:
+        `{"weight_clips": {...}, "bias_shifts": {...}}`, what the steps chose.
+
+    Raises:
+        ValueError: bias correction without calibration data.
+    """
+    result = {"weight_clips": {}, "bias_shifts": {}}
+    if ptq.bias_correction and calibration_data is None:
+        raise ValueError("bias_correction=True needs calibration_data, got None")
+    if ptq.weight_clipping == "mse":
+        result["weight_clips"] = search_weight_clips(qmodel)
+    if calibration_data is not None:
+        options = {"percentile": ptq.percentile} if ptq.calibration == "percentile" else None
+        calibrate(qmodel, calibration_data, method=ptq.calibration,
+                  num_samples=ptq.calibration_samples, batch_size=CALIBRATION_BATCH_SIZE,
+                  verbose=verbose, observer_options=options)
+    if ptq.bias_correction:
+        result["bias_shifts"] = correct_biases(qmodel, calibration_data,
+                                               num_samples=ptq.calibration_samples,
+                                               verbose=verbose)
+    return result

@@ -1,0 +1,163 @@
+"""`PTQConfig`: the post-training quantization recipe, validated on construction.
+
+A PTQ config names every choice of a uniform-grid post-training quantization:
+how activation ranges are calibrated (and on how many samples), the grid
+(symmetric, asymmetric, symmetric with power-of-two scale), per-tensor or
+per-channel weights, the weight clipping, bias correction, the bit widths and
+which layer kinds stay at higher precision. `autoqnn.quantize(model,
+calibration_data=..., ptq=PTQConfig(...))` applies it; `autoqnn.tune_ptq`
+searches over a space of them.
+
+Example:
+    >>> from autoqnn.ptq.config import PTQConfig
+    >>> cfg = PTQConfig(weight_bits=4, calibration="kl", keep_layers="first+last")
+    >>> cfg.keep_layers
+    ('first', 'last')
+    >>> cfg.to_dict()["keep_layers"]
+    'first+last'
+    >>> PTQConfig(calibration="median")
+    Traceback (most recent call last):
+    ...
+    ValueError: calibration must be one of ['kl', 'max', 'mse', 'percentile'], got 'median'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+SCHEMES = ("symmetric", "asymmetric", "symmetric_pot")
+"""Grid variants: zero point 0; min/max with a zero point; zero point 0 and a power-of-two step."""
+GRANULARITIES = ("per_tensor", "per_channel")
+WEIGHT_CLIPPINGS = ("max", "mse")
+LAYER_KINDS = ("first", "last", "depthwise", "pointwise", "conv", "dense")
+"""Layer kinds `keep_layers` can name (see `autoqnn.ptq.apply.select_layers`)."""
+BITS = range(2, 17)
+
+
+def _check_bits(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value not in BITS:
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be an int in [2, 16]{extra}, got {value!r}")
+
+
+def _choice(name, value, options):
+    if value not in options:
+        raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
+
+
+def parse_keep_layers(value) -> tuple[str, ...]:
+    """Normalises `keep_layers`: "first+last", ("last", "first"), "none" -> sorted tuple.
+
+    Raises:
+        ValueError: an unknown kind; the message lists the valid ones.
+    """
+    if value is None or value == "" or value == "none":
+        return ()
+    if isinstance(value, str):
+        parts = value.split("+")
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        parts = list(value)
+    else:
+        raise ValueError(
+            f"keep_layers must be a '+'-joined string or a tuple of {list(LAYER_KINDS)}, "
+            f"got {value!r}"
+        )
+    for part in parts:
+        if part not in LAYER_KINDS:
+            raise ValueError(
+                f"keep_layers must name kinds in {list(LAYER_KINDS)}, got {part!r} in {value!r}"
+            )
+    return tuple(sorted(set(parts), key=LAYER_KINDS.index))
+
+
+@dataclasses.dataclass(frozen=True)
+class PTQConfig:
+    """A post-training quantization recipe (uniform integer grids).
+
+    Args:
+        weight_bits: bits of the weights, 2..16.
+        activation_bits: bits of the activations, 2..16, or None (float).
+        calibration: activation range observer: "max", "percentile", "kl"
+            (entropy) or "mse", or any method added with `register_observer`.
+        calibration_samples: calibrate on at most this many samples (None: all).
+        scheme: "symmetric", "asymmetric" or "symmetric_pot" (symmetric with a
+            power-of-two step), for weights and activations.
+        granularity: "per_channel" or "per_tensor" weights.
+        weight_clipping: "max" (range of the weights) or "mse" (per-channel
+            clip ratio minimising the weight quantization error).
+        bias_correction: subtract the mean output error that weight
+            quantization causes from each layer's bias (uses calibration data).
+        keep_layers: layer kinds kept at `keep_bits`: any of "first", "last",
+            "depthwise", "pointwise", "conv", "dense", as a tuple or a
+            "+"-joined string ("none" or "" for none).
+        keep_bits: bits of the kept layers (weights and outputs), or None to
+            keep them float.
+        percentile: the percentile used by the "percentile" observer.
+    """
+
+    weight_bits: int = 8
+    activation_bits: int | None = 8
+    calibration: str = "max"
+    calibration_samples: int | None = 1000
+    scheme: str = "asymmetric"
+    granularity: str = "per_channel"
+    weight_clipping: str = "max"
+    bias_correction: bool = False
+    keep_layers: tuple = ()
+    keep_bits: int | None = 8
+    percentile: float = 99.99
+
+    def __post_init__(self):
+        from autoqnn.ptq.calibrate import list_calibration_methods
+
+        _check_bits("weight_bits", self.weight_bits)
+        _check_bits("activation_bits", self.activation_bits, allow_none=True)
+        _check_bits("keep_bits", self.keep_bits, allow_none=True)
+        _choice("calibration", self.calibration, list_calibration_methods())
+        samples = self.calibration_samples
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
+                                    or samples < 1):
+            raise ValueError(f"calibration_samples must be a positive int or None, got {samples!r}")
+        _choice("scheme", self.scheme, SCHEMES)
+        _choice("granularity", self.granularity, GRANULARITIES)
+        _choice("weight_clipping", self.weight_clipping, WEIGHT_CLIPPINGS)
+        if not isinstance(self.bias_correction, bool):
+            raise ValueError(f"bias_correction must be a bool, got {self.bias_correction!r}")
+        object.__setattr__(self, "keep_layers", parse_keep_layers(self.keep_layers))
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) or \
+                not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be a number in (50, 100], got {self.percentile!r}")
+
+    @property
+    def scheme_options(self) -> dict:
+        """Options of the "uniform" scheme for this grid variant."""
+        return {
+            "symmetric": self.scheme != "asymmetric",
+            "power_of_two_scale": self.scheme == "symmetric_pot",
+        }
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form (keep_layers as a "+"-joined string, "none" if empty)."""
+        out = dataclasses.asdict(self)
+        out["keep_layers"] = "+".join(self.keep_layers) or "none"
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PTQConfig:
+        """Inverse of `to_dict`; unknown keys raise a ValueError naming them."""
+        if isinstance(values, cls):
+            return values
+        if not isinstance(values, dict):
+            raise ValueError(f"ptq must be a PTQConfig or a dict, got {values!r}")
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"unknown PTQConfig fields {sorted(unknown)}; valid: "
+                f"{[f.name for f in dataclasses.fields(cls)]}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes) -> PTQConfig:
+        return dataclasses.replace(self, **changes)
