@@ -50,8 +50,8 @@ def test_config_round_trip(name):
         assert get_scheme(config) == scheme
         assert get_scheme(dict(config)) == scheme  # no mutation of the input
         assert type(scheme).from_config(scheme.get_config()) == scheme
-        restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(scheme))
-        assert restored == scheme
+        serialized = keras.saving.serialize_keras_object(scheme)
+        assert keras.saving.deserialize_keras_object(serialized) == scheme
         assert repr(scheme).startswith(type(scheme).__name__)
 
 
