@@ -178,10 +178,19 @@ class _CloneState:
         return clone
 
     def _quantize_or_copy(self, layer):
+        if not isinstance(layer, keras.layers.Layer):
+            # A bare keras.ops operation in the graph (e.g. `x + 3.0`): stateless.
+            try:
+                return type(layer).from_config(layer.get_config()), "op"
+            except Exception:  # ops without a usable config are stateless: share them
+                return layer, "op"
         layer_config = self.rewriter.layer_config(layer)
         handler = find_handler(layer)
         reason = None
-        if handler is None:
+        if handler is None and isinstance(layer, keras.layers.BatchNormalization):
+            reason = ("BatchNormalization not folded (fold_batchnorm=False, or it does not "
+                      "directly follow a Conv/Dense); runs as a float per-channel affine op")
+        elif handler is None:
             reason = f"no quantization handler for {type(layer).__name__}"
         elif not layer_config.quantize:
             reason = "excluded by config"
@@ -241,7 +250,7 @@ class _CloneState:
 
     def copy_weights(self):
         for original, clone, kind in self.pairs:
-            if kind in ("model", "folded"):
+            if kind in ("model", "folded", "op"):
                 continue
             if kind == "float":
                 clone.set_weights(original.get_weights())
