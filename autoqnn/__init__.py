@@ -11,6 +11,7 @@ Example:
 
 from autoqnn.api import quantize
 from autoqnn.config import LayerConfig, QuantizationConfig
+from autoqnn.export import export_packed, export_report, export_tflite, load_packed
 from autoqnn.layers import ActivationQuantizer
 from autoqnn.ptq import (
     Observer,
@@ -43,9 +44,13 @@ __all__ = [
     "__version__",
     "activation_quantizers",
     "calibrate",
+    "export_packed",
+    "export_report",
+    "export_tflite",
     "get_scheme",
     "list_calibration_methods",
     "list_schemes",
+    "load_packed",
     "quantization_report",
     "quantize",
     "register_handler",

@@ -1,0 +1,25 @@
+"""Export of quantized models: full-integer TFLite, bit-packed `.aqnn`, export report.
+
+* `export_tflite(model, path)`: int8 graph (int4 weights where LiteRT runs them).
+* `export_packed(model, path)` / `load_packed(path)`: weights at their true bit width.
+* `export_report(model)`: per layer bits, bytes and TFLite dtype.
+"""
+
+from autoqnn.export.lowering import ExportError
+from autoqnn.export.packed import PackedExport, PackedFormatError, export_packed, load_packed
+from autoqnn.export.report import ExportReport, ExportRow, export_report
+from autoqnn.export.tflite import TFLiteExport, export_tflite, run_tflite
+
+__all__ = [
+    "ExportError",
+    "ExportReport",
+    "ExportRow",
+    "PackedExport",
+    "PackedFormatError",
+    "TFLiteExport",
+    "export_packed",
+    "export_report",
+    "export_tflite",
+    "load_packed",
+    "run_tflite",
+]

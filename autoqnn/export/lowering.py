@@ -1,0 +1,290 @@
+"""Lowering a quantized Keras model to converter-friendly fake-quant ops.
+
+The TFLite converter turns `FakeQuantWithMinMaxVars*` ops with constant
+ranges into an integer graph. The training graph of a quantized model
+computes its ranges from variables (weights, calibrated ranges, clip ratios)
+and, for some schemes, quantizes with plain math ops. This module builds,
+for each quantized layer, the constant-range fake-quant that computes the
+*same values* on the int8 (or int4) grid:
+
+* weights: `WeightPlan` holds the layer's fake-quantized weights and the
+  integer grid they embed in (`autoqnn.export.grid`); while tracing,
+  `quantized_weight` returns a constant fake-quant on that grid;
+* activations: `ActivationPlan` holds the uniform grid an
+  `ActivationQuantizer` produces (probed from the quantizer itself, so any
+  uniform-valued scheme works) and lowers it to an 8-bit fake-quant, plus a
+  clamp when the grid has fewer than 256 levels.
+
+`lowered(model, plans)` patches the layers for the duration of a trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from autoqnn.export.grid import INT4_MAX, INT8_MAX, IntGrid, channels_last, embed_in_int_grid
+from autoqnn.layers.activation import ActivationQuantizer
+from autoqnn.layers.quantized import QuantizedWeightsMixin
+
+
+class ExportError(ValueError):
+    """A model, layer or path that cannot be exported; the message names it."""
+
+
+# Layers whose LiteRT kernels take int4 weights (CONV_2D, FULLY_CONNECTED; a per-channel
+# Dense is a 1x1 CONV_2D). DEPTHWISE_CONV_2D converts to int4 but does not run in XNNPACK.
+INT4_LAYERS = ("QuantConv2D", "QuantDense")
+
+
+def iter_layers(model, prefix=""):
+    """Yields `(path, layer)` for every layer, nested models flattened ("outer/inner")."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from iter_layers(layer, prefix + layer.name + "/")
+        else:
+            yield prefix + layer.name, layer
+
+
+@dataclasses.dataclass
+class WeightPlan:
+    """How one quantized weight is exported.
+
+    Attributes:
+        layer: layer path.
+        attr: weight name ("kernel", ...).
+        values: the fake-quantized float values the Keras model uses.
+        grid: the integer grid they embed in (None: they do not).
+        container_bits: 4 or 8 (the TFLite tensor type).
+        exact: whether TFLite stores exactly `values`.
+        channel_axis: the layer's channel axis (or axes) when per-channel.
+        note: why int4 was not used, or why the values were re-quantized.
+    """
+
+    layer: str
+    attr: str
+    values: np.ndarray
+    grid: IntGrid | None
+    container_bits: int
+    exact: bool
+    channel_axis: object
+    note: str = ""
+
+    @property
+    def scale(self) -> np.ndarray:
+        """Per-channel (or `(1,)`) scales of the TFLite tensor."""
+        if self.grid is not None:
+            return self.grid.scale.astype(np.float32)
+        # Inexact: the symmetric abs-max int8 grid of the values.
+        moved, axis = channels_last(self.values, self.channel_axis)
+        amax = np.abs(moved).max(axis=None if axis is None else tuple(range(moved.ndim - 1)))
+        return np.maximum(np.atleast_1d(amax) / INT8_MAX, 1e-12).astype(np.float32)
+
+    def _axis_for(self, ndim):
+        if self.values.ndim == ndim:
+            return self.channel_axis
+        return -1  # reshaped keeping the (single) channel axis last
+
+    def fake_quant(self, shape=None):
+        """The constant fake-quant tensor reproducing `values` in a traced graph.
+
+        Args:
+            shape: reshape the constant first (same last axis), e.g. a Dense
+                kernel `(in, out)` as a 1x1 conv kernel `(1, 1, in, out)`.
+        """
+        values = self.values if shape is None else self.values.reshape(shape)
+        qmax = INT4_MAX if self.container_bits == 4 else INT8_MAX
+        moved, axis = channels_last(values, None if self.channel_axis is None
+                                    else self._axis_for(values.ndim))
+        scale = self.scale
+        lo, hi = -qmax * scale, qmax * scale
+        const = tf.constant(moved)
+        if axis is None:
+            out = tf.quantization.fake_quant_with_min_max_vars(
+                const, float(lo[0]), float(hi[0]), num_bits=self.container_bits,
+                narrow_range=True)
+        else:
+            out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                const, lo, hi, num_bits=self.container_bits, narrow_range=True)
+        if moved.shape != values.shape:  # multi-axis channels (depthwise): restore
+            out = tf.reshape(out, values.shape)
+        return out
+
+
+def plan_weights(layer_path, layer, *, int4=True, inexact="error") -> list[WeightPlan]:
+    """Export plans of the quantized weights of one layer.
+
+    Args:
+        layer_path: the layer's path (for messages).
+        layer: a `QuantizedWeightsMixin` layer.
+        int4: use int4 containers where the values fit and LiteRT runs them.
+        inexact: "error" raises when the levels do not embed in int8;
+            "requantize" re-quantizes them to int8 (≤ half an int8 step).
+
+    Returns:
+        One `WeightPlan` per quantized weight.
+    """
+    plans = []
+    for attr, scheme in layer.weight_quantizers.items():
+        values = keras.ops.convert_to_numpy(layer.quantized_weight(attr)).astype(np.float32)
+        axis = layer.weight_channel_axes[attr] if scheme.per_channel else None
+        grid = embed_in_int_grid(values, axis, INT8_MAX)
+        note = ""
+        if grid is None:
+            if inexact != "requantize":
+                raise ExportError(
+                    f"layer {layer_path!r}: the {scheme.name} levels of {attr!r} "
+                    f"({scheme!r}) do not embed exactly in the int8 grid; export with "
+                    "inexact='requantize' to re-quantize them to int8 (error <= half an int8 "
+                    "step), or use a scheme whose levels are integer multiples of one step"
+                )
+            plans.append(WeightPlan(layer_path, attr, values, None, 8, False, axis,
+                                    "levels re-quantized to int8 (not exact)"))
+            continue
+        bits = 8
+        if grid.max_abs <= INT4_MAX:
+            if not int4:
+                note = "int4 disabled: int8 container"
+            elif type(layer).__name__ not in INT4_LAYERS:
+                note = f"LiteRT has no int4 kernel for {type(layer).__name__}: int8 container"
+            else:
+                bits = 4
+        plans.append(WeightPlan(layer_path, attr, values, grid, bits, True, axis, note))
+    return plans
+
+
+@dataclasses.dataclass
+class ActivationPlan:
+    """The uniform grid of an `ActivationQuantizer` and its int8 lowering.
+
+    Attributes:
+        layer: layer path.
+        low: lowest level (a multiple of `step`; 0 is a level).
+        step: distance between levels.
+        levels: number of levels (<= 256).
+    """
+
+    layer: str
+    low: float
+    step: float
+    levels: int
+    top: float = 0.0  # the highest level as the model computes it
+
+    @property
+    def high(self) -> float:
+        return self.low + (self.levels - 1) * self.step
+
+    def __call__(self, x):
+        """8-bit fake-quant on the grid (plus a clamp for < 256 levels)."""
+        low = float(self.low)
+        top = float(self.low + 255 * self.step) if self.levels < 256 else float(self.top)
+        y = tf.quantization.fake_quant_with_min_max_vars(x, low, top, num_bits=8)
+        if self.levels < 256:
+            y = tf.minimum(y, tf.constant(self.high, y.dtype))
+            y = tf.quantization.fake_quant_with_min_max_vars(y, low, top, num_bits=8)
+        return y
+
+
+def plan_activation(layer_path, layer: ActivationQuantizer) -> ActivationPlan:
+    """Probes an activation quantizer's output levels and checks them against int8.
+
+    The quantizer is run on a dense sweep of inputs: its outputs must be
+    evenly spaced levels containing 0, at most 256 of them, reached by
+    round-to-nearest. This holds for every uniform scheme (whatever its
+    range parametrisation) and fails with a clear message otherwise.
+
+    Raises:
+        ExportError: uncalibrated quantizer or levels int8 cannot represent.
+    """
+    if not layer.is_calibrated:
+        raise ExportError(f"activation quantizer {layer_path!r} is not calibrated")
+
+    def run(x):
+        x = tf.constant(np.asarray(x, np.float32))
+        return np.asarray(layer.call(x, training=False), dtype=np.float64)
+
+    where = f"activation quantizer {layer_path!r} ({layer.scheme!r})"
+    ends = run([-1e6, 1e6])
+    low, high = float(ends[0]), float(ends[1])
+    if not (np.isfinite([low, high]).all() and abs(low) < 1e5 and abs(high) < 1e5):
+        raise ExportError(f"{where}: output range is not bounded; int8 needs a finite range")
+    if high - low <= 0:
+        raise ExportError(f"{where}: has a single output level; nothing to export")
+    pad = 0.05 * (high - low)
+    sweep = run(np.linspace(low - pad, high + pad, 1 << 17))
+    levels = np.unique(sweep)
+    if levels.size > 256:
+        raise ExportError(f"{where}: {levels.size} levels do not fit int8 (256 levels)")
+    steps = np.diff(levels)
+    step = float((levels[-1] - levels[0]) / (levels.size - 1))
+    if np.abs(steps - step).max() > 1e-3 * step or np.abs(levels / step -
+                                                            np.round(levels / step)).max() > 1e-3:
+        raise ExportError(f"{where}: levels are not evenly spaced around 0, so they have no "
+                          "int8 (affine) representation")
+    plan = ActivationPlan(layer_path, float(levels[0]), step, int(levels.size),
+                          float(levels[-1]))
+    # Check round-to-nearest between levels (and saturation outside) against the lowering.
+    offsets = step * (np.arange(8) / 8.0 - 0.5 + 1 / 16)
+    probe = (levels[:, None] + offsets[None, :]).ravel()
+    probe = np.concatenate([probe, [low - pad, high + pad]]).astype(np.float32)
+    expected = run(probe)
+    got = np.asarray(plan(tf.constant(probe)), dtype=np.float64)
+    if np.abs(expected - got).max() > 1e-3 * step:
+        raise ExportError(f"{where}: does not round to the nearest level, which int8 requires")
+    return plan
+
+
+def _patched_quantized_weight(plans):
+    def quantized_weight(attr, training=False):
+        del training
+        if attr not in plans:
+            raise ExportError(f"internal error: no export plan for weight {attr!r}")
+        return plans[attr].fake_quant()  # a new constant in each traced graph
+
+    return quantized_weight
+
+
+@contextlib.contextmanager
+def lowered(model, weight_plans: list[WeightPlan], activation_plans: list[ActivationPlan]):
+    """Context in which `model`'s quantized layers trace as constant fake-quant ops."""
+    layers = dict(iter_layers(model))
+    by_layer: dict[str, dict[str, WeightPlan]] = {}
+    for plan in weight_plans:
+        by_layer.setdefault(plan.layer, {})[plan.attr] = plan
+    patched = []
+    try:
+        for path, attrs in by_layer.items():
+            layer = layers[path]
+            object.__setattr__(layer, "quantized_weight", _patched_quantized_weight(attrs))
+            patched.append((layer, "quantized_weight"))
+        for plan in activation_plans:
+            layer = layers[plan.layer]
+            object.__setattr__(layer, "call", _activation_call(plan))
+            patched.append((layer, "call"))
+        yield
+    finally:
+        for layer, name in patched:
+            object.__delattr__(layer, name)
+
+
+def _activation_call(plan):
+    def call(inputs, training=False):
+        del training
+        return plan(inputs)
+
+    return call
+
+
+def quantized_layers(model):
+    """`(weight_layers, activation_layers)`: lists of `(path, layer)`."""
+    weights, acts = [], []
+    for path, layer in iter_layers(model):
+        if isinstance(layer, QuantizedWeightsMixin) and layer.weight_quantizers:
+            weights.append((path, layer))
+        elif isinstance(layer, ActivationQuantizer):
+            acts.append((path, layer))
+    return weights, acts

@@ -1,0 +1,372 @@
+"""The `.aqnn` format: a quantized model with weights bit-packed at their true bitwidth.
+
+`export_packed` writes, `load_packed` reads back a Keras quantized model whose
+outputs are identical to the original's. Layout (little endian)::
+
+    magic    8 bytes  b"AQNNPACK"
+    version  uint16   FORMAT_VERSION
+    flags    uint16   0
+    header   uint32   length of the zlib-compressed JSON header
+    payload  uint64   length of the payload
+    crc32    uint32   zlib.crc32 of header + payload
+    header   JSON: {"model": Keras config, "variables": [...]}
+    payload  the variables' blobs, in header order
+
+Each quantized weight is stored as its levels, in the cheapest exact form: a
+codebook for the tensor, a codebook per channel, or an integer grid with one
+`(scale, offset)` per channel; indices are packed at `ceil(log2(levels))`
+bits. Other variables (biases, ranges, clip ratios) are raw float32. A wrong
+magic, a newer version, a length that does not match the file or a checksum
+mismatch raises `PackedFormatError`: a damaged file never loads as a model.
+
+Example:
+    >>> import os, tempfile, keras, numpy as np, autoqnn
+    >>> inputs = keras.Input((8,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
+    >>> x = np.random.default_rng(0).random((16, 8), dtype=np.float32)
+    >>> qmodel = autoqnn.quantize(model, weight_bits=3, calibration_data=x)
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.aqnn")
+    >>> _ = autoqnn.export_packed(qmodel, path)
+    >>> restored = autoqnn.load_packed(path)
+    >>> bool(np.array_equal(restored.predict(x, verbose=0), qmodel.predict(x, verbose=0)))
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from autoqnn.export.bitpack import pack_bits, packed_size, unpack_bits
+from autoqnn.export.grid import channels_last, embed_in_int_grid
+from autoqnn.export.lowering import ExportError, iter_layers
+from autoqnn.layers.activation import ActivationQuantizer
+from autoqnn.layers.quantized import QuantizedWeightsMixin
+
+MAGIC = b"AQNNPACK"
+FORMAT_VERSION = 1
+_FIXED = struct.Struct("<8sHHIQI")
+
+
+class PackedFormatError(ValueError):
+    """A `.aqnn` file that is not one, is damaged, truncated or too new."""
+
+
+@dataclasses.dataclass
+class PackedExport:
+    """What `export_packed` wrote.
+
+    Attributes:
+        path: the file.
+        size_bytes: its size.
+        ideal_bytes: Σ params · bits / 8 (quantized weights at their storage
+            bits, every other variable at 32 bits).
+        tensors: per variable: path, encoding, bits, bytes, note.
+    """
+
+    path: str
+    size_bytes: int
+    ideal_bytes: float
+    tensors: list
+
+    @property
+    def overhead(self) -> float:
+        """`size_bytes / ideal_bytes - 1`."""
+        return self.size_bytes / self.ideal_bytes - 1.0 if self.ideal_bytes else 0.0
+
+
+def _bits_for(count: int) -> int:
+    return int(math.ceil(math.log2(count))) if count > 1 else 0
+
+
+def _restore(moved, shape, channel_axis):
+    """Inverse of `grid.channels_last` for an array of original `shape`."""
+    if channel_axis is None:
+        return moved.reshape(shape)
+    ndim = len(shape)
+    axes = [a % ndim for a in np.atleast_1d(channel_axis).tolist()]
+    rest = [a for a in range(ndim) if a not in axes]
+    order = rest + axes
+    arr = moved.reshape([shape[a] for a in order])
+    return np.transpose(arr, np.argsort(order))
+
+
+def encode_levels(values, channel_axis=None) -> tuple[dict, bytes]:
+    """The smallest exact encoding of a quantized tensor (see the module docstring).
+
+    Args:
+        values: float32 array of quantized values.
+        channel_axis: the layer's channel axis (or axes), or None.
+
+    Returns:
+        `(meta, blob)`: JSON-able description and the bytes.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    shape = list(values.shape)
+    candidates = []
+    levels, codes = np.unique(values, return_inverse=True)
+    bits = _bits_for(levels.size)
+    candidates.append(({"encoding": "codebook", "bits": bits, "levels": int(levels.size)},
+                       levels.astype("<f4").tobytes() + pack_bits(codes, bits)))
+    if channel_axis is not None and values.size:
+        moved, _ = channels_last(values, channel_axis)
+        flat = moved.reshape(-1, moved.shape[-1])
+        per = [np.unique(flat[:, c], return_inverse=True) for c in range(flat.shape[1])]
+        width = max(lv.size for lv, _ in per)
+        bits_c = _bits_for(width)
+        table = np.zeros((flat.shape[1], width), "<f4")
+        idx = np.zeros(flat.shape, np.int64)
+        for c, (lv, inv) in enumerate(per):
+            table[c, : lv.size] = lv
+            table[c, lv.size:] = lv[-1]
+            idx[:, c] = inv
+        candidates.append(({"encoding": "codebook_per_channel", "bits": bits_c,
+                            "levels": width, "axis": _axis_json(channel_axis)},
+                           table.tobytes() + pack_bits(idx.ravel(), bits_c)))
+        grid = embed_in_int_grid(values, channel_axis, max_int=1 << 20)
+        if grid is not None:
+            ints = grid.ints.reshape(-1, grid.ints.shape[-1]).astype(np.int64)
+            offset = ints.min(axis=0)
+            span = int((ints - offset).max(initial=0))
+            scale = grid.scale.astype("<f4")
+            rebuilt = (ints.astype(np.float32) * scale).reshape(moved.shape)
+            if np.array_equal(rebuilt.view(np.uint32), moved.view(np.uint32)):
+                bits_a = _bits_for(span + 1)
+                candidates.append((
+                    {"encoding": "affine", "bits": bits_a, "axis": _axis_json(channel_axis)},
+                    scale.tobytes() + offset.astype("<i4").tobytes()
+                    + pack_bits((ints - offset).ravel(), bits_a)))
+    meta, blob = min(candidates, key=lambda c: len(c[1]))
+    return {**meta, "shape": shape, "dtype": "float32"}, blob
+
+
+def _axis_json(axis):
+    return list(np.atleast_1d(axis).tolist())
+
+
+def _axis_from_json(axis):
+    return None if axis is None else (axis[0] if len(axis) == 1 else tuple(axis))
+
+
+def decode_levels(meta: dict, blob: bytes) -> np.ndarray:
+    """Inverse of `encode_levels`."""
+    shape = [int(s) for s in meta["shape"]]
+    count = int(np.prod(shape)) if shape else 1
+    bits = int(meta["bits"])
+    kind = meta["encoding"]
+    if kind == "raw":
+        return np.frombuffer(blob, "<f4", count=count).reshape(shape).copy()
+    if kind == "codebook":
+        n = int(meta["levels"])
+        levels = np.frombuffer(blob, "<f4", count=n)
+        codes = unpack_bits(blob[4 * n:], bits, count)
+        return levels[codes].reshape(shape)
+    axis = _axis_from_json(meta["axis"])
+    channels = _channels(shape, axis)
+    rows = count // channels
+    if kind == "codebook_per_channel":
+        width = int(meta["levels"])
+        table = np.frombuffer(blob, "<f4", count=channels * width).reshape(channels, width)
+        codes = unpack_bits(blob[4 * channels * width:], bits, count).reshape(rows, channels)
+        moved = table[np.arange(channels)[None, :], codes]
+    elif kind == "affine":
+        scale = np.frombuffer(blob, "<f4", count=channels)
+        offset = np.frombuffer(blob[4 * channels:], "<i4", count=channels).astype(np.int64)
+        codes = unpack_bits(blob[8 * channels:], bits, count).reshape(rows, channels)
+        moved = (codes.astype(np.int64) + offset).astype(np.float32) * scale
+    else:
+        raise PackedFormatError(f"unknown tensor encoding {kind!r}")
+    return _restore(moved.astype(np.float32), shape, axis)
+
+
+def _channels(shape, axis):
+    return int(np.prod([shape[a % len(shape)] for a in np.atleast_1d(axis).tolist()]))
+
+
+def blob_size(meta: dict) -> int:
+    """Bytes of a tensor's blob as described by its header entry."""
+    shape = [int(s) for s in meta["shape"]]
+    count = int(np.prod(shape)) if shape else 1
+    bits, kind = int(meta["bits"]), meta["encoding"]
+    if kind == "raw":
+        return 4 * count
+    if kind == "codebook":
+        return 4 * int(meta["levels"]) + packed_size(count, bits)
+    channels = _channels(shape, _axis_from_json(meta["axis"]))
+    if kind == "codebook_per_channel":
+        return 4 * channels * int(meta["levels"]) + packed_size(count, bits)
+    if kind == "affine":
+        return 8 * channels + packed_size(count, bits)
+    raise PackedFormatError(f"unknown tensor encoding {kind!r}")
+
+
+def _quantized_values(layer, attr, scheme):
+    """`(values, state overrides)` such that re-quantizing `values` reproduces them, or None."""
+    values = keras.ops.convert_to_numpy(layer.quantized_weight(attr)).astype(np.float32)
+    state = layer.quantizer_state.get(attr, {})
+    candidates = [{}]
+    if "clip" in state:  # a clipped grid re-derived from its own levels needs clip = 1
+        candidates.append({"clip": np.ones(tuple(state["clip"].shape), np.float32)})
+    for override in candidates:
+        trial = {**state, **{k: keras.ops.convert_to_tensor(v) for k, v in override.items()}}
+        again = scheme.quantize(keras.ops.convert_to_tensor(values), trial,
+                                channel_axis=layer.weight_channel_axes[attr], training=False)
+        if np.array_equal(keras.ops.convert_to_numpy(again), values):
+            return values, {id(state[k]): v for k, v in override.items()}
+    return None
+
+
+def export_packed(model, path) -> PackedExport:
+    """Writes `model` with its quantized weights bit-packed (see the module docstring).
+
+    Args:
+        model: a quantized Keras model (float layers are stored at 32 bits).
+        path: the `.aqnn` file.
+
+    Returns:
+        A `PackedExport` with sizes per tensor.
+
+    Raises:
+        ExportError: not a Keras model, no quantized layer, unwritable path.
+    """
+    from autoqnn.export.tflite import check_writable
+
+    path = check_writable(path)
+    if not isinstance(model, keras.Model):
+        raise ExportError(f"model must be a keras.Model, got {type(model).__name__}")
+    quantized = {}  # id(variable) -> (layer path, attr, scheme, layer)
+    for lpath, layer in iter_layers(model):
+        if isinstance(layer, QuantizedWeightsMixin):
+            for attr, scheme in layer.weight_quantizers.items():
+                quantized[id(getattr(layer, attr))] = (lpath, attr, scheme, layer)
+    if not quantized:
+        raise ExportError(f"model {model.name!r} has no quantized weights; quantize it first "
+                          "(autoqnn.quantize) or save a float model with model.save")
+    encoded, overrides = {}, {}
+    for key, (_lpath, attr, scheme, layer) in quantized.items():
+        found = _quantized_values(layer, attr, scheme)
+        if found is not None:
+            values, extra = found
+            axis = layer.weight_channel_axes[attr] if scheme.per_channel else None
+            encoded[key] = encode_levels(values, axis)
+            overrides.update(extra)
+        else:
+            note = (f"{scheme.name}: re-quantizing the stored levels does not reproduce them; "
+                    "stored float32")
+            encoded[key] = ({"encoding": "raw", "bits": 32, "note": note}, None)
+    entries, blobs, tensors, ideal = [], [], [], 0.0
+    for variable in model.weights:
+        value = np.asarray(keras.ops.convert_to_numpy(variable))
+        key = id(variable)
+        if key in overrides:
+            value = overrides[key]
+        count = int(value.size)
+        if key in encoded and encoded[key][1] is not None:
+            meta, blob = encoded[key]
+            ideal += count * quantized[key][2].storage_bits() / 8
+        else:
+            meta = {**(encoded[key][0] if key in encoded else {"encoding": "raw", "bits": 32}),
+                    "shape": list(value.shape), "dtype": str(value.dtype)}
+            if value.dtype != np.float32:
+                raise ExportError(f"variable {variable.path!r} has dtype {value.dtype}; only "
+                                  "float32 models can be packed")
+            blob = np.ascontiguousarray(value, "<f4").tobytes()
+            ideal += count * (quantized[key][2].storage_bits() / 8 if key in quantized else 4)
+        entries.append({"path": variable.path, **meta})
+        blobs.append(blob)
+        tensors.append({"path": variable.path, "encoding": meta["encoding"],
+                        "bits": meta["bits"], "bytes": len(blob), "note": meta.get("note", "")})
+    header = {"model": keras.saving.serialize_keras_object(model), "variables": entries,
+              "keras_version": keras.__version__}
+    header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+    payload = b"".join(blobs)
+    crc = zlib.crc32(payload, zlib.crc32(header_bytes))
+    data = _FIXED.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes), len(payload), crc)
+    try:
+        path.write_bytes(data + header_bytes + payload)
+    except OSError as err:
+        raise ExportError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
+    size = _FIXED.size + len(header_bytes) + len(payload)
+    return PackedExport(str(path), size, ideal, tensors)
+
+
+def read_header(data: bytes) -> tuple[dict, bytes]:
+    """Validates a `.aqnn` byte string; returns `(header, payload)`.
+
+    Raises:
+        PackedFormatError: see the module docstring.
+    """
+    if len(data) < _FIXED.size:
+        raise PackedFormatError(f"file is truncated: {len(data)} bytes, the fixed header alone "
+                                f"is {_FIXED.size}")
+    magic, version, _flags, header_len, payload_len, crc = _FIXED.unpack_from(data)
+    if magic != MAGIC:
+        raise PackedFormatError(f"not an autoqnn packed file (magic {magic!r}, expected {MAGIC!r})")
+    if version > FORMAT_VERSION or version < 1:
+        raise PackedFormatError(f"format version {version} is not supported (this autoqnn reads "
+                                f"versions 1..{FORMAT_VERSION}); upgrade autoqnn")
+    expected = _FIXED.size + header_len + payload_len
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "longer than its header says"
+        raise PackedFormatError(f"file is {what}: {len(data)} bytes, expected {expected}")
+    header_bytes = data[_FIXED.size:_FIXED.size + header_len]
+    payload = data[_FIXED.size + header_len:]
+    if zlib.crc32(payload, zlib.crc32(header_bytes)) != crc:
+        raise PackedFormatError("checksum mismatch: the file is corrupt")
+    try:
+        header = json.loads(zlib.decompress(header_bytes))
+    except (zlib.error, ValueError) as err:
+        raise PackedFormatError(f"header is unreadable: {err}") from None
+    return header, payload
+
+
+def load_packed(path) -> keras.Model:
+    """Reads a `.aqnn` file back into a Keras quantized model (identical outputs).
+
+    Args:
+        path: the file written by `export_packed`.
+
+    Returns:
+        The quantized `keras.Model` (trainable, savable as `.keras`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        PackedFormatError: not a packed file, corrupt, truncated or too new.
+    """
+    data = Path(os.fspath(path)).read_bytes()
+    header, payload = read_header(data)
+    try:
+        model = keras.saving.deserialize_keras_object(header["model"])
+        entries = header["variables"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise PackedFormatError(
+            f"{os.fspath(path)!r}: model config cannot be rebuilt: {err}") from None
+    variables = model.weights
+    if len(variables) != len(entries):
+        raise PackedFormatError(f"{os.fspath(path)!r}: {len(entries)} stored variables, the "
+                                f"rebuilt model has {len(variables)}")
+    offset = 0
+    for variable, meta in zip(variables, entries):
+        size = blob_size(meta)
+        if offset + size > len(payload) or list(variable.shape) != list(meta["shape"]):
+            raise PackedFormatError(f"{os.fspath(path)!r}: variable {meta.get('path')!r} does not "
+                                    f"match the model ({variable.path}, {variable.shape})")
+        variable.assign(decode_levels(meta, payload[offset:offset + size]))
+        offset += size
+    if offset != len(payload):
+        raise PackedFormatError(
+            f"{os.fspath(path)!r}: {len(payload) - offset} unread payload bytes")
+    for _lpath, layer in iter_layers(model):
+        if isinstance(layer, ActivationQuantizer) and layer.scheme.needs_range:
+            if float(keras.ops.convert_to_numpy(layer.range_observed)) > 0:
+                layer.set_range(*[float(keras.ops.convert_to_numpy(v))
+                                  for v in (layer.range_min, layer.range_max)])
+    return model

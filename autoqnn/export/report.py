@@ -1,0 +1,144 @@
+"""`export_report`: per layer, how a quantized model exports (bits, bytes, TFLite dtype).
+
+Example:
+    >>> import keras, numpy as np, autoqnn
+    >>> inputs = keras.Input((6,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(inputs))
+    >>> x = np.random.default_rng(0).random((16, 6), dtype=np.float32)
+    >>> qmodel = autoqnn.quantize(model, weight_bits=4, calibration_data=x)
+    >>> row = autoqnn.export_report(qmodel)[1]
+    >>> row.name, row.weight_bits  # 18 4-bit weights, 3 float biases, 3 clip ratios, row.tflite_dtype, row.packed_bytes
+    ('fc', 4, 'int4', 33.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from autoqnn.export.lowering import (
+    ExportError,
+    iter_layers,
+    plan_activation,
+    plan_weights,
+)
+from autoqnn.layers.activation import ActivationQuantizer
+from autoqnn.layers.quantized import QuantizedWeightsMixin
+
+
+@dataclasses.dataclass
+class ExportRow:
+    """How one layer exports.
+
+    Attributes:
+        name: layer path.
+        class_name: layer class.
+        kind: "weights", "activation" or "float".
+        scheme: weight or activation scheme name.
+        weight_bits: storage bits of the quantized weights (max over weights).
+        params: number of parameters of the layer.
+        packed_bytes: bytes at the true bit widths (float parameters at 32 bits).
+        tflite_dtype: "int4", "int8", "int8 (re-quantized)", "int8 activations",
+            "float32" or "not exportable".
+        exact: whether TFLite reproduces the Keras values exactly.
+        note: why int4 was not used, why the layer cannot export, etc.
+    """
+
+    name: str
+    class_name: str
+    kind: str
+    scheme: str = ""
+    weight_bits: int | None = None
+    params: int = 0
+    packed_bytes: float = 0.0
+    tflite_dtype: str = ""
+    exact: bool = True
+    note: str = ""
+
+
+class ExportReport(list):
+    """A list of `ExportRow`s with totals and a table view."""
+
+    @property
+    def packed_bytes(self) -> float:
+        return float(sum(r.packed_bytes for r in self))
+
+    @property
+    def not_exportable(self) -> list[str]:
+        return [r.name for r in self if r.tflite_dtype == "not exportable"]
+
+    def to_dicts(self) -> list[dict]:
+        return [dataclasses.asdict(r) for r in self]
+
+    def __str__(self):
+        header = ("layer", "class", "scheme", "bits", "params", "bytes", "tflite", "exact", "note")
+        rows = [header] + [
+            (r.name, r.class_name, r.scheme, "" if r.weight_bits is None else str(r.weight_bits),
+             str(r.params), f"{r.packed_bytes:.0f}", r.tflite_dtype, "yes" if r.exact else "no",
+             r.note)
+            for r in self
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"total packed: {self.packed_bytes / 1024:.1f} KiB; not exportable to "
+                     f"TFLite: {self.not_exportable or 'none'}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _count(variable):
+    size = 1
+    for dim in variable.shape:
+        size *= int(dim)
+    return size
+
+
+def export_report(model, *, int4=True) -> ExportReport:
+    """Per layer: storage bits, packed bytes and the TFLite tensor type it exports to.
+
+    Layers whose levels have no exact int8 form are listed with
+    `exact=False` ("int8 (re-quantized)": `export_tflite(..., inexact="requantize")`
+    would be needed); uncalibrated activation quantizers as "not exportable".
+
+    Args:
+        model: a quantized Keras model.
+        int4: as in `export_tflite`.
+
+    Returns:
+        An `ExportReport`.
+    """
+    report = ExportReport()
+    for path, layer in iter_layers(model):
+        cls = type(layer).__name__
+        if isinstance(layer, ActivationQuantizer):
+            row = ExportRow(path, cls, "activation", scheme=layer.scheme.name,
+                            tflite_dtype="int8 activations")
+            try:
+                plan = plan_activation(path, layer)
+                row.note = f"{plan.levels} levels, step {plan.step:.4g}"
+            except ExportError as err:
+                row.tflite_dtype, row.exact, row.note = "not exportable", False, str(err)
+            report.append(row)
+            continue
+        params = sum(_count(v) for v in layer.weights)
+        if isinstance(layer, QuantizedWeightsMixin) and layer.weight_quantizers:
+            quantized = {id(getattr(layer, a)): s for a, s in layer.weight_quantizers.items()}
+            size = sum(_count(v) * (quantized[id(v)].storage_bits() / 8 if id(v) in quantized
+                                    else 4) for v in layer.weights)
+            bits = max(int(s.storage_bits()) for s in layer.weight_quantizers.values())
+            first = next(iter(layer.weight_quantizers.values()))
+            row = ExportRow(path, cls, "weights", scheme=first.name, weight_bits=bits,
+                            params=params, packed_bytes=size)
+            plans = plan_weights(path, layer, int4=int4, inexact="requantize")
+            dtypes = sorted({f"int{p.container_bits}" for p in plans})
+            row.exact = all(p.exact for p in plans)
+            row.tflite_dtype = "/".join(dtypes) + ("" if row.exact else " (re-quantized)")
+            row.note = "; ".join(sorted({p.note for p in plans if p.note}))
+            report.append(row)
+        elif params:
+            report.append(ExportRow(path, cls, "float", params=params, packed_bytes=4.0 * params,
+                                    tflite_dtype="float32", exact=True,
+                                    note="not quantized: no int8 range unless representative_data"
+                                    " is given to export_tflite"))
+    return report

@@ -1,0 +1,332 @@
+"""`export_tflite`: a full-integer TFLite model from a quantized Keras model.
+
+Nothing is re-calibrated: the exporter lowers the model's own fake-quant
+graph (`autoqnn.export.lowering`) to constant-range `FakeQuantWithMinMaxVars`
+ops that the TFLite converter turns into int8 kernels:
+
+* weights keep exactly the values the Keras model uses: the int8 scale is
+  chosen so the b-bit grid embeds in the int8 grid (a b-bit step is the int8
+  step), and weights whose levels fit in [-7, 7] are stored as int4 tensors
+  for CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED;
+* activation ranges are the calibrated / trained ranges of the model's
+  `ActivationQuantizer`s (sub-8-bit grids keep their clamp);
+* per-channel Dense kernels are exported as a 1x1 CONV_2D (the converter
+  rejects per-channel fake-quant through FULLY_CONNECTED's kernel transpose).
+
+Example:
+    >>> import os, tempfile, keras, numpy as np, autoqnn
+    >>> inputs = keras.Input((6,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(inputs))
+    >>> x = np.random.default_rng(0).random((16, 6), dtype=np.float32)
+    >>> qmodel = autoqnn.quantize(model, weight_bits=4, calibration_data=x)
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.tflite")
+    >>> info = autoqnn.export_tflite(qmodel, path)
+    >>> info.weight_dtypes
+    {'fc/kernel': 'int4'}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from autoqnn.data import iterate_batches
+from autoqnn.export.lowering import (
+    ExportError,
+    WeightPlan,
+    iter_layers,
+    lowered,
+    plan_activation,
+    plan_weights,
+    quantized_layers,
+)
+from autoqnn.layers.quantized import QuantDense
+
+
+@dataclasses.dataclass
+class TFLiteExport:
+    """What `export_tflite` wrote.
+
+    Attributes:
+        path: the `.tflite` file.
+        size_bytes: its size.
+        weight_plans: one `WeightPlan` per exported quantized weight.
+        activation_plans: one `ActivationPlan` per activation quantizer.
+        input_quantization: `(scale, zero_point)` per model input (int8 I/O).
+        output_quantization: `(scale, zero_point)` per model output.
+    """
+
+    path: str
+    size_bytes: int
+    weight_plans: list
+    activation_plans: list
+    input_quantization: list
+    output_quantization: list
+
+    @property
+    def weight_dtypes(self) -> dict:
+        """`{"layer/weight": "int4" | "int8"}`."""
+        return {f"{p.layer}/{p.attr}": f"int{p.container_bits}" for p in self.weight_plans}
+
+
+def check_writable(path) -> Path:
+    """Returns `path` as a Path, or raises `ExportError` when it cannot be written."""
+    path = Path(os.fspath(path))
+    if path.is_dir():
+        raise ExportError(f"cannot write {str(path)!r}: it is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ExportError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ExportError(f"cannot write {str(path)!r}: permission denied")
+    return path
+
+
+def plan_model(model, *, int4=True, inexact="error"):
+    """Checks that `model` is an exportable quantized model and plans its lowering.
+
+    Returns:
+        `(weight_plans, activation_plans)`.
+
+    Raises:
+        ExportError: float (unquantized) model, uncalibrated activation
+            quantizers, or levels without an int8 representation.
+    """
+    if not isinstance(model, keras.Model):
+        raise ExportError(f"model must be a keras.Model, got {type(model).__name__}")
+    weight_layers, act_layers = quantized_layers(model)
+    if not weight_layers and not act_layers:
+        raise ExportError(
+            f"model {model.name!r} is not quantized (no autoqnn quantized layers); "
+            "quantize it first: autoqnn.quantize(model, calibration_data=...)"
+        )
+    uncalibrated = [path for path, layer in act_layers if not layer.is_calibrated]
+    if uncalibrated:
+        raise ExportError(
+            f"activation quantizers {uncalibrated} are not calibrated, so their int8 ranges are "
+            "unknown; calibrate first: autoqnn.calibrate(model, data)"
+        )
+    if inexact not in ("error", "requantize"):
+        raise ValueError(f"inexact must be 'error' or 'requantize', got {inexact!r}")
+    weight_plans = []
+    for path, layer in weight_layers:
+        weight_plans.extend(plan_weights(path, layer, int4=int4, inexact=inexact))
+    activation_plans = [plan_activation(path, layer) for path, layer in act_layers]
+    return weight_plans, activation_plans
+
+
+def _dense_as_conv(layer, plan: WeightPlan):
+    """`call` of a per-channel QuantDense as a 1x1 conv (int8 per-channel FC workaround)."""
+    units = layer.units
+
+    def call(inputs, training=None):
+        del training
+        in_dim = inputs.shape[-1]
+        kernel = plan.fake_quant(shape=(1, 1, in_dim, units))
+        lead = tf.shape(inputs)[:-1]
+        x = tf.reshape(inputs, (-1, 1, 1, in_dim))
+        y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
+        y = tf.reshape(y, tf.concat([lead, [units]], axis=0))
+        return layer._bias_and_activation(y)
+
+    return call
+
+
+def _representative(model, data):
+    def gen():
+        for batch in iterate_batches(model, data, batch_size=1, num_samples=200,
+                                     argument="representative_data"):
+            inputs = batch if isinstance(batch, (list, tuple)) else [batch]
+            yield [np.asarray(x, np.float32) for x in inputs]
+
+    return gen
+
+
+def _layer_names_in(message: str, model) -> list[str]:
+    found = []
+    for path, _layer in iter_layers(model):
+        name = path.split("/")[-1]
+        if re.search(rf"/{re.escape(name)}(_\d+)?/", message):
+            found.append(path)
+    # Keep the most specific names ("conv1_bn" over "conv1").
+    return [n for n in found if not any(o != n and o.startswith(n) for o in found)]
+
+
+def convert(model, weight_plans, activation_plans, *, representative_data=None, int8_io=True):
+    """Traces the lowered model and runs the TFLite converter; returns the flatbuffer bytes."""
+    layers = dict(iter_layers(model))
+    dense_calls = [
+        (layers[p.layer], _dense_as_conv(layers[p.layer], p))
+        for p in weight_plans
+        if isinstance(layers[p.layer], QuantDense) and p.channel_axis is not None
+    ]
+    with tempfile.TemporaryDirectory(prefix="autoqnn_export_") as tmp:
+        saved = os.path.join(tmp, "saved_model")
+        with lowered(model, weight_plans, activation_plans):
+            for layer, call in dense_calls:
+                object.__setattr__(layer, "call", call)
+            try:
+                model.export(saved, format="tf_saved_model", verbose=False)
+            finally:
+                for layer, _call in dense_calls:
+                    object.__delattr__(layer, "call")
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        if representative_data is not None:
+            converter.representative_dataset = _representative(model, representative_data)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        try:
+            return converter.convert()
+        except Exception as err:  # ConverterError and friends: name the layers
+            message = str(err)
+            names = _layer_names_in(message, model)
+            ops = sorted(set(re.findall(r"'(tf\.\w+|tfl\.\w+)' op", message)))
+            where = f"layers {names}" if names else "the model"
+            detail = next((line.strip() for line in message.splitlines() if "error:" in line),
+                          message.splitlines()[0] if message else "")
+            raise ExportError(
+                f"the TFLite converter cannot build a full-integer graph for {where}"
+                f"{' (ops ' + ', '.join(ops) + ')' if ops else ''}: "
+                f"{detail[-400:]}. Keep such layers out of the model, or pass "
+                "representative_data= to calibrate layers without a quantized range"
+            ) from None
+
+
+def float_operators(flatbuffer: bytes) -> list[tuple[str, str]]:
+    """`(op name, output tensor name)` of every operator computing in float32.
+
+    QUANTIZE / DEQUANTIZE (the float I/O ends) are not counted.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    found = []
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+            if name in ("QUANTIZE", "DEQUANTIZE"):
+                continue
+            tensors = [graph.tensors[i] for i in list(op.outputs) if i >= 0]
+            if any(t.type == schema.TensorType.FLOAT32 for t in tensors):
+                found.append((name, tensors[0].name.decode("utf-8", "replace")))
+    return found
+
+
+def export_tflite(model, path, representative_data=None, *, int8_io=True, int4=True,
+                  inexact="error") -> TFLiteExport:
+    """Writes a full-integer (int8, int4 weights where possible) `.tflite` file.
+
+    Args:
+        model: a quantized model (`autoqnn.quantize` / `search`), calibrated.
+        path: the `.tflite` file to write.
+        representative_data: optional inputs the converter calibrates with,
+            only for tensors that have no range in the model (float layers);
+            the model's own ranges are never re-calibrated.
+        int8_io: int8 model inputs and outputs (False: float32 I/O with
+            QUANTIZE/DEQUANTIZE at the ends).
+        int4: store weights whose levels fit in [-7, 7] as int4 tensors.
+        inexact: "error" (default) raises when a layer's levels do not embed
+            in int8; "requantize" re-quantizes them (error <= half a step).
+
+    Returns:
+        A `TFLiteExport`.
+
+    Raises:
+        ExportError: float model, uncalibrated quantizers, levels or layers
+            LiteRT cannot run (the message names them), unwritable path.
+    """
+    path = check_writable(path)
+    weight_plans, activation_plans = plan_model(model, int4=int4, inexact=inexact)
+    flatbuffer = convert(model, weight_plans, activation_plans,
+                         representative_data=representative_data, int8_io=int8_io)
+    float_ops = float_operators(flatbuffer)
+    if float_ops:
+        names = sorted({n for _op, tensor in float_ops for n in _layer_names_in(
+            "/" + tensor + "/", model)})
+        ops = sorted({op for op, _tensor in float_ops})
+        raise ExportError(
+            f"layers {names or [t for _o, t in float_ops][:5]} have no int8 range and stay float "
+            f"(ops {ops}), so the graph is not full-integer; quantize them (or keep them out of "
+            "the model), or pass representative_data= to let the converter calibrate them"
+        )
+    try:
+        path.write_bytes(flatbuffer)
+    except OSError as err:
+        raise ExportError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    return TFLiteExport(
+        str(path), len(flatbuffer), weight_plans, activation_plans,
+        [tuple(d["quantization"]) for d in interpreter.get_input_details()],
+        [tuple(d["quantization"]) for d in interpreter.get_output_details()],
+    )
+
+
+def run_tflite(path_or_bytes, inputs, *, num_threads=1, batch_size=1) -> np.ndarray:
+    """Runs a single-input, single-output `.tflite` model with LiteRT on float inputs.
+
+    Quantizes the inputs and dequantizes the outputs for int8 I/O models.
+
+    Args:
+        path_or_bytes: a file path or the flatbuffer bytes.
+        inputs: float array, batch first.
+        num_threads: LiteRT threads.
+        batch_size: rows per invoke.
+
+    Returns:
+        The float outputs, batch first.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    kwargs = {"num_threads": num_threads}
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        interpreter = Interpreter(model_content=bytes(path_or_bytes), **kwargs)
+    else:
+        interpreter = Interpreter(model_path=os.fspath(path_or_bytes), **kwargs)
+    inp = interpreter.get_input_details()[0]
+    inputs = np.asarray(inputs, np.float32)
+    interpreter.resize_tensor_input(inp["index"], (batch_size,) + inputs.shape[1:])
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    results = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start:start + batch_size]
+        if len(chunk) < batch_size:
+            interpreter.resize_tensor_input(inp["index"], (len(chunk),) + inputs.shape[1:])
+            interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], quantize_input(chunk, inp))
+        interpreter.invoke()
+        results.append(dequantize_output(interpreter.get_tensor(out["index"]), out))
+    return np.concatenate(results)
+
+
+def quantize_input(x, detail):
+    """Float `x` as the input tensor's dtype (int8: round to its scale and zero point)."""
+    if detail["dtype"] == np.float32:
+        return np.asarray(x, np.float32)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    q = np.round(np.asarray(x, np.float64) / scale) + zero
+    return np.clip(q, info.min, info.max).astype(detail["dtype"])
+
+
+def dequantize_output(y, detail):
+    """The float value of an output tensor."""
+    if detail["dtype"] == np.float32:
+        return np.asarray(y, np.float32)
+    scale, zero = detail["quantization"]
+    return ((np.asarray(y, np.float64) - zero) * scale).astype(np.float32)
