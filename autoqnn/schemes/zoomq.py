@@ -35,7 +35,8 @@ def zoomq_grid(x, min_value, max_value, bits):
     n = 2.0**bits
     step = qops.safe_scale((hi - lo) / n)
     k = ops.clip(ops.floor((x - lo) / step), 0.0, n - 1.0)
-    return lo + (k + 0.5) * step
+    # The clip only matters for an empty range (max = min), where q = min.
+    return ops.minimum(lo + (k + 0.5) * step, ops.maximum(hi, lo))
 
 
 def zoomq_quantize(x, bits, channel_axis=None):
