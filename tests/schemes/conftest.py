@@ -15,9 +15,7 @@ settings.register_profile(
 )
 settings.load_profile("schemes")
 
-FLOATS = st.floats(
-    min_value=-8.0, max_value=8.0, allow_nan=False, allow_subnormal=False, width=32
-)
+FLOATS = st.floats(min_value=-8.0, max_value=8.0, allow_nan=False, allow_subnormal=False, width=32)
 
 
 def weight_arrays(min_rows=2, max_rows=6, max_cols=4, nonzero=False):

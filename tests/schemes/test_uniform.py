@@ -34,6 +34,7 @@ def test_clip_state_shrinks_range():
     class Owner:
         def add_weight(self, name, shape, initializer, trainable):
             import keras
+
             return keras.Variable(np.full(shape, 0.5, "float32"), name=name, trainable=trainable)
 
     scheme = UniformScheme(bits=8)
@@ -60,8 +61,11 @@ def test_serialization_round_trip():
     assert get_scheme(serialize_scheme(s)) == s
 
 
-arrays = hnp.arrays("float32", st.tuples(st.integers(2, 6), st.integers(1, 4)),
-                    elements=st.floats(-10, 10, width=32))
+arrays = hnp.arrays(
+    "float32",
+    st.tuples(st.integers(2, 6), st.integers(1, 4)),
+    elements=st.floats(-10, 10, width=32),
+)
 
 
 @settings(max_examples=40, deadline=None)
