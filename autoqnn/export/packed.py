@@ -209,7 +209,13 @@ def blob_size(meta: dict) -> int:
 
 
 def _quantized_values(layer, attr, scheme):
-    """`(values, state overrides)` such that re-quantizing `values` reproduces them, or None."""
+    """`(values, state overrides, frozen)` for one quantized weight.
+
+    When re-quantizing the levels reproduces them (uniform grids, possibly
+    with clip = 1) the loaded layer keeps quantizing as usual; otherwise
+    (scales that are statistics of the weights) it is loaded with the weight
+    in `frozen_weights`, which uses the stored levels as they are.
+    """
     values = keras.ops.convert_to_numpy(layer.quantized_weight(attr)).astype(np.float32)
     state = layer.quantizer_state.get(attr, {})
     candidates = [{}]
@@ -220,8 +226,8 @@ def _quantized_values(layer, attr, scheme):
         again = scheme.quantize(keras.ops.convert_to_tensor(values), trial,
                                 channel_axis=layer.weight_channel_axes[attr], training=False)
         if np.array_equal(keras.ops.convert_to_numpy(again), values):
-            return values, {id(state[k]): v for k, v in override.items()}
-    return None
+            return values, {id(state[k]): v for k, v in override.items()}, False
+    return values, {}, True
 
 
 def export_packed(model, path) -> PackedExport:
@@ -250,18 +256,16 @@ def export_packed(model, path) -> PackedExport:
     if not quantized:
         raise ExportError(f"model {model.name!r} has no quantized weights; quantize it first "
                           "(autoqnn.quantize) or save a float model with model.save")
-    encoded, overrides = {}, {}
-    for key, (_lpath, attr, scheme, layer) in quantized.items():
-        found = _quantized_values(layer, attr, scheme)
-        if found is not None:
-            values, extra = found
-            axis = layer.weight_channel_axes[attr] if scheme.per_channel else None
-            encoded[key] = encode_levels(values, axis)
-            overrides.update(extra)
-        else:
-            note = (f"{scheme.name}: re-quantizing the stored levels does not reproduce them; "
-                    "stored float32")
-            encoded[key] = ({"encoding": "raw", "bits": 32, "note": note}, None)
+    encoded, overrides, frozen = {}, {}, {}
+    for key, (lpath, attr, scheme, layer) in quantized.items():
+        values, extra, freeze = _quantized_values(layer, attr, scheme)
+        axis = layer.weight_channel_axes[attr] if scheme.per_channel else None
+        meta, blob = encode_levels(values, axis)
+        if freeze:
+            frozen.setdefault(lpath, []).append(attr)
+            meta["note"] = "levels frozen on load (the scheme's scale is a weight statistic)"
+        encoded[key] = (meta, blob)
+        overrides.update(extra)
     entries, blobs, tensors, ideal = [], [], [], 0.0
     for variable in model.weights:
         value = np.asarray(keras.ops.convert_to_numpy(variable))
@@ -285,7 +289,7 @@ def export_packed(model, path) -> PackedExport:
         tensors.append({"path": variable.path, "encoding": meta["encoding"],
                         "bits": meta["bits"], "bytes": len(blob), "note": meta.get("note", "")})
     header = {"model": keras.saving.serialize_keras_object(model), "variables": entries,
-              "keras_version": keras.__version__}
+              "frozen_weights": frozen, "keras_version": keras.__version__}
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     payload = b"".join(blobs)
     crc = zlib.crc32(payload, zlib.crc32(header_bytes))
@@ -364,7 +368,10 @@ def load_packed(path) -> keras.Model:
     if offset != len(payload):
         raise PackedFormatError(
             f"{os.fspath(path)!r}: {len(payload) - offset} unread payload bytes")
-    for _lpath, layer in iter_layers(model):
+    frozen = header.get("frozen_weights", {})
+    for lpath, layer in iter_layers(model):
+        if lpath in frozen and isinstance(layer, QuantizedWeightsMixin):
+            layer.frozen_weights = sorted(set(layer.frozen_weights) | set(frozen[lpath]))
         if isinstance(layer, ActivationQuantizer) and layer.scheme.needs_range:
             if float(keras.ops.convert_to_numpy(layer.range_observed)) > 0:
                 layer.set_range(*[float(keras.ops.convert_to_numpy(v))

@@ -7,7 +7,8 @@ Example:
     >>> x = np.random.default_rng(0).random((16, 6), dtype=np.float32)
     >>> qmodel = autoqnn.quantize(model, weight_bits=4, calibration_data=x)
     >>> row = autoqnn.export_report(qmodel)[1]
-    >>> row.name, row.weight_bits  # 18 4-bit weights, 3 float biases, 3 clip ratios, row.tflite_dtype, row.packed_bytes
+    >>> # 18 weights at 4 bits, 3 float32 biases and 3 float32 clip ratios: 33 bytes
+    >>> row.name, row.weight_bits, row.tflite_dtype, row.packed_bytes
     ('fc', 4, 'int4', 33.0)
 """
 

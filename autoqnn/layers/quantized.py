@@ -44,13 +44,19 @@ class QuantizedWeightsMixin:
     Args:
         weight_quantizers: dict weight name -> scheme (name, config dict or
             `Scheme`). Weights not listed stay float (e.g. biases).
+        frozen_weights: names of quantized weights whose variable already
+            holds the quantized levels and is used as is (set by
+            `autoqnn.load_packed` for schemes whose scale is a statistic of
+            the weights, e.g. pot, so re-quantizing the levels would move
+            them). Empty by default; clear it to re-quantize on each call.
         **kwargs: the Keras layer's own arguments.
     """
 
     weight_channel_axes: dict = {"kernel": -1}
 
-    def __init__(self, *args, weight_quantizers=None, **kwargs):
+    def __init__(self, *args, weight_quantizers=None, frozen_weights=(), **kwargs):
         super().__init__(*args, **kwargs)
+        self.frozen_weights = [str(name) for name in frozen_weights]
         weight_quantizers = dict(weight_quantizers or {})
         unknown = set(weight_quantizers) - set(self.weight_channel_axes)
         if unknown:
@@ -78,7 +84,7 @@ class QuantizedWeightsMixin:
         """The fake-quantized value of weight `attr` (the float weight if unquantized)."""
         weight = getattr(self, attr)
         scheme = self.weight_quantizers.get(attr)
-        if scheme is None:
+        if scheme is None or attr in self.frozen_weights:
             return weight
         return scheme.quantize(
             weight,
@@ -114,6 +120,8 @@ class QuantizedWeightsMixin:
         config["weight_quantizers"] = {
             k: serialize_scheme(v) for k, v in self.weight_quantizers.items()
         }
+        if self.frozen_weights:
+            config["frozen_weights"] = list(self.frozen_weights)
         return config
 
 
