@@ -8,7 +8,7 @@ from hypothesis.extra import numpy as hnp
 # Deterministic, small: the whole directory must stay well under a minute on 2 cores.
 settings.register_profile(
     "schemes",
-    max_examples=30,
+    max_examples=25,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from autoqnn.layers import ActivationQuantizer, QuantConv2D, QuantDense
+from autoqnn.layers import ActivationQuantizer, QuantConv2D, QuantDense, QuantDepthwiseConv2D
 from autoqnn.schemes import (
     GRANULARITIES,
     get_scheme,
@@ -136,6 +136,13 @@ def test_weight_scheme_per_channel_in_conv(name):
     q = np.asarray(layer.quantized_weight("kernel"))
     for c in range(4):
         assert len(np.unique(q[..., c])) <= scheme.num_levels()
+    # Depthwise kernels have two channel axes (input channel, multiplier).
+    depthwise = QuantDepthwiseConv2D(3, depth_multiplier=2, weight_quantizers={"kernel": scheme})
+    assert depthwise(images).shape == (2, 4, 4, 4)
+    q = np.asarray(depthwise.quantized_weight("kernel"))
+    for i in range(2):
+        for m in range(2):
+            assert len(np.unique(q[:, :, i, m])) <= scheme.num_levels()
 
 
 @pytest.mark.parametrize("name", ACTIVATION)
