@@ -20,22 +20,30 @@ POT_LAMBDAS = (1.0, 0.9, 0.4, 0.03)
 """`alpha = lambda_b * std(w)` for b = 1..4 (the authors' port, `quantizers/potq.py`)."""
 
 _POT_MAX_STD = 4.0
+MAX_EXPONENTS = 64
+"""Cap on the number of magnitudes: 2^(b-1) up to 7 bits, 64 at 8 bits (the
+scale `alpha = 4 std / 2^63` must stay a normal float32)."""
+
+
+def pot_exponents(bits: int) -> int:
+    """Number of magnitudes `alpha * 2^k`: `min(2^(b-1), MAX_EXPONENTS)`."""
+    return min(2 ** (bits - 1), MAX_EXPONENTS)
 
 
 def pot_lambda(bits: int) -> float:
     """The `lambda_b` of `alpha = lambda_b * std(w)`.
 
-    b = 1..4 use `POT_LAMBDAS`; beyond, `lambda_b = 4 / 2^(2^(b-1) - 1)`, so the
-    largest magnitude `alpha * 2^(2^(b-1)-1)` stays at 4 standard deviations
-    (the b = 3, 4 entries of the table put it at 3.2 and 3.84).
+    b = 1..4 use `POT_LAMBDAS`; beyond, `lambda_b = 4 / 2^(E - 1)` with E the
+    number of magnitudes, so the largest magnitude `alpha * 2^(E-1)` stays at 4
+    standard deviations (the b = 3, 4 entries of the table put it at 3.2 and 3.84).
     """
     if bits <= len(POT_LAMBDAS):
         return POT_LAMBDAS[bits - 1]
-    return _POT_MAX_STD / 2.0 ** (2 ** (bits - 1) - 1)
+    return _POT_MAX_STD / 2.0 ** (pot_exponents(bits) - 1)
 
 
 def pot_grid(x, alpha, bits):
-    """Rounds `x` onto `sign(x) * alpha * 2^k`, `k = 0 .. 2^(b-1) - 1` (no STE).
+    """Rounds `x` onto `sign(x) * alpha * 2^k`, `k = 0 .. E - 1` (no STE).
 
     The exponent is `clip(round(log2(|x| / alpha)), 0, 2^(b-1) - 1)`, i.e.
     rounding in the log domain; 0 maps to `+alpha`.
@@ -43,14 +51,14 @@ def pot_grid(x, alpha, bits):
     Args:
         x: float tensor.
         alpha: positive scale, broadcastable to `x`.
-        bits: Python int; 2^(b-1) magnitudes, 2^b levels.
+        bits: Python int; E = `pot_exponents(bits)` magnitudes, 2E levels.
 
     Returns:
         Tensor like `x` on the grid.
     """
     x = ops.convert_to_tensor(x)
     alpha = ops.cast(alpha, x.dtype)
-    max_exp = float(2 ** (bits - 1) - 1)
+    max_exp = float(pot_exponents(bits) - 1)
     ratio = ops.maximum(ops.abs(x) / alpha, 2.0**-126)
     k = ops.clip(ops.round(ops.log2(ratio)), 0.0, max_exp)
     return sign_nonzero(x) * alpha * ops.power(2.0, k)
@@ -61,7 +69,7 @@ def pot_quantize(x, bits, channel_axis=None):
 
     Args:
         x: float tensor.
-        bits: Python int in [1, 6].
+        bits: Python int in [1, 8].
         channel_axis: channel axis (or axes) for per-channel scales, or None.
 
     Returns:
@@ -80,24 +88,26 @@ class PowerOfTwoScheme(Scheme):
     `4 / 2^(2^(b-1)-1)` beyond (largest level at 4 std); the exponent is
     `clip(round(log2(|w| / alpha)), 0, 2^(b-1) - 1)`, so there are 2^(b-1)
     magnitudes and 2^b levels (1 sign bit + b-1 exponent bits), no zero.
+    At 8 bits the 128 exponents would span more than float32 can hold, so the
+    count is capped at 64 magnitudes (`pot_exponents`): 128 levels, which
+    `num_levels` (and so the storage report) states.
 
     Choice: the port maps exponent 0 to `alpha / 2`, which leaves the level
     `alpha` unused and a gap `[alpha/2, 2 alpha]`; here exponent 0 is `alpha`,
     so the magnitudes are the contiguous powers `alpha * {1, 2, 4, ...}`.
-    Zero weights map to `+alpha`. Above 6 bits the dynamic range 2^(2^(b-1))
-    leaves float32, hence `max_bits = 6`.
+    Zero weights map to `+alpha`.
 
     Args:
-        bits: 1..6 (default 4).
+        bits: 1..8 (default 4).
         granularity: "per_tensor" or "per_channel" (one alpha per channel).
     """
 
     min_bits = 1
-    max_bits = 6
+    max_bits = 8
     default_bits = 4
 
     def quantize(self, x, state=None, *, channel_axis=None, bits=None, training=False):
         return pot_quantize(x, static_bits(self, bits), self.channel_axis(channel_axis))
 
     def num_levels(self, bits=None):
-        return 2 ** (self.bits if bits is None else bits)
+        return 2 * pot_exponents(self.bits if bits is None else bits)

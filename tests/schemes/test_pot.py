@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from autoqnn import ops as qops
 from autoqnn.schemes import PowerOfTwoScheme, get_scheme
-from autoqnn.schemes.pot import pot_grid, pot_lambda, pot_quantize
+from autoqnn.schemes.pot import pot_exponents, pot_grid, pot_lambda, pot_quantize
 
 from .conftest import on_grid, weight_arrays
 
@@ -14,6 +14,7 @@ from .conftest import on_grid, weight_arrays
 def test_lambda_table():
     assert [pot_lambda(b) for b in (1, 2, 3, 4)] == [1.0, 0.9, 0.4, 0.03]
     assert pot_lambda(5) == 4.0 / 2.0**15
+    assert pot_lambda(8) == 4.0 / 2.0**63 and pot_exponents(8) == 64 == pot_exponents(7)
 
 
 @pytest.mark.parametrize(
@@ -43,15 +44,15 @@ def test_ste_gradient_is_identity():
     np.testing.assert_array_equal(tape.gradient(loss, w), [[1.0, 2.0], [3.0, 4.0]])
 
 
-@given(w=weight_arrays(), bits=st.integers(1, 6))
+@given(w=weight_arrays(), bits=st.integers(1, 8))
 def test_values_on_power_of_two_grid(w, bits):
     q = np.asarray(pot_quantize(w, bits, channel_axis=None))
     alpha = float(np.asarray(qops.safe_scale(pot_lambda(bits) * qops.std(w))).ravel()[0])
-    powers = alpha * 2.0 ** np.arange(2 ** (bits - 1))
+    powers = alpha * 2.0 ** np.arange(pot_exponents(bits))
     assert on_grid(q, np.concatenate([-powers, powers]), rtol=1e-5)
 
 
-@given(w=weight_arrays(), bits=st.integers(1, 6), alpha=st.floats(0.01, 4.0))
+@given(w=weight_arrays(), bits=st.integers(1, 8), alpha=st.floats(0.01, 4.0))
 def test_grid_is_idempotent_at_fixed_scale(w, bits, alpha):
     # The scheme itself is not idempotent: alpha = lambda * std(w) changes once
     # w is quantized. With alpha held fixed the rounding is a projection.
@@ -60,6 +61,7 @@ def test_grid_is_idempotent_at_fixed_scale(w, bits, alpha):
 
 
 def test_bits_range():
-    with pytest.raises(ValueError, match=r"bits must be in \[1, 6\] for scheme 'pot', got 7"):
-        PowerOfTwoScheme(bits=7)
+    with pytest.raises(ValueError, match=r"bits must be in \[1, 8\] for scheme 'pot', got 9"):
+        PowerOfTwoScheme(bits=9)
     assert PowerOfTwoScheme(bits=3).num_levels() == 8
+    assert PowerOfTwoScheme(bits=8).num_levels() == 128  # capped: 64 exponents
