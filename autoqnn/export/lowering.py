@@ -36,9 +36,14 @@ class ExportError(ValueError):
     """A model, layer or path that cannot be exported; the message names it."""
 
 
-# Layers whose LiteRT kernels take int4 weights (CONV_2D, FULLY_CONNECTED; a per-channel
-# Dense is a 1x1 CONV_2D). DEPTHWISE_CONV_2D converts to int4 but does not run in XNNPACK.
-INT4_LAYERS = ("QuantConv2D", "QuantDense")
+# int4 weights. LiteRT's XNNPACK delegate runs int4 FULLY_CONNECTED (and the 1x1
+# CONV_2D of a per-channel Dense) with the same rounding as the fake-quant
+# graph; int4 CONV_2D / DEPTHWISE_CONV_2D fall back to LiteRT's builtin kernels,
+# whose fixed-point rounding differs at ties and drifts by a few output steps
+# through a network. So int4=True uses int4 for Dense kernels only and
+# int4="all" for convolutions too.
+INT4_LAYERS = {True: ("QuantDense",),
+               "all": ("QuantDense", "QuantConv2D", "QuantDepthwiseConv2D")}
 
 
 def iter_layers(model, prefix=""):
@@ -121,13 +126,17 @@ def plan_weights(layer_path, layer, *, int4=True, inexact="error") -> list[Weigh
     Args:
         layer_path: the layer's path (for messages).
         layer: a `QuantizedWeightsMixin` layer.
-        int4: use int4 containers where the values fit and LiteRT runs them.
+        int4: True: int4 tensors for Dense kernels whose levels fit in
+            [-7, 7]; "all": for convolutions too (builtin LiteRT kernels,
+            not bit-exact); False: int8 containers only.
         inexact: "error" raises when the levels do not embed in int8;
             "requantize" re-quantizes them to int8 (≤ half an int8 step).
 
     Returns:
         One `WeightPlan` per quantized weight.
     """
+    if int4 not in INT4_LAYERS and int4 is not False:
+        raise ValueError(f"int4 must be True, False or 'all', got {int4!r}")
     plans = []
     for attr, scheme in layer.weight_quantizers.items():
         values = keras.ops.convert_to_numpy(layer.quantized_weight(attr)).astype(np.float32)
@@ -147,12 +156,16 @@ def plan_weights(layer_path, layer, *, int4=True, inexact="error") -> list[Weigh
             continue
         bits = 8
         if grid.max_abs <= INT4_MAX:
+            name = type(layer).__name__
             if not int4:
                 note = "int4 disabled: int8 container"
-            elif type(layer).__name__ not in INT4_LAYERS:
-                note = f"LiteRT has no int4 kernel for {type(layer).__name__}: int8 container"
-            else:
+            elif name in INT4_LAYERS[int4]:
                 bits = 4
+            elif name in INT4_LAYERS["all"]:
+                note = ("4-bit levels in an int8 container: int4 convolutions run in LiteRT's "
+                        "builtin kernels, not bit-exact (int4='all' to use them)")
+            else:
+                note = f"LiteRT has no int4 kernel for {name}: int8 container"
         plans.append(WeightPlan(layer_path, attr, values, grid, bits, True, axis, note))
     return plans
 

@@ -100,7 +100,7 @@ def _restore(moved, shape, channel_axis):
 
 
 def encode_levels(values, channel_axis=None) -> tuple[dict, bytes]:
-    """The smallest exact encoding of a quantized tensor (see the module docstring).
+    """The smallest bit-exact encoding of a quantized tensor (see the module docstring).
 
     Args:
         values: float32 array of quantized values.
@@ -109,13 +109,24 @@ def encode_levels(values, channel_axis=None) -> tuple[dict, bytes]:
     Returns:
         `(meta, blob)`: JSON-able description and the bytes.
     """
+    return next(c for c in encodings(values, channel_axis) if c[2])[:2]
+
+
+def encodings(values, channel_axis=None) -> list[tuple[dict, bytes, bool]]:
+    """Candidate encodings `(meta, blob, bit_exact)`, smallest first.
+
+    The codebooks are always bit-exact; the per-channel integer grid
+    (`ints * scale`) may differ from the values by a float32 rounding, which
+    a uniform quantizer re-quantizing on load removes (`export_packed`
+    checks that).
+    """
     values = np.ascontiguousarray(values, dtype=np.float32)
     shape = list(values.shape)
     candidates = []
     levels, codes = np.unique(values, return_inverse=True)
     bits = _bits_for(levels.size)
     candidates.append(({"encoding": "codebook", "bits": bits, "levels": int(levels.size)},
-                       levels.astype("<f4").tobytes() + pack_bits(codes, bits)))
+                       levels.astype("<f4").tobytes() + pack_bits(codes, bits), True))
     if channel_axis is not None and values.size:
         moved, _ = channels_last(values, channel_axis)
         flat = moved.reshape(-1, moved.shape[-1])
@@ -130,7 +141,7 @@ def encode_levels(values, channel_axis=None) -> tuple[dict, bytes]:
             idx[:, c] = inv
         candidates.append(({"encoding": "codebook_per_channel", "bits": bits_c,
                             "levels": width, "axis": _axis_json(channel_axis)},
-                           table.tobytes() + pack_bits(idx.ravel(), bits_c)))
+                           table.tobytes() + pack_bits(idx.ravel(), bits_c), True))
         grid = embed_in_int_grid(values, channel_axis, max_int=1 << 20)
         if grid is not None:
             ints = grid.ints.reshape(-1, grid.ints.shape[-1]).astype(np.int64)
@@ -138,14 +149,15 @@ def encode_levels(values, channel_axis=None) -> tuple[dict, bytes]:
             span = int((ints - offset).max(initial=0))
             scale = grid.scale.astype("<f4")
             rebuilt = (ints.astype(np.float32) * scale).reshape(moved.shape)
-            if np.array_equal(rebuilt.view(np.uint32), moved.view(np.uint32)):
-                bits_a = _bits_for(span + 1)
-                candidates.append((
-                    {"encoding": "affine", "bits": bits_a, "axis": _axis_json(channel_axis)},
-                    scale.tobytes() + offset.astype("<i4").tobytes()
-                    + pack_bits((ints - offset).ravel(), bits_a)))
-    meta, blob = min(candidates, key=lambda c: len(c[1]))
-    return {**meta, "shape": shape, "dtype": "float32"}, blob
+            bits_a = _bits_for(span + 1)
+            candidates.append((
+                {"encoding": "affine", "bits": bits_a, "axis": _axis_json(channel_axis)},
+                scale.tobytes() + offset.astype("<i4").tobytes()
+                + pack_bits((ints - offset).ravel(), bits_a),
+                bool(np.array_equal(rebuilt.view(np.uint32), moved.view(np.uint32)))))
+    candidates.sort(key=lambda c: len(c[1]))
+    return [({**meta, "shape": shape, "dtype": "float32"}, blob, exact)
+            for meta, blob, exact in candidates]
 
 
 def _axis_json(axis):
@@ -226,8 +238,24 @@ def _quantized_values(layer, attr, scheme):
         again = scheme.quantize(keras.ops.convert_to_tensor(values), trial,
                                 channel_axis=layer.weight_channel_axes[attr], training=False)
         if np.array_equal(keras.ops.convert_to_numpy(again), values):
-            return values, {id(state[k]): v for k, v in override.items()}, False
-    return values, {}, True
+            return values, {id(state[k]): v for k, v in override.items()}, trial
+    return values, {}, None
+
+
+def _choose_encoding(layer, attr, scheme, values, state):
+    """The smallest encoding whose decoded values the layer re-quantizes to `values`."""
+    axis = layer.weight_channel_axes[attr] if scheme.per_channel else None
+    for meta, blob, exact in encodings(values, axis):
+        if exact:
+            return meta, blob
+        if state is None:
+            continue
+        decoded = keras.ops.convert_to_tensor(decode_levels(meta, blob))
+        again = scheme.quantize(decoded, state, channel_axis=layer.weight_channel_axes[attr],
+                                training=False)
+        if np.array_equal(keras.ops.convert_to_numpy(again), values):
+            return meta, blob
+    raise AssertionError("the codebook encoding is always exact")
 
 
 def export_packed(model, path) -> PackedExport:
@@ -258,10 +286,9 @@ def export_packed(model, path) -> PackedExport:
                           "(autoqnn.quantize) or save a float model with model.save")
     encoded, overrides, frozen = {}, {}, {}
     for key, (lpath, attr, scheme, layer) in quantized.items():
-        values, extra, freeze = _quantized_values(layer, attr, scheme)
-        axis = layer.weight_channel_axes[attr] if scheme.per_channel else None
-        meta, blob = encode_levels(values, axis)
-        if freeze:
+        values, extra, state = _quantized_values(layer, attr, scheme)
+        meta, blob = _choose_encoding(layer, attr, scheme, values, state)
+        if state is None:
             frozen.setdefault(lpath, []).append(attr)
             meta["note"] = "levels frozen on load (the scheme's scale is a weight statistic)"
         encoded[key] = (meta, blob)

@@ -7,7 +7,7 @@ ops that the TFLite converter turns into int8 kernels:
 * weights keep exactly the values the Keras model uses: the int8 scale is
   chosen so the b-bit grid embeds in the int8 grid (a b-bit step is the int8
   step), and weights whose levels fit in [-7, 7] are stored as int4 tensors
-  for CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED;
+  for FULLY_CONNECTED (and for CONV_2D / DEPTHWISE_CONV_2D with int4="all");
 * activation ranges are the calibrated / trained ranges of the model's
   `ActivationQuantizer`s (sub-8-bit grids keep their clamp);
 * per-channel Dense kernels are exported as a 1x1 CONV_2D (the converter
@@ -236,7 +236,9 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True, int4=T
             the model's own ranges are never re-calibrated.
         int8_io: int8 model inputs and outputs (False: float32 I/O with
             QUANTIZE/DEQUANTIZE at the ends).
-        int4: store weights whose levels fit in [-7, 7] as int4 tensors.
+        int4: True: int4 tensors for Dense kernels whose levels fit in [-7, 7]
+            (bit-exact in XNNPACK); "all": convolutions too (smaller file,
+            builtin kernels, not bit-exact); False: int8 only.
         inexact: "error" (default) raises when a layer's levels do not embed
             in int8; "requantize" re-quantizes them (error <= half a step).
 

@@ -1,0 +1,161 @@
+"""export_tflite: full-integer graphs, int4 tensors, parity with the Keras model, errors."""
+
+import keras
+import numpy as np
+import pytest
+from tensorflow.lite.python import schema_py_generated as schema
+
+import autoqnn
+from autoqnn.export import ExportError, run_tflite
+from autoqnn.export.lowering import plan_weights
+
+from .conftest import build_cnn, output_step
+
+
+def tensor_types(path):
+    """{tensor name: TensorType name} of the constant (weight) tensors of a .tflite file."""
+    buf = open(path, "rb").read()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+    return {t.name.decode(): names[t.type] for t in graph.tensors
+            if model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data)}
+
+
+def parity_steps(qmodel, info, data):
+    """|TFLite - Keras| in output quantization steps, element-wise."""
+    expected = qmodel.predict(data, verbose=0)
+    got = run_tflite(info.path, data)
+    return np.abs(got - expected) / output_step(info)
+
+
+def test_int8_per_channel_is_bit_exact(cnn_w8, data, tmp_path):
+    info = autoqnn.export_tflite(cnn_w8, tmp_path / "w8.tflite")
+    assert set(info.weight_dtypes.values()) == {"int8"}
+    steps = parity_steps(cnn_w8, info, data)
+    # XNNPACK's int8 kernels round like the float fake-quant graph: bit-exact
+    # up to float-accumulation ties, never more than one output step.
+    assert steps.max() <= 1.0 + 1e-4
+    assert np.mean(steps < 0.5) >= 0.99
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=info.path)
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    types = set(tensor_types(info.path).values())
+    assert "FLOAT32" not in types
+
+
+def test_int4_weights_shrink_the_file(cnn_w4, cnn_w8, data, tmp_path):
+    info = autoqnn.export_tflite(cnn_w4, tmp_path / "w4.tflite")
+    assert info.weight_dtypes == {"conv1/kernel": "int8", "dw/kernel": "int8",
+                                  "logits/kernel": "int4"}
+    assert "INT4" in tensor_types(info.path).values()
+    # Weights stay on their 4-bit grid: the int8/int4 integers are the b-bit integers.
+    plan = next(p for p in info.weight_plans if p.layer == "logits")
+    assert plan.exact and plan.grid.max_abs <= 7
+    steps = parity_steps(cnn_w4, info, data)
+    assert steps.max() <= 1.0 + 1e-4  # int4 FULLY_CONNECTED runs in XNNPACK
+    no_int4 = autoqnn.export_tflite(cnn_w4, tmp_path / "w4_int8.tflite", int4=False)
+    assert info.size_bytes < no_int4.size_bytes
+    every = autoqnn.export_tflite(cnn_w4, tmp_path / "w4_all.tflite", int4="all")
+    assert set(every.weight_dtypes.values()) == {"int4"}
+    assert every.size_bytes < info.size_bytes
+    # int4 convolutions run in LiteRT's builtin kernels, whose fixed-point
+    # rounding differs from the float graph at ties; the drift stays small.
+    assert parity_steps(cnn_w4, every, data).max() <= 4.0 + 1e-4
+
+
+def test_float_io_option(float_cnn, data, tmp_path):
+    qmodel = autoqnn.quantize(float_cnn, weight_bits=8, granularity="per_tensor",
+                              calibration_data=data)
+    info = autoqnn.export_tflite(qmodel, tmp_path / "f.tflite", int8_io=False)
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert Interpreter(model_path=info.path).get_input_details()[0]["dtype"] == np.float32
+    expected = qmodel.predict(data, verbose=0)
+    got = run_tflite(info.path, data)
+    step = (expected.max() - expected.min()) / 255
+    assert np.abs(got - expected).max() <= step * 1.001
+
+
+@pytest.mark.parametrize("scheme", ["binary", "ternary", "pot"])
+def test_non_uniform_schemes_export_exactly(scheme, data, tmp_path):
+    if scheme not in autoqnn.list_schemes("weight"):
+        pytest.skip(f"scheme {scheme!r} is not registered")
+    cls = type(autoqnn.get_scheme(scheme, bits=autoqnn.get_scheme(scheme).min_bits))
+    bits = min(max(cls.min_bits, 3), cls.max_bits)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(5, name="fc")(x))
+    qmodel = autoqnn.quantize(model, scheme=scheme, weight_bits=bits, calibration_data=data)
+    info = autoqnn.export_tflite(qmodel, tmp_path / f"{scheme}.tflite")
+    assert all(p.exact for p in info.weight_plans)
+    if scheme in ("binary", "ternary"):  # levels {-a, 0, a}: int4 Dense kernel
+        assert info.weight_dtypes == {"conv/kernel": "int8", "fc/kernel": "int4"}
+    assert parity_steps(qmodel, info, data).max() <= 1.0 + 1e-4
+
+
+def test_every_registered_weight_scheme_exports_or_names_the_layer(float_cnn, data):
+    for name in autoqnn.list_schemes("weight"):
+        cls = type(autoqnn.get_scheme(name, bits=autoqnn.get_scheme(name).min_bits))
+        bits = min(max(cls.min_bits, 4), cls.max_bits)
+        qmodel = autoqnn.quantize(float_cnn, scheme=name, weight_bits=bits,
+                                  activation_bits=None)
+        layer = qmodel.get_layer("logits")
+        try:
+            plans = plan_weights("logits", layer)
+        except ExportError as err:
+            assert "'logits'" in str(err) and name in str(err)
+            # The fallback always works and says it is not exact.
+            plans = plan_weights("logits", layer, inexact="requantize")
+            assert not plans[0].exact
+            continue
+        grid = plans[0].grid
+        values = plans[0].values
+        moved = values if grid.channel_axis is None else values
+        assert np.allclose(grid.ints * grid.scale, moved, rtol=1e-5, atol=1e-7), name
+
+
+def test_float_model_is_refused(float_cnn, tmp_path):
+    with pytest.raises(ExportError, match="not quantized"):
+        autoqnn.export_tflite(float_cnn, tmp_path / "m.tflite")
+
+
+def test_uncalibrated_model_names_the_layers(float_cnn, tmp_path):
+    with pytest.warns(UserWarning):
+        qmodel = autoqnn.quantize(float_cnn)
+    with pytest.raises(ExportError, match=r"image_aq.*not calibrated"):
+        autoqnn.export_tflite(qmodel, tmp_path / "m.tflite")
+
+
+def test_unwritable_path_is_named(cnn_w8, tmp_path):
+    missing = tmp_path / "no_such_dir" / "m.tflite"
+    with pytest.raises(ExportError, match="no_such_dir"):
+        autoqnn.export_tflite(cnn_w8, missing)
+    with pytest.raises(ExportError, match="is a directory"):
+        autoqnn.export_tflite(cnn_w8, tmp_path)
+
+
+def test_layer_litert_cannot_run_in_int8_is_named(data, tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(6, name="fc")(x)
+    x = keras.layers.Activation("softplus", name="soft")(x)
+    outputs = keras.layers.Dense(3, name="out")(x)
+    qmodel = autoqnn.quantize(keras.Model(inputs, outputs), calibration_data=data,
+                              config={"fc": {"activation_bits": None}})
+    with pytest.raises(ExportError, match="soft"):
+        autoqnn.export_tflite(qmodel, tmp_path / "m.tflite")
+
+
+def test_inexact_levels_name_the_layer(float_cnn):
+    inexact = [n for n in ("apot", "minifloat", "esb") if n in autoqnn.list_schemes("weight")]
+    if not inexact:
+        pytest.skip("no registered scheme with levels off the int8 grid")
+    qmodel = autoqnn.quantize(float_cnn, scheme=inexact[0], weight_bits=8, activation_bits=None)
+    with pytest.raises(ExportError, match=r"layer '(conv1|dw|logits)'.*int8 grid"):
+        plan_weights("conv1", qmodel.get_layer("conv1"))
+    assert build_cnn  # the builder is shared with the other export tests
