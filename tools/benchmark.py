@@ -1,0 +1,150 @@
+"""The numbers in the README: float vs PTQ vs QAT on the reference models.
+
+    python tools/benchmark.py --data ../shared/data/fashion_mnist.npz --model cnn \
+        --epochs 5 --train-subset 20000 --json runs/bench_cnn.json
+
+Trains (or reloads from runs/) the reference model, then measures W8A8 PTQ,
+W4A8 PTQ, W4A4 QAT and W2A2 QAT (first and last layer kept at 8 bits) on the
+test split, plus two speed ratios: a QAT training step against a float one,
+and `quantize` with 512 calibration images. `--tuner` and `--export` add the
+PTQ-tuner and TFLite-export measurements (tools/bench_tuner.py,
+tools/bench_export.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np  # noqa: E402
+from common import accuracy, compile_model, load_data, train_reference  # noqa: E402
+
+import autoqnn  # noqa: E402
+from autoqnn.models import MODELS, first_and_last_layers  # noqa: E402
+
+
+def low_bit_config(model):
+    first, last = first_and_last_layers(model)
+    return {first: {"weight_bits": 8}, last: {"weight_bits": 8, "activation_bits": 8}}
+
+
+def run_row(method, qmodel, test, seconds, activation_bits):
+    report = qmodel.autoqnn_report
+    return {
+        "method": method,
+        "weight_bits_avg": round(report.weight_bits_avg, 3),
+        "activation_bits": activation_bits,
+        "accuracy": accuracy(qmodel, *test),
+        "size_bytes": int(report.size_bytes),
+        "seconds": round(seconds, 2),
+    }
+
+
+def ptq_run(model, bits_w, bits_a, calib, test, config=None):
+    start = time.perf_counter()
+    q = autoqnn.quantize(model, weight_bits=bits_w, activation_bits=bits_a,
+                         calibration_data=calib, config=config)
+    return run_row(f"W{bits_w}A{bits_a} PTQ", q, test, time.perf_counter() - start, bits_a)
+
+
+def qat_run(model, bits_w, bits_a, calib, train, test, epochs, learning_rate, verbose):
+    start = time.perf_counter()
+    q = autoqnn.quantize(model, weight_bits=bits_w, activation_bits=bits_a, input_bits=8,
+                         calibration_data=calib, config=low_bit_config(model))
+    compile_model(q, learning_rate)
+    q.fit(*train, epochs=epochs, batch_size=128, verbose=verbose)
+    return run_row(f"W{bits_w}A{bits_a} QAT ({epochs} ep)", q, test,
+                   time.perf_counter() - start, bits_a)
+
+
+def step_seconds(model, x, y, steps=20):
+    """Median seconds of one training step (after warm-up)."""
+    compile_model(model, 1e-4)
+    model.train_on_batch(x, y)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def timing(model, train, calib):
+    x, y = train[0][:128], train[1][:128]
+    float_step = step_seconds(model, x, y)
+    qat_model = autoqnn.quantize(model, weight_bits=4, activation_bits=4, calibration_data=calib)
+    qat_step = step_seconds(qat_model, x, y)
+    # Folding removes the BN work, which flatters the ratio: measure unfolded too.
+    unfolded = autoqnn.quantize(model, weight_bits=4, activation_bits=4, calibration_data=calib,
+                                fold_batchnorm=False)
+    unfolded_step = step_seconds(unfolded, x, y)
+    autoqnn.quantize(model, calibration_data=calib[:64])  # warm-up of the tracing caches
+    start = time.perf_counter()
+    autoqnn.quantize(model, calibration_data=calib[:512])
+    quantize_seconds = time.perf_counter() - start
+    return {"float_step_s": round(float_step, 4), "qat_step_s": round(qat_step, 4),
+            "qat_step_ratio": round(qat_step / float_step, 3),
+            "qat_step_unfolded_bn_s": round(unfolded_step, 4),
+            "qat_step_ratio_unfolded_bn": round(unfolded_step / float_step, 3),
+            "quantize_with_512_calibration_s": round(quantize_seconds, 3)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="fashion_mnist.npz (default: $AUTOQNN_DATA, "
+                        "../shared/data, else the bundled subset)")
+    parser.add_argument("--model", choices=MODELS, default="cnn")
+    parser.add_argument("--epochs", type=int, default=5, help="float training epochs")
+    parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--train-subset", type=int, default=20000)
+    parser.add_argument("--test-subset", type=int, default=None)
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--tuner", action="store_true", help="add the PTQ tuner measurements")
+    parser.add_argument("--export", action="store_true", help="add the TFLite export measurements")
+    parser.add_argument("--verbose", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    train, test = load_data(args.data, args.train_subset, args.test_subset)
+    calib = train[0][:512]
+    model, train_seconds = train_reference(args.model, train, args.epochs, verbose=args.verbose)
+    result = {
+        "model": args.model,
+        "command": "python tools/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "data": {"train": len(train[0]), "test": len(test[0])},
+        "float": {"accuracy": accuracy(model, *test), "size_bytes": int(model.count_params() * 4),
+                  "train_seconds": round(train_seconds, 1)},
+        "runs": [],
+    }
+    print(f"{args.model}: float accuracy {100 * result['float']['accuracy']:.2f}%", flush=True)
+    runs = result["runs"]
+    runs.append(ptq_run(model, 8, 8, calib, test))
+    runs.append(ptq_run(model, 4, 8, calib, test))
+    runs.append(qat_run(model, 4, 4, calib, train, test, args.qat_epochs, 1e-4, args.verbose))
+    runs.append(qat_run(model, 2, 2, calib, train, test, args.qat_epochs, 2e-4, args.verbose))
+    for row in runs:
+        print(f"  {row['method']:18s} acc {100 * row['accuracy']:6.2f}%  w bits "
+              f"{row['weight_bits_avg']:5.2f}  size {row['size_bytes'] / 1024:8.1f} KiB  "
+              f"{row['seconds']:7.1f}s", flush=True)
+    result["timing"] = timing(model, train, calib)
+    print(f"  timing: {result['timing']}", flush=True)
+    if args.tuner:
+        from bench_tuner import run_tuner_bench
+
+        result["tuner"] = run_tuner_bench(args.model, model, train, test)
+    if args.export:
+        from bench_export import run_export_bench
+
+        result["export"] = run_export_bench(args.model, model, test, calib)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
