@@ -56,7 +56,7 @@ def cmd_demo(args):
     from autoqnn.demo import run_demo
 
     run_demo(out_dir=args.out, epochs=args.epochs, qat_epochs=args.qat_epochs,
-             data_path=args.data, verbose=args.verbose)
+             data_path=args.data, verbose=args.verbose, train_subset=args.train_subset)
 
 
 def cmd_quantize(args):
@@ -121,6 +121,7 @@ def build_parser():
     demo.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs for W4A4")
     demo.add_argument("--data", default=None, help="an .npz like ../shared/data/fashion_mnist.npz "
                       "(default: the bundled subset)")
+    demo.add_argument("--train-subset", type=int, default=6000, help="training images used")
     demo.add_argument("--verbose", type=int, default=1)
     demo.set_defaults(func=cmd_demo)
 

@@ -28,7 +28,8 @@ def _float_size(model):
     return sum(int(v.numpy().size) for v in model.weights) * 4
 
 
-def run_demo(out_dir="autoqnn_demo", epochs=3, qat_epochs=1, data_path=None, verbose=1, seed=0):
+def run_demo(out_dir="autoqnn_demo", epochs=3, qat_epochs=1, data_path=None, verbose=1, seed=0,
+             train_subset=6000):
     """Runs the demo and returns its rows (list of dicts).
 
     Args:
@@ -38,14 +39,16 @@ def run_demo(out_dir="autoqnn_demo", epochs=3, qat_epochs=1, data_path=None, ver
         data_path: optional `.npz` (default: the bundled subset).
         verbose: 0 silent, 1 table and progress.
         seed: random seed.
+        train_subset: number of training images used.
 
     Returns:
         One dict per row: method, accuracy, weight_bits_avg, size_bytes, seconds.
     """
     keras.utils.set_random_seed(seed)
     (x_train, y_train), (x_test, y_test) = (
-        load_npz(data_path, 6000, 1000) if data_path else load_demo_subset()
+        load_npz(data_path, train_subset, 1000) if data_path else load_demo_subset()
     )
+    x_train, y_train = x_train[:train_subset], y_train[:train_subset]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
