@@ -132,9 +132,9 @@ def _dense_as_conv(layer, plan: WeightPlan):
         kernel = plan.fake_quant(shape=(1, 1, in_dim, units))
         lead = tf.shape(inputs)[:-1]
         x = tf.reshape(inputs, (-1, 1, 1, in_dim))
-        y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
-        y = tf.reshape(y, tf.concat([lead, [units]], axis=0))
-        return layer._bias_and_activation(y)
+        # Bias and activation before the reshape back, so CONV_2D fuses them.
+        y = layer._bias_and_activation(tf.nn.conv2d(x, kernel, strides=1, padding="VALID"))
+        return tf.reshape(y, tf.concat([lead, [units]], axis=0))
 
     return call
 
