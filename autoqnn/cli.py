@@ -55,8 +55,14 @@ def _load_model(path):
 def cmd_demo(args):
     from autoqnn.demo import run_demo
 
-    run_demo(out_dir=args.out, epochs=args.epochs, qat_epochs=args.qat_epochs,
-             data_path=args.data, verbose=args.verbose, train_subset=args.train_subset)
+    run_demo(
+        out_dir=args.out,
+        epochs=args.epochs,
+        qat_epochs=args.qat_epochs,
+        data_path=args.data,
+        verbose=args.verbose,
+        train_subset=args.train_subset,
+    )
 
 
 def cmd_quantize(args):
@@ -106,8 +112,14 @@ def cmd_schemes(args):
 
     for name in list_schemes():
         scheme_cls = type(get_scheme(name))
-        kinds = [k for k, ok in (("weights", scheme_cls.supports_weights),
-                                 ("activations", scheme_cls.supports_activations)) if ok]
+        kinds = [
+            k
+            for k, ok in (
+                ("weights", scheme_cls.supports_weights),
+                ("activations", scheme_cls.supports_activations),
+            )
+            if ok
+        ]
         print(f"{name:12s} bits {scheme_cls.min_bits}-{scheme_cls.max_bits:<3d} {', '.join(kinds)}")
 
 
@@ -115,12 +127,17 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="autoqnn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train, quantize and compare on the bundled Fashion-MNIST subset")
+    demo = sub.add_parser(
+        "demo", help="train, quantize and compare on the bundled Fashion-MNIST subset"
+    )
     demo.add_argument("--out", default="autoqnn_demo", help="folder for the .keras files")
     demo.add_argument("--epochs", type=int, default=3, help="float training epochs")
     demo.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs for W4A4")
-    demo.add_argument("--data", default=None, help="an .npz like ../shared/data/fashion_mnist.npz "
-                      "(default: the bundled subset)")
+    demo.add_argument(
+        "--data",
+        default=None,
+        help="an .npz like ../shared/data/fashion_mnist.npz (default: the bundled subset)",
+    )
     demo.add_argument("--train-subset", type=int, default=6000, help="training images used")
     demo.add_argument("--verbose", type=int, default=1)
     demo.set_defaults(func=cmd_demo)
@@ -130,9 +147,15 @@ def build_parser():
     quantize.add_argument("-o", "--output", required=True)
     quantize.add_argument("--scheme", default="uniform")
     quantize.add_argument("--weight-bits", type=int, default=8)
-    quantize.add_argument("--activation-bits", type=int, default=8, help="0 keeps activations float")
-    quantize.add_argument("--granularity", default="per_channel", choices=["per_channel", "per_tensor"])
-    quantize.add_argument("--data", help=".npz with calibration inputs (x_calib, x, x_train or x_test)")
+    quantize.add_argument(
+        "--activation-bits", type=int, default=8, help="0 keeps activations float"
+    )
+    quantize.add_argument(
+        "--granularity", default="per_channel", choices=["per_channel", "per_tensor"]
+    )
+    quantize.add_argument(
+        "--data", help=".npz with calibration inputs (x_calib, x, x_train or x_test)"
+    )
     quantize.add_argument("--calibration-samples", type=int, default=512)
     quantize.set_defaults(func=cmd_quantize)
 

@@ -63,7 +63,9 @@ class LayerConfig:
         if not isinstance(self.quantize, bool):
             raise TypeError(f"quantize must be a bool, got {self.quantize!r}")
         if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+            raise ValueError(
+                f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}"
+            )
         for field in ("scheme_options", "activation_options"):
             if not isinstance(getattr(self, field), dict):
                 raise TypeError(f"{field} must be a dict, got {getattr(self, field)!r}")
@@ -74,8 +76,14 @@ class LayerConfig:
 
     def weight_scheme(self):
         """The weight `Scheme` these settings describe."""
-        return _build_scheme("scheme", self.scheme, self.weight_bits, "weight",
-                             granularity=self.granularity, **self.scheme_options)
+        return _build_scheme(
+            "scheme",
+            self.scheme,
+            self.weight_bits,
+            "weight",
+            granularity=self.granularity,
+            **self.scheme_options,
+        )
 
     def output_scheme(self, bits=None):
         """The activation `Scheme` (per-tensor), or None when activations stay float."""
@@ -85,8 +93,9 @@ class LayerConfig:
         options = dict(self.activation_options)
         if self.activation_scheme == "uniform":
             options.setdefault("symmetric", False)
-        return _build_scheme("activation_scheme", self.activation_scheme, bits, "activation",
-                             **options)
+        return _build_scheme(
+            "activation_scheme", self.activation_scheme, bits, "activation", **options
+        )
 
     def replace(self, **changes) -> LayerConfig:
         return dataclasses.replace(self, **changes)
@@ -153,7 +162,9 @@ class QuantizationConfig:
                 try:
                     re.compile(selector)
                 except re.error as err:
-                    raise ValueError(f"config key {selector!r} is not a valid regex: {err}") from None
+                    raise ValueError(
+                        f"config key {selector!r} is not a valid regex: {err}"
+                    ) from None
             if value is None or value is False:
                 continue
             if not isinstance(value, dict):
@@ -161,7 +172,8 @@ class QuantizationConfig:
             unknown = set(value) - set(LAYER_FIELDS)
             if unknown:
                 raise ValueError(
-                    f"config[{selector!r}] has unknown keys {sorted(unknown)}; valid: {list(LAYER_FIELDS)}"
+                    f"config[{selector!r}] has unknown keys {sorted(unknown)}; "
+                    f"valid: {list(LAYER_FIELDS)}"
                 )
             try:
                 base.replace(**value)

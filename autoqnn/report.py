@@ -104,11 +104,29 @@ class QuantizationReport:
         return [dataclasses.asdict(r) for r in self]
 
     def __str__(self):
-        header = ("layer", "class", "status", "scheme", "w bits", "granularity", "a bits",
-                  "params", "note")
+        header = (
+            "layer",
+            "class",
+            "status",
+            "scheme",
+            "w bits",
+            "granularity",
+            "a bits",
+            "params",
+            "note",
+        )
         rows = [header] + [
-            (r.name, r.class_name, r.status, r.scheme or "", _fmt(r.weight_bits), r.granularity or "",
-             _fmt(r.activation_bits), str(r.params), r.reason)
+            (
+                r.name,
+                r.class_name,
+                r.status,
+                r.scheme or "",
+                _fmt(r.weight_bits),
+                r.granularity or "",
+                _fmt(r.activation_bits),
+                str(r.params),
+                r.reason,
+            )
             for r in self
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -162,10 +180,23 @@ def _layer_row(layer, name, reasons):
     if isinstance(layer, ActivationQuantizer):
         calibrated = layer.is_calibrated
         rng = layer.get_range()
-        note = f"range [{rng[0]:.4g}, {rng[1]:.4g}]" if rng else (
-            "" if calibrated else "not calibrated: passes float values until calibrated or trained")
-        return LayerReport(name, cls, "activation", scheme=layer.scheme.name,
-                           activation_bits=layer.bits, reason=note)
+        note = (
+            f"range [{rng[0]:.4g}, {rng[1]:.4g}]"
+            if rng
+            else (
+                ""
+                if calibrated
+                else "not calibrated: passes float values until calibrated or trained"
+            )
+        )
+        return LayerReport(
+            name,
+            cls,
+            "activation",
+            scheme=layer.scheme.name,
+            activation_bits=layer.bits,
+            reason=note,
+        )
     quantizers = getattr(layer, "weight_quantizers", None)
     weights = layer.weights
     params = sum(_count(v) for v in weights)
@@ -181,14 +212,25 @@ def _layer_row(layer, name, reasons):
                 size += _count(v) * 4
         first = next(iter(quantizers.values()))
         bits = max(int(math.ceil(s.storage_bits())) for s in quantizers.values())
-        return LayerReport(name, cls, "quantized", scheme=first.name, weight_bits=bits,
-                           granularity=first.granularity, params=params,
-                           quantized_params=qparams, size_bytes=size,
-                           reason=", ".join(sorted(quantizers)))
+        return LayerReport(
+            name,
+            cls,
+            "quantized",
+            scheme=first.name,
+            weight_bits=bits,
+            granularity=first.granularity,
+            params=params,
+            quantized_params=qparams,
+            size_bytes=size,
+            reason=", ".join(sorted(quantizers)),
+        )
     if isinstance(layer, FoldedBatchNorm):
-        return LayerReport(name, cls, "folded",
-                           reason=f"BatchNormalization folded into {layer.folded_into}")
+        return LayerReport(
+            name, cls, "folded", reason=f"BatchNormalization folded into {layer.folded_into}"
+        )
     if params:
         reason = reasons.get(name, reasons.get(layer.name, f"no quantization handler for {cls}"))
-        return LayerReport(name, cls, "float", params=params, size_bytes=params * 4.0, reason=reason)
+        return LayerReport(
+            name, cls, "float", params=params, size_bytes=params * 4.0, reason=reason
+        )
     return LayerReport(name, cls, "no weights")

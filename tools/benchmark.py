@@ -47,19 +47,27 @@ def run_row(method, qmodel, test, seconds, activation_bits):
 
 def ptq_run(model, bits_w, bits_a, calib, test, config=None):
     start = time.perf_counter()
-    q = autoqnn.quantize(model, weight_bits=bits_w, activation_bits=bits_a,
-                         calibration_data=calib, config=config)
+    q = autoqnn.quantize(
+        model, weight_bits=bits_w, activation_bits=bits_a, calibration_data=calib, config=config
+    )
     return run_row(f"W{bits_w}A{bits_a} PTQ", q, test, time.perf_counter() - start, bits_a)
 
 
 def qat_run(model, bits_w, bits_a, calib, train, test, epochs, learning_rate, verbose):
     start = time.perf_counter()
-    q = autoqnn.quantize(model, weight_bits=bits_w, activation_bits=bits_a, input_bits=8,
-                         calibration_data=calib, config=low_bit_config(model))
+    q = autoqnn.quantize(
+        model,
+        weight_bits=bits_w,
+        activation_bits=bits_a,
+        input_bits=8,
+        calibration_data=calib,
+        config=low_bit_config(model),
+    )
     compile_model(q, learning_rate)
     q.fit(*train, epochs=epochs, batch_size=128, verbose=verbose)
-    return run_row(f"W{bits_w}A{bits_a} QAT ({epochs} ep)", q, test,
-                   time.perf_counter() - start, bits_a)
+    return run_row(
+        f"W{bits_w}A{bits_a} QAT ({epochs} ep)", q, test, time.perf_counter() - start, bits_a
+    )
 
 
 def step_seconds(model, x, y, steps=20):
@@ -80,24 +88,31 @@ def timing(model, train, calib):
     qat_model = autoqnn.quantize(model, weight_bits=4, activation_bits=4, calibration_data=calib)
     qat_step = step_seconds(qat_model, x, y)
     # Folding removes the BN work, which flatters the ratio: measure unfolded too.
-    unfolded = autoqnn.quantize(model, weight_bits=4, activation_bits=4, calibration_data=calib,
-                                fold_batchnorm=False)
+    unfolded = autoqnn.quantize(
+        model, weight_bits=4, activation_bits=4, calibration_data=calib, fold_batchnorm=False
+    )
     unfolded_step = step_seconds(unfolded, x, y)
     autoqnn.quantize(model, calibration_data=calib[:64])  # warm-up of the tracing caches
     start = time.perf_counter()
     autoqnn.quantize(model, calibration_data=calib[:512])
     quantize_seconds = time.perf_counter() - start
-    return {"float_step_s": round(float_step, 4), "qat_step_s": round(qat_step, 4),
-            "qat_step_ratio": round(qat_step / float_step, 3),
-            "qat_step_unfolded_bn_s": round(unfolded_step, 4),
-            "qat_step_ratio_unfolded_bn": round(unfolded_step / float_step, 3),
-            "quantize_with_512_calibration_s": round(quantize_seconds, 3)}
+    return {
+        "float_step_s": round(float_step, 4),
+        "qat_step_s": round(qat_step, 4),
+        "qat_step_ratio": round(qat_step / float_step, 3),
+        "qat_step_unfolded_bn_s": round(unfolded_step, 4),
+        "qat_step_ratio_unfolded_bn": round(unfolded_step / float_step, 3),
+        "quantize_with_512_calibration_s": round(quantize_seconds, 3),
+    }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="fashion_mnist.npz (default: $AUTOQNN_DATA, "
-                        "../shared/data, else the bundled subset)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="fashion_mnist.npz (default: $AUTOQNN_DATA, ../shared/data, else the bundled subset)",
+    )
     parser.add_argument("--model", choices=MODELS, default="cnn")
     parser.add_argument("--epochs", type=int, default=5, help="float training epochs")
     parser.add_argument("--qat-epochs", type=int, default=2)
@@ -114,10 +129,14 @@ def main(argv=None):
     model, train_seconds = train_reference(args.model, train, args.epochs, verbose=args.verbose)
     result = {
         "model": args.model,
-        "command": "python tools/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python tools/benchmark.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "data": {"train": len(train[0]), "test": len(test[0])},
-        "float": {"accuracy": accuracy(model, *test), "size_bytes": int(model.count_params() * 4),
-                  "train_seconds": round(train_seconds, 1)},
+        "float": {
+            "accuracy": accuracy(model, *test),
+            "size_bytes": int(model.count_params() * 4),
+            "train_seconds": round(train_seconds, 1),
+        },
         "runs": [],
     }
     print(f"{args.model}: float accuracy {100 * result['float']['accuracy']:.2f}%", flush=True)
@@ -127,9 +146,12 @@ def main(argv=None):
     runs.append(qat_run(model, 4, 4, calib, train, test, args.qat_epochs, 1e-4, args.verbose))
     runs.append(qat_run(model, 2, 2, calib, train, test, args.qat_epochs, 2e-4, args.verbose))
     for row in runs:
-        print(f"  {row['method']:18s} acc {100 * row['accuracy']:6.2f}%  w bits "
-              f"{row['weight_bits_avg']:5.2f}  size {row['size_bytes'] / 1024:8.1f} KiB  "
-              f"{row['seconds']:7.1f}s", flush=True)
+        print(
+            f"  {row['method']:18s} acc {100 * row['accuracy']:6.2f}%  w bits "
+            f"{row['weight_bits_avg']:5.2f}  size {row['size_bytes'] / 1024:8.1f} KiB  "
+            f"{row['seconds']:7.1f}s",
+            flush=True,
+        )
     result["timing"] = timing(model, train, calib)
     print(f"  timing: {result['timing']}", flush=True)
     if args.tuner:

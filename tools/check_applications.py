@@ -26,7 +26,10 @@ import autoqnn  # noqa: E402
 
 # Smallest input side each architecture accepts with weights=None (default 32).
 MIN_SIDE = {
-    "InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71, "NASNetMobile": 32,
+    "InceptionV3": 75,
+    "InceptionResNetV2": 75,
+    "Xception": 71,
+    "NASNetMobile": 32,
     "NASNetLarge": 32,
 }
 
@@ -38,8 +41,12 @@ def architectures() -> list[str]:
         obj = getattr(keras.applications, attr)
         members = [(attr, obj)] if callable(obj) else [(n, getattr(obj, n)) for n in dir(obj)]
         for name, member in members:
-            if callable(member) and name[:1].isupper() and "decode" not in name.lower() \
-                    and "preprocess" not in name.lower():
+            if (
+                callable(member)
+                and name[:1].isupper()
+                and "decode" not in name.lower()
+                and "preprocess" not in name.lower()
+            ):
                 names.add(name)
     return sorted(names)
 
@@ -90,8 +97,12 @@ def main(argv=None):
             try:
                 row = check(name, tmp_dir=tmp)
                 kinds = sorted({reason for reason in row["float_layers"].values()})
-                print(f"ok   {name:22s} {row['seconds']:6.1f}s  quantized {row['quantized_layers']:4d}"
-                      f"  float {len(row['float_layers']):3d} {kinds}", flush=True)
+                print(
+                    f"ok   {name:22s} {row['seconds']:6.1f}s  "
+                    f"quantized {row['quantized_layers']:4d}"
+                    f"  float {len(row['float_layers']):3d} {kinds}",
+                    flush=True,
+                )
                 results.append(row)
             except Exception as err:  # report and continue with the next architecture
                 failures.append({"model": name, "error": f"{type(err).__name__}: {err}"})

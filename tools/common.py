@@ -21,7 +21,10 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def load_data(path=None, train_subset=None, test_subset=None):
-    """`((x_train, y_train), (x_test, y_test))` from PATH, $AUTOQNN_DATA, ../shared, or the demo subset."""
+    """`((x_train, y_train), (x_test, y_test))`.
+
+    From `path`, else $AUTOQNN_DATA or ../shared/data, else the bundled demo subset.
+    """
     path = path or shared_data_path()
     if path is None:
         (xt, yt), (xv, yv) = load_demo_subset()

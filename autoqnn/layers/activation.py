@@ -77,7 +77,9 @@ class ActivationQuantizer(keras.layers.Layer):
             self.range_observed = self.add_weight(
                 name="range_observed", shape=(), initializer="zeros", trainable=False
             )
-        self.state = self.scheme.build(self, "activation", tuple(input_shape[1:]), None, role="activation")
+        self.state = self.scheme.build(
+            self, "activation", tuple(input_shape[1:]), None, role="activation"
+        )
 
     @property
     def is_calibrated(self) -> bool:

@@ -80,7 +80,9 @@ def fold_batchnorm_weights(layer, bn):
         else 0.0
     )
     folded_bias = (bias - mean) * factor + beta
-    return folded_weight.astype("float32"), np.broadcast_to(folded_bias, mean.shape).astype("float32")
+    return folded_weight.astype("float32"), np.broadcast_to(folded_bias, mean.shape).astype(
+        "float32"
+    )
 
 
 def folded_weight_name(layer) -> str:

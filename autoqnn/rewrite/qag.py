@@ -37,7 +37,9 @@ class RewriteLog:
 def check_model(model, argument="model"):
     """Raises a clear error unless `model` is a built, clonable Keras model."""
     if not isinstance(model, keras.Model):
-        raise TypeError(f"{argument} must be a keras.Model, got {type(model).__name__}: {model!r:.80}")
+        raise TypeError(
+            f"{argument} must be a keras.Model, got {type(model).__name__}: {model!r:.80}"
+        )
     if not isinstance(model, keras.Sequential) and not _is_functional(model):
         raise TypeError(
             f"{argument} {model.name!r} is a subclassed model ({type(model).__name__}), which "
@@ -52,7 +54,8 @@ def check_model(model, argument="model"):
     for layer in _all_layers(model):
         if isinstance(layer, (QuantizedWeightsMixin, ActivationQuantizer)):
             raise ValueError(
-                f"{argument} {model.name!r} is already quantized by autoqnn (layer {layer.name!r}); "
+                f"{argument} {model.name!r} is already quantized by autoqnn "
+                f"(layer {layer.name!r}); "
                 "quantize the float model instead"
             )
 
@@ -81,12 +84,15 @@ class _Rewriter:
             new_model = state.clone_sequential(model)
         else:
             inputs = tree.map_structure(
-                lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype,
-                                      name=t._keras_history.operation.name),
+                lambda t: keras.Input(
+                    batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name
+                ),
                 model.input,
             )
             new_model = keras.models.clone_model(
-                model, input_tensors=inputs, clone_function=state.clone_layer,
+                model,
+                input_tensors=inputs,
+                clone_function=state.clone_layer,
                 call_function=state.call_layer,
             )
         state.copy_weights()
@@ -188,8 +194,10 @@ class _CloneState:
         handler = find_handler(layer)
         reason = None
         if handler is None and isinstance(layer, keras.layers.BatchNormalization):
-            reason = ("BatchNormalization not folded (fold_batchnorm=False, or it does not "
-                      "directly follow a Conv/Dense); runs as a float per-channel affine op")
+            reason = (
+                "BatchNormalization not folded (fold_batchnorm=False, or it does not "
+                "directly follow a Conv/Dense); runs as a float per-channel affine op"
+            )
         elif handler is None:
             reason = f"no quantization handler for {type(layer).__name__}"
         elif not layer_config.quantize:
@@ -241,8 +249,11 @@ class _CloneState:
 
     def clone_sequential(self, model):
         spec = model.inputs[0]
-        x = keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=model.layers[0].name + "_input"
-                        if model.layers else "input")
+        x = keras.Input(
+            batch_shape=spec.shape,
+            dtype=spec.dtype,
+            name=model.layers[0].name + "_input" if model.layers else "input",
+        )
         inputs = x
         for layer in model.layers:
             x = self.call_layer(self.clone_layer(layer), x)

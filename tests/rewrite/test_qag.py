@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-import pytest
 
 import autoqnn
 from autoqnn.layers import ActivationQuantizer, FoldedBatchNorm, QuantConv2D, QuantDense
@@ -33,8 +32,9 @@ def test_bn_folding_is_exact_without_quantization(small_cnn, images):
     # 16-bit weights and float activations: the folded model equals the original.
     q = autoqnn.quantize(small_cnn, weight_bits=16, activation_bits=None)
     np.testing.assert_allclose(q(images), small_cnn(images), atol=1e-3)
-    unfolded = autoqnn.quantize(small_cnn, weight_bits=16, activation_bits=None,
-                                fold_batchnorm=False)
+    unfolded = autoqnn.quantize(
+        small_cnn, weight_bits=16, activation_bits=None, fold_batchnorm=False
+    )
     assert isinstance(unfolded.get_layer("bn1"), keras.layers.BatchNormalization)
     np.testing.assert_allclose(unfolded(images), small_cnn(images), atol=1e-3)
 
@@ -47,22 +47,27 @@ def test_w8a8_is_close_to_float(small_cnn, images):
 
 
 def test_sequential_model_becomes_functional_twin(images):
-    model = keras.Sequential([
-        keras.Input((12, 12, 1)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(3),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
     q = autoqnn.quantize(model, weight_bits=4, calibration_data=images)
     assert [type(layer).__name__ for layer in q.layers if layer.weights][:2] == [
-        "ActivationQuantizer", "QuantConv2D"]
+        "ActivationQuantizer",
+        "QuantConv2D",
+    ]
     assert q(images).shape == (32, 3)
 
 
 def test_nested_model_is_rewritten_recursively(images):
     inner_in = keras.Input((12, 12, 1))
-    inner = keras.Model(inner_in, keras.layers.Conv2D(4, 3, name="inner_conv")(inner_in),
-                        name="backbone")
+    inner = keras.Model(
+        inner_in, keras.layers.Conv2D(4, 3, name="inner_conv")(inner_in), name="backbone"
+    )
     outer_in = keras.Input((12, 12, 1))
     x = keras.layers.GlobalAveragePooling2D()(inner(outer_in))
     model = keras.Model(outer_in, keras.layers.Dense(2, name="head")(x))
@@ -86,13 +91,19 @@ def test_shared_layer_is_cloned_once():
 
 def test_overrides_by_class_regex_and_name(small_cnn):
     q = autoqnn.quantize(
-        small_cnn, weight_bits=4, activation_bits=None,
-        config={"Conv2D": {"weight_bits": 6}, "d.*": {"weight_bits": 3}, "conv1": {"weight_bits": 8},
-                keras.layers.Dense: None},
+        small_cnn,
+        weight_bits=4,
+        activation_bits=None,
+        config={
+            "Conv2D": {"weight_bits": 6},
+            "d.*": {"weight_bits": 3},
+            "conv1": {"weight_bits": 8},
+            keras.layers.Dense: None,
+        },
     )
     report = q.autoqnn_report
-    assert report.get("conv1").weight_bits == 8     # name beats class
-    assert report.get("dw").weight_bits == 3        # regex beats default
+    assert report.get("conv1").weight_bits == 8  # name beats class
+    assert report.get("dw").weight_bits == 3  # regex beats default
     assert report.get("logits").status == "float"
     assert report.get("logits").reason == "excluded by config"
 
@@ -104,8 +115,10 @@ def test_unknown_layers_stay_float_and_are_reported(images):
     x = keras.layers.PReLU(name="prelu")(x)
     q = autoqnn.quantize(keras.Model(inputs, x), calibration_data=images)
     floats = {r.name: r.reason for r in q.autoqnn_report.float_layers}
-    assert floats == {"ln": "no quantization handler for LayerNormalization",
-                      "prelu": "no quantization handler for PReLU"}
+    assert floats == {
+        "ln": "no quantization handler for LayerNormalization",
+        "prelu": "no quantization handler for PReLU",
+    }
     # Their outputs are still quantized, so the next integer op gets a grid.
     assert "ln_aq" in [layer.name for layer in q.layers]
     text = str(q.autoqnn_report)
@@ -116,8 +129,9 @@ def test_all_weighted_layer_types_quantize_and_round_trip(tmp_path):
     tokens = keras.Input((6,), dtype="int32")
     emb = keras.layers.Embedding(20, 8, name="emb")(tokens)
     seq = keras.layers.Conv1D(4, 3, padding="same", name="c1")(emb)
-    seq = keras.layers.EinsumDense("abc,cd->abd", output_shape=(6, 5), bias_axes="d",
-                                   name="ein")(seq)
+    seq = keras.layers.EinsumDense("abc,cd->abd", output_shape=(6, 5), bias_axes="d", name="ein")(
+        seq
+    )
     image = keras.Input((8, 8, 3))
     y = keras.layers.SeparableConv2D(4, 3, padding="same", name="sep")(image)
     y = keras.layers.Conv2DTranspose(4, 3, strides=2, name="tconv")(y)
@@ -129,9 +143,11 @@ def test_all_weighted_layer_types_quantize_and_round_trip(tmp_path):
     out = keras.layers.Dense(3, name="head")(out)
     model = keras.Model([tokens, image, vol], out)
     rng = np.random.default_rng(0)
-    data = [rng.integers(0, 20, (16, 6)).astype("int32"),
-            rng.random((16, 8, 8, 3), dtype=np.float32), rng.random((16, 4, 4, 4, 1),
-                                                                   dtype=np.float32)]
+    data = [
+        rng.integers(0, 20, (16, 6)).astype("int32"),
+        rng.random((16, 8, 8, 3), dtype=np.float32),
+        rng.random((16, 4, 4, 4, 1), dtype=np.float32),
+    ]
     q = autoqnn.quantize(model, weight_bits=4, activation_bits=8, calibration_data=data)
     statuses = {r.name: r.status for r in q.autoqnn_report if r.params}
     assert set(statuses.values()) == {"quantized"}, statuses
@@ -139,5 +155,6 @@ def test_all_weighted_layer_types_quantize_and_round_trip(tmp_path):
     path = tmp_path / "all.keras"
     q.save(path)
     loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(loaded.predict(data, verbose=0), q.predict(data, verbose=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(data, verbose=0), q.predict(data, verbose=0), atol=1e-6
+    )
