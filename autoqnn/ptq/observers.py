@@ -63,18 +63,24 @@ class Histogram:
         self.limit = None
         self.counts = np.zeros(bins, "float64")
 
-    def add(self, values: np.ndarray):
+    def add(self, values: np.ndarray, min_value=None, max_value=None):
+        """Adds values (their min/max may be passed when already known)."""
         values = np.asarray(values, "float32").ravel()
         if not values.size:
             return
-        amax = float(max(-values.min(), values.max()))
+        lo = float(values.min()) if min_value is None else float(min_value)
+        hi = float(values.max()) if max_value is None else float(max_value)
+        amax = max(-lo, hi)
         if self.limit is None:
             self.limit = float(2.0 ** np.ceil(np.log2(amax))) if amax > 0 else 1.0
         while amax > self.limit:
             self._double()
         scale = np.float32(self.bins / (2.0 * self.limit))
-        index = ((values + np.float32(self.limit)) * scale).astype(np.int32)
-        np.clip(index, 0, self.bins - 1, out=index)
+        scaled = np.multiply(values, scale)
+        scaled += np.float32(self.bins / 2)
+        index = scaled.astype(np.int32)
+        np.minimum(index, self.bins - 1, out=index)  # values == limit
+        np.maximum(index, 0, out=index)
         self.counts += np.bincount(index, minlength=self.bins)
 
     def _double(self):
@@ -111,9 +117,10 @@ class HistogramObserver(Observer):
         values = np.asarray(values)
         if not values.size:
             return
-        self.min = min(self.min, float(values.min()))
-        self.max = max(self.max, float(values.max()))
-        self.histogram.add(values)
+        lo, hi = float(values.min()), float(values.max())
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.histogram.add(values, lo, hi)
         self.count += values.size
 
     @property

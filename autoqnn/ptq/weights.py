@@ -33,7 +33,7 @@ from autoqnn import ops as qops
 from autoqnn.data import iterate_batches
 from autoqnn.layers.quantized import QUANTIZED_LAYERS, QuantizedWeightsMixin
 
-CLIP_RATIOS = np.linspace(0.2, 1.0, 81)
+CLIP_RATIOS = np.linspace(0.3, 1.0, 36)
 _FLOAT_CLASS = {quantized: original for original, quantized in QUANTIZED_LAYERS.items()}
 
 

@@ -138,7 +138,8 @@ def _score(accuracy, float_accuracy):
 
 def run_search(space: SearchSpace, evaluate, strategy="xgboost", max_trials: int = 20, *,
                seed: int = 0, features=None, prior=None, done=None, executor=None,
-               float_accuracy: float = 0.0, on_trial=None, verbose: int = 0) -> dict:
+               float_accuracy: float = 0.0, on_trial=None, stop=None,
+               verbose: int = 0) -> dict:
     """The search loop on grid indices (used by `tune_ptq` and by benchmark replays).
 
     Args:
@@ -154,6 +155,7 @@ def run_search(space: SearchSpace, evaluate, strategy="xgboost", max_trials: int
         executor: see `autoqnn.search.executor.get_executor`.
         float_accuracy: the reference the scores are relative to.
         on_trial: `fn(index, Outcome)` called as each trial finishes.
+        stop: `fn(results) -> bool`, checked after each round; True ends the search.
         verbose: 1 shows a progress bar.
 
     Returns:
@@ -169,7 +171,8 @@ def run_search(space: SearchSpace, evaluate, strategy="xgboost", max_trials: int
     if prior is not None and len(prior[0]):
         state.prior_features, state.prior_scores = np.asarray(prior[0]), np.asarray(prior[1])
     budget = min(max_trials, len(space))
-    progbar = keras.utils.Progbar(budget, unit_name="trial") if verbose else None
+    progbar = keras.utils.Progbar(budget, unit_name="trial",
+                                  stateful_metrics=["best_accuracy"]) if verbose else None
     while len(results) < budget:
         indices = strategy.propose(state, min(executor.max_workers, budget - len(results)))
         if not indices:
@@ -190,6 +193,8 @@ def run_search(space: SearchSpace, evaluate, strategy="xgboost", max_trials: int
         if progbar is not None:
             best = max((a for a in results.values() if a is not None), default=float("nan"))
             progbar.update(len(results), [("best_accuracy", best)])
+        if stop is not None and stop(results):
+            break
     return results
 
 

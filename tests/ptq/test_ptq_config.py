@@ -1,0 +1,49 @@
+"""PTQConfig: validation names the argument and the value; JSON round trip."""
+
+import pytest
+
+from autoqnn.ptq import PTQConfig
+
+
+def test_defaults_and_round_trip():
+    cfg = PTQConfig(weight_bits=4, keep_layers=("last", "first"), keep_bits=None)
+    assert cfg.keep_layers == ("first", "last")
+    again = PTQConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert cfg.to_dict()["keep_layers"] == "first+last"
+    assert PTQConfig(keep_layers="none").keep_layers == ()
+
+
+@pytest.mark.parametrize("scheme, options", [
+    ("symmetric", {"symmetric": True, "power_of_two_scale": False}),
+    ("asymmetric", {"symmetric": False, "power_of_two_scale": False}),
+    ("symmetric_pot", {"symmetric": True, "power_of_two_scale": True}),
+])
+def test_scheme_options(scheme, options):
+    assert PTQConfig(scheme=scheme).scheme_options == options
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("weight_bits", 1, "weight_bits must be an int in [2, 16], got 1"),
+    ("weight_bits", 4.5, "weight_bits must be an int in [2, 16], got 4.5"),
+    ("activation_bits", 17, "activation_bits must be an int in [2, 16] or None, got 17"),
+    ("calibration", "median", "calibration must be one of"),
+    ("calibration_samples", 0, "calibration_samples must be a positive int or None, got 0"),
+    ("scheme", "pot", "scheme must be one of"),
+    ("granularity", "per_row", "granularity must be one of"),
+    ("weight_clipping", "kl", "weight_clipping must be one of"),
+    ("bias_correction", "yes", "bias_correction must be a bool, got 'yes'"),
+    ("keep_layers", "first+middle", "got 'middle'"),
+    ("keep_bits", 0, "keep_bits must be an int"),
+    ("percentile", 20, "percentile must be a number in (50, 100], got 20"),
+])
+def test_invalid_values_name_argument_and_value(field, value, message):
+    with pytest.raises(ValueError) as info:
+        PTQConfig(**{field: value})
+    assert message in str(info.value)
+    assert repr(value) in str(info.value) or str(value) in str(info.value)
+
+
+def test_unknown_field_in_dict():
+    with pytest.raises(ValueError, match="unknown PTQConfig fields \\['bits'\\]"):
+        PTQConfig.from_dict({"bits": 4})
