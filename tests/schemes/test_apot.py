@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from autoqnn.schemes import APoTScheme
 from autoqnn.schemes.apot import apot_grid, apot_levels, apot_quantize
 
-from .conftest import on_grid, weight_arrays
+from .scheme_strategies import on_grid, weight_arrays
 
 
 def test_levels_golden():

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from autoqnn.schemes import ASDScheme
 from autoqnn.schemes.asd import asd_levels, asd_quantize, naf_weight
 
-from .conftest import weight_arrays
+from .scheme_strategies import weight_arrays
 
 
 @pytest.mark.parametrize(

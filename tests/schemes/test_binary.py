@@ -6,7 +6,7 @@ from hypothesis import given
 from autoqnn.schemes import BinaryScheme
 from autoqnn.schemes.binary import binary_quantize
 
-from .conftest import weight_arrays
+from .scheme_strategies import weight_arrays
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from autoqnn.schemes import ClipQScheme
 from autoqnn.schemes.clipq import clipq_grid, clipq_quantize
 from autoqnn.schemes.vecq import VECQ_LAMBDAS
 
-from .conftest import on_grid, weight_arrays
+from .scheme_strategies import on_grid, weight_arrays
 
 
 def test_grid_golden():

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from autoqnn.schemes import ESBScheme
 from autoqnn.schemes.esb import ESB_LAMBDAS, esb_grid, esb_quantize
 
-from .conftest import on_grid, weight_arrays
+from .scheme_strategies import on_grid, weight_arrays
 
 
 def _magnitudes(n, m):

@@ -9,7 +9,7 @@ from autoqnn.layers import ActivationQuantizer, QuantDense
 from autoqnn.schemes import LSQScheme
 from autoqnn.schemes.lsq import lsq_bounds, lsq_quantize
 
-from .conftest import on_grid, weight_arrays
+from .scheme_strategies import on_grid, weight_arrays
 
 
 def test_forward_golden():

@@ -9,7 +9,7 @@ from autoqnn.layers import ActivationQuantizer
 from autoqnn.schemes import MiniFloatScheme
 from autoqnn.schemes.minifloat import float_grid, minifloat_grid, minifloat_quantize
 
-from .conftest import on_grid, weight_arrays
+from .scheme_strategies import on_grid, weight_arrays
 
 FP4_E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 

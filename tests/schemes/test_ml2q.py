@@ -7,7 +7,7 @@ from autoqnn import ops as qops
 from autoqnn.schemes import ML2QScheme
 from autoqnn.schemes.ml2q import ML2Q_LAMBDAS, ml2q_grid, ml2q_quantize
 
-from .conftest import on_grid, weight_arrays
+from .scheme_strategies import on_grid, weight_arrays
 
 
 def test_grid_golden():

@@ -9,7 +9,7 @@ from autoqnn.layers import ActivationQuantizer
 from autoqnn.schemes import PACTScheme
 from autoqnn.schemes.pact import pact_quantize
 
-from .conftest import on_grid, weight_arrays
+from .scheme_strategies import on_grid, weight_arrays
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from autoqnn import ops as qops
 from autoqnn.schemes import PowerOfTwoScheme, get_scheme
 from autoqnn.schemes.pot import pot_exponents, pot_grid, pot_lambda, pot_quantize
 
-from .conftest import on_grid, weight_arrays
+from .scheme_strategies import on_grid, weight_arrays
 
 
 def test_lambda_table():

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from autoqnn.schemes import get_scheme, list_schemes
 from autoqnn.schemes.base import _REGISTRY
 
-from .conftest import weight_arrays
+from .scheme_strategies import weight_arrays
 
 STATELESS = [n for n in list_schemes("weight") if n != "lsq"]
 

@@ -7,7 +7,7 @@ from autoqnn.schemes import ResQScheme
 from autoqnn.schemes.binary import binary_quantize
 from autoqnn.schemes.resq import resq_quantize
 
-from .conftest import weight_arrays
+from .scheme_strategies import weight_arrays
 
 
 def _reference(w, bits):

@@ -5,7 +5,7 @@ from hypothesis import given
 from autoqnn.schemes import TernaryScheme
 from autoqnn.schemes.ternary import ternary_quantize
 
-from .conftest import weight_arrays
+from .scheme_strategies import weight_arrays
 
 A = 1.6 / 3.0
 

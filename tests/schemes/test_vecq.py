@@ -13,7 +13,7 @@ from autoqnn.schemes.vecq import (
     vecq_quantize,
 )
 
-from .conftest import on_grid, weight_arrays
+from .scheme_strategies import on_grid, weight_arrays
 
 W = np.array([-2.0, -1.0, 1.0, 2.0], "float32")  # std sqrt(2.5), norm sqrt(10)
 

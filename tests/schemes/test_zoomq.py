@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from autoqnn.schemes import ZoomQScheme
 from autoqnn.schemes.zoomq import zoomq_grid, zoomq_quantize
 
-from .conftest import on_grid, weight_arrays
+from .scheme_strategies import on_grid, weight_arrays
 
 
 def test_grid_golden():

@@ -1,0 +1,1 @@
+"""Tests of autoqnn.schemes (a package so the shared helpers import in any import mode)."""
