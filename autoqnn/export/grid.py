@@ -66,18 +66,28 @@ def channels_last(value: np.ndarray, channel_axis) -> tuple[np.ndarray, int | No
 
 
 def _group_scale(values: np.ndarray, max_int: int) -> float | None:
-    """The largest `s` with `values / s` integers in `[-max_int, max_int]`, or None."""
+    """The largest `s` with `values / s` integers in `[-max_int, max_int]`, or None.
+
+    Candidates are the smallest magnitude divided by 1, 2, ...; a candidate
+    that rounds every value to a near-integer is refined by least squares
+    (the levels carry float32 noise of the fake-quant arithmetic, largest
+    relative to the smallest level) and accepted when every value is within
+    `_TOL` of a step from its integer.
+    """
     mags = np.unique(np.abs(values[values != 0]).astype(np.float64))
     if mags.size == 0:
         return 1.0
     smallest = mags[0]
     for divisor in range(1, max_int + 1):
-        scale = smallest / divisor
-        ratios = mags / scale
-        if ratios[-1] > max_int + _TOL:
+        ratios = mags / (smallest / divisor)
+        if ratios[-1] > max_int + 0.5:
             return None
-        if np.all(np.abs(ratios - np.round(ratios)) <= _TOL):
-            return float(scale)
+        ints = np.round(ratios)
+        if np.abs(ratios - ints).max() > 0.1:
+            continue
+        scale = float(np.dot(ints, mags) / np.dot(ints, ints))
+        if np.abs(mags / scale - ints).max() <= _TOL and ints[-1] <= max_int:
+            return scale
     return None
 
 

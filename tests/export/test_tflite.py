@@ -44,6 +44,11 @@ def test_int8_per_channel_is_bit_exact(cnn_w8, data, tmp_path):
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
     types = set(tensor_types(info.path).values())
     assert "FLOAT32" not in types
+    # representative_data only serves tensors without a range: the model's own
+    # ranges are kept even when the data would calibrate them differently.
+    again = autoqnn.export_tflite(cnn_w8, tmp_path / "rep.tflite", representative_data=data * 3)
+    assert again.output_quantization == info.output_quantization
+    assert parity_steps(cnn_w8, again, data).max() <= 1.0 + 1e-4
 
 
 def test_int4_weights_shrink_the_file(cnn_w4, cnn_w8, data, tmp_path):
