@@ -22,27 +22,48 @@ from keras import ops
 _EPS = 1e-12
 
 
+def ste(x, q):
+    """Returns exactly `q` in the forward pass and passes the gradient straight to `x`.
+
+    Computed as `q + (x - x)` with the gradient stopped on `q` and the second
+    `x`, so the forward value is bit-exact `q` (the common `x + (q - x)` can be
+    one ulp off the level).
+    """
+    return ops.stop_gradient(q) + (x - ops.stop_gradient(x))
+
+
 def round_ste(x):
     """`round(x)` (half to even) in the forward pass, identity gradient."""
-    return x + ops.stop_gradient(ops.round(x) - x)
+    return ste(x, ops.round(x))
 
 
 def floor_ste(x):
     """`floor(x)` in the forward pass, identity gradient."""
-    return x + ops.stop_gradient(ops.floor(x) - x)
+    return ste(x, ops.floor(x))
+
+
+def floor_log2(a):
+    """Exact `floor(log2(a))` for positive normal floats.
+
+    `log2` is an ulp off near some powers of two; one correction step against
+    exact powers of two (`2.0 ** k` is exact) fixes it.
+    """
+    e = ops.floor(ops.log2(a))
+    e = ops.where(ops.power(2.0, e + 1.0) <= a, e + 1.0, e)
+    return ops.where(ops.power(2.0, e) > a, e - 1.0, e)
+
+
+def ceil_log2(a):
+    """Exact `ceil(log2(a))` for positive normal floats."""
+    e = floor_log2(a)
+    return ops.where(ops.power(2.0, e) < a, e + 1.0, e)
 
 
 def sign_ste(x):
     """`sign(x)` with 0 mapped to +1 and an identity gradient clipped to |x| <= 1."""
     s = ops.where(x >= 0, 1.0, -1.0)
     s = ops.cast(s, x.dtype)
-    clipped = ops.clip(x, -1.0, 1.0)
-    return clipped + ops.stop_gradient(s - clipped)
-
-
-def ste(x, q):
-    """Returns `q` in the forward pass and passes the gradient straight to `x`."""
-    return x + ops.stop_gradient(q - x)
+    return ste(ops.clip(x, -1.0, 1.0), s)
 
 
 def reduce_axes(ndim: int, channel_axis: int | tuple[int, ...] | None):
@@ -100,7 +121,7 @@ def uniform_quantize(x, min_value, max_value, bits, narrow_range=False):
     # floor(v + 0.5), as TensorFlow's kernel, so both paths agree on ties.
     q = ops.floor((clipped - nudged_min) / scale + 0.5) * scale + nudged_min
     # STE inside the range; zero gradient outside (as TF's fake-quant gradient).
-    return clipped + ops.stop_gradient(q - clipped)
+    return ste(clipped, q)
 
 
 def fake_quant(x, min_value, max_value, bits, narrow_range=False, channel_axis=None):

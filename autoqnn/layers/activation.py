@@ -13,7 +13,7 @@ Example:
     >>> aq = ActivationQuantizer(scheme="uniform", bits=4, symmetric=False)
     >>> _ = aq(np.zeros((1, 3), "float32"))          # builds
     >>> aq.set_range(0.0, 1.5)
-    >>> np.asarray(aq(np.array([[0.1, 0.7, 9.0]], "float32"))).round(2).tolist()
+    >>> np.asarray(aq(np.array([[0.1, 0.7, 9.0]], "float32")), "float64").round(2).tolist()
     [[0.1, 0.7, 1.5]]
 """
 

@@ -85,27 +85,6 @@ def sign_nonzero(x):
     return ops.cast(ops.where(x >= 0, 1.0, -1.0), x.dtype)
 
 
-def floor_log2(a):
-    """Exact `floor(log2(a))` for positive normal floats.
-
-    `log2` is off by an ulp near powers of two; one correction step against
-    exact powers of two (`2.0 ** k` is exact for normal exponents) fixes it.
-    """
-    e = ops.floor(ops.log2(a))
-    e = ops.where(ops.power(2.0, e + 1.0) <= a, e + 1.0, e)
-    return ops.where(ops.power(2.0, e) > a, e - 1.0, e)
-
-
 def per_channel_sum(x, channel_axis):
     """sum(x) over everything but the channel axis (keepdims)."""
     return ops.sum(x, axis=reduce_axes(len(x.shape), channel_axis), keepdims=True)
-
-
-def exact_ste(x, q):
-    """Returns exactly `q` forward and passes the gradient straight to `x`.
-
-    `autoqnn.ops.ste` computes `x + (q - x)`, which can land one ulp off `q`
-    (two copies of a level then count as two values). Here the forward value
-    is `q + (x - x)` = `q` exactly for finite `x`.
-    """
-    return ops.stop_gradient(q) + (x - ops.stop_gradient(x))

@@ -14,7 +14,7 @@ import numpy as np
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import check_int, exact_ste, sign_nonzero, static_bits
+from autoqnn.schemes._util import check_int, sign_nonzero, static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 
@@ -87,7 +87,7 @@ def apot_quantize(x, bits, channel_axis=None, base_bits=2):
         Tensor like `x`.
     """
     alpha = qops.safe_scale(qops.abs_max(x, channel_axis))
-    return exact_ste(x, apot_grid(x, alpha, bits, base_bits))
+    return qops.ste(x, apot_grid(x, alpha, bits, base_bits))
 
 
 @register_scheme("apot")

@@ -20,7 +20,7 @@ import numpy as np
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import check_int, exact_ste, sign_nonzero, static_bits
+from autoqnn.schemes._util import check_int, sign_nonzero, static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 
@@ -89,7 +89,7 @@ def asd_quantize(x, bits, channel_axis=None, digits=2):
     """
     top = float(asd_levels(bits, digits)[-1])
     alpha = qops.safe_scale(qops.abs_max(x, channel_axis) / top)
-    return exact_ste(x, asd_grid(x, alpha, bits, digits))
+    return qops.ste(x, asd_grid(x, alpha, bits, digits))
 
 
 @register_scheme("asd")

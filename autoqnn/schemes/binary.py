@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import exact_ste, sign_nonzero, static_bits
+from autoqnn.schemes._util import sign_nonzero, static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 
@@ -28,7 +28,7 @@ def binary_quantize(x, channel_axis=None):
         Tensor like `x` with values in `{-alpha, +alpha}`.
     """
     alpha = qops.mean_abs(x, channel_axis)
-    return exact_ste(x, alpha * sign_nonzero(x))
+    return qops.ste(x, alpha * sign_nonzero(x))
 
 
 @register_scheme("binary")

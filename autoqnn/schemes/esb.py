@@ -18,7 +18,7 @@ from __future__ import annotations
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import check_int, exact_ste, static_bits
+from autoqnn.schemes._util import check_int, static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 from autoqnn.schemes.minifloat import float_grid
 
@@ -76,8 +76,8 @@ def esb_quantize(x, bits, exponent_bits, channel_axis=None, mean_shift=True):
     alpha = qops.safe_scale(ESB_LAMBDAS[(bits, mantissa_bits)] * qops.std(x, channel_axis))
     if mean_shift:
         mean = ops.mean(x, axis=qops.reduce_axes(len(x.shape), channel_axis), keepdims=True)
-        return exact_ste(x, esb_grid(x - mean, alpha, exponent_bits, mantissa_bits) + mean)
-    return exact_ste(x, esb_grid(x, alpha, exponent_bits, mantissa_bits))
+        return qops.ste(x, esb_grid(x - mean, alpha, exponent_bits, mantissa_bits) + mean)
+    return qops.ste(x, esb_grid(x, alpha, exponent_bits, mantissa_bits))
 
 
 @register_scheme("esb")

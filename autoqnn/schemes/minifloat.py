@@ -13,7 +13,7 @@ from __future__ import annotations
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import check_int, exact_ste, floor_log2, static_bits
+from autoqnn.schemes._util import check_int, static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 _DEFAULT_EXPONENT_BITS = {2: 1, 3: 1, 4: 2, 5: 2, 6: 3, 7: 4, 8: 4}
@@ -46,7 +46,7 @@ def float_grid(y, exponent_min, exponent_max, mantissa_bits):
     mag = ops.abs(y)
     largest = (2.0 - 2.0**-mantissa_bits) * 2.0**exponent_max
     tiny = 2.0 ** max(exponent_min, -126)
-    e = ops.clip(floor_log2(ops.maximum(mag, tiny)), float(exponent_min), float(exponent_max))
+    e = ops.clip(qops.floor_log2(ops.maximum(mag, tiny)), float(exponent_min), float(exponent_max))
     step = ops.power(2.0, e - float(mantissa_bits))
     q = ops.minimum(ops.round(mag / step) * step, largest)
     return ops.where(y < 0, -q, q)
@@ -90,7 +90,7 @@ def minifloat_quantize(x, exponent_bits, mantissa_bits, channel_axis=None, amax=
     amax = ops.cast(amax, x.dtype)
     clipped = ops.clip(x, -amax, amax)
     q = minifloat_grid(ops.stop_gradient(clipped), amax, exponent_bits, mantissa_bits)
-    return exact_ste(clipped, q)
+    return qops.ste(clipped, q)
 
 
 @register_scheme("minifloat")

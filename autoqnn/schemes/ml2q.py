@@ -13,7 +13,7 @@ from __future__ import annotations
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import exact_ste, static_bits
+from autoqnn.schemes._util import static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 from autoqnn.schemes.vecq import half_integer_grid, table_lambda
 
@@ -55,7 +55,7 @@ def ml2q_quantize(x, bits, channel_axis=None):
     axes = qops.reduce_axes(len(x.shape), channel_axis)
     mean = ops.mean(x, axis=axes, keepdims=True)
     alpha = qops.safe_scale(table_lambda(ML2Q_LAMBDAS, bits) * qops.std(x, channel_axis))
-    return exact_ste(x, ml2q_grid(x, mean, alpha, bits))
+    return qops.ste(x, ml2q_grid(x, mean, alpha, bits))
 
 
 @register_scheme("ml2q")

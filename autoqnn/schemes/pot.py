@@ -13,7 +13,7 @@ from __future__ import annotations
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import exact_ste, sign_nonzero, static_bits
+from autoqnn.schemes._util import sign_nonzero, static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 POT_LAMBDAS = (1.0, 0.9, 0.4, 0.03)
@@ -76,7 +76,7 @@ def pot_quantize(x, bits, channel_axis=None):
         Tensor like `x`.
     """
     alpha = qops.safe_scale(pot_lambda(bits) * qops.std(x, channel_axis))
-    return exact_ste(x, pot_grid(x, alpha, bits))
+    return qops.ste(x, pot_grid(x, alpha, bits))
 
 
 @register_scheme("pot")

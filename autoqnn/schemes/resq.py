@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import exact_ste, sign_nonzero, static_bits
+from autoqnn.schemes._util import sign_nonzero, static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 
@@ -35,7 +35,7 @@ def resq_quantize(x, bits, channel_axis=None):
         term = qops.mean_abs(residual, channel_axis) * sign_nonzero(residual)
         total = term if total is None else total + term
         residual = residual - term
-    return exact_ste(x, total)
+    return qops.ste(x, total)
 
 
 @register_scheme("resq")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import check_positive, exact_ste, per_channel_sum, static_bits
+from autoqnn.schemes._util import check_positive, per_channel_sum, static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 
@@ -36,7 +36,7 @@ def ternary_quantize(x, channel_axis=None, threshold_ratio=0.7):
     kept = ops.cast(mag > delta, x.dtype)
     count = per_channel_sum(kept, channel_axis)
     alpha = per_channel_sum(mag * kept, channel_axis) / ops.maximum(count, 1.0)
-    return exact_ste(x, ops.where(kept > 0, alpha * ops.sign(x), 0.0))
+    return qops.ste(x, ops.where(kept > 0, alpha * ops.sign(x), 0.0))
 
 
 @register_scheme("ternary")

@@ -43,7 +43,7 @@ def uniform_range(x, bits, symmetric, narrow_range, power_of_two_scale, channel_
         qmin = qmax if narrow_range else qmax + 1.0
         scale = qops.safe_scale(amax / max(qmax, 1.0))
         if power_of_two_scale:
-            scale = ops.power(2.0, ops.ceil(ops.log2(scale)))
+            scale = ops.power(2.0, qops.ceil_log2(scale))
         return -qmin * scale, qmax * scale
     lo = ops.minimum(ops.min(x, axis=axes, keepdims=True), 0.0)
     hi = ops.maximum(ops.max(x, axis=axes, keepdims=True), 0.0)
@@ -52,7 +52,7 @@ def uniform_range(x, bits, symmetric, narrow_range, power_of_two_scale, channel_
         lo, hi = lo * c, hi * c
     if power_of_two_scale:
         levels = 2.0**bits - 1.0
-        scale = ops.power(2.0, ops.ceil(ops.log2(qops.safe_scale((hi - lo) / levels))))
+        scale = ops.power(2.0, qops.ceil_log2(qops.safe_scale((hi - lo) / levels)))
         zero = ops.round(-lo / scale)
         lo = -zero * scale
         hi = lo + levels * scale
@@ -128,7 +128,7 @@ class UniformScheme(Scheme):
                 qmin = qmax if self.narrow_range else qmax + 1.0
                 scale = qops.safe_scale(amax / qmax)
                 if self.power_of_two_scale:
-                    scale = ops.power(2.0, ops.ceil(ops.log2(scale)))
+                    scale = ops.power(2.0, qops.ceil_log2(scale))
                 return -qmin * scale, qmax * scale
             return lo, hi
         return uniform_range(

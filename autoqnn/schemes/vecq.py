@@ -13,7 +13,7 @@ from __future__ import annotations
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import exact_ste, per_channel_sum, static_bits
+from autoqnn.schemes._util import per_channel_sum, static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 VECQ_LAMBDAS = (1.0, 0.9957, 0.5860, 0.3352, 0.1881, 0.1041, 0.0569, 0.0308)
@@ -76,7 +76,7 @@ def vecq_quantize(x, bits, channel_axis=None, lambdas=VECQ_LAMBDAS):
     idx = half_integer_index(x, alpha, bits)
     modulus = ops.sqrt(per_channel_sum(ops.square(x), channel_axis))
     idx_modulus = ops.sqrt(per_channel_sum(ops.square(idx), channel_axis))
-    return exact_ste(x, idx * (modulus / idx_modulus))
+    return qops.ste(x, idx * (modulus / idx_modulus))
 
 
 @register_scheme("vecq")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import exact_ste, static_bits
+from autoqnn.schemes._util import static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 
@@ -53,7 +53,7 @@ def zoomq_quantize(x, bits, channel_axis=None):
     axes = qops.reduce_axes(len(x.shape), channel_axis)
     lo = ops.min(x, axis=axes, keepdims=True)
     hi = ops.max(x, axis=axes, keepdims=True)
-    return exact_ste(x, zoomq_grid(x, lo, hi, bits))
+    return qops.ste(x, zoomq_grid(x, lo, hi, bits))
 
 
 @register_scheme("zoomq")
