@@ -125,9 +125,15 @@ def append_history(path, trial: Trial):
     """Appends one trial to the history file and flushes it to disk."""
     if path is None:
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = ""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            prefix = "" if handle.read(1) == b"\n" else "\n"  # after a cut line
     with open(path, "a") as handle:
-        handle.write(json.dumps(dataclasses.asdict(trial)) + "\n")
+        handle.write(prefix + json.dumps(dataclasses.asdict(trial)) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 

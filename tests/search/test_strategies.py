@@ -1,0 +1,94 @@
+"""Strategies: each proposes untried configs only, deterministically per seed, and finds a
+planted optimum; the XGBoost cost model finds it in far fewer trials than random."""
+
+import statistics
+
+import numpy as np
+import pytest
+
+from autoqnn.search import SearchSpace, SearchState, get_strategy, run_search
+from autoqnn.search.strategies import XGBOOST_PARAMS, XGBOOST_ROUNDS, XGBoostStrategy
+
+SPACE = SearchSpace({
+    "calibration": ["max", "percentile", "kl", "mse"],
+    "calibration_samples": [1, 100, 1000],
+    "granularity": ["per_tensor", "per_channel"],
+    "scheme": ["symmetric", "asymmetric", "symmetric_pot"],
+})
+
+
+def _table():
+    """A structured accuracy surface: additive option effects, one best config."""
+    effects = {
+        "calibration": {"max": 0.0, "percentile": 0.4, "kl": -3.0, "mse": 0.6},
+        "calibration_samples": {1: -4.0, 100: 0.0, 1000: 0.2},
+        "granularity": {"per_tensor": -5.0, "per_channel": 0.0},
+        "scheme": {"symmetric": -0.5, "asymmetric": 0.3, "symmetric_pot": -2.0},
+    }
+    return [0.9 + sum(effects[o][c[o]] for o in effects) / 100 for c in SPACE.configs()]
+
+
+def _features():
+    return np.concatenate([SPACE.encode_all(), np.zeros((len(SPACE), 3), "float32")], axis=1)
+
+
+def _evaluations(strategy, seed, table, prior=None):
+    best = max(table)
+    results = run_search(SPACE, lambda i: table[i], strategy, len(SPACE), seed=seed,
+                         features=_features(), prior=prior, float_accuracy=0.9,
+                         stop=lambda r: best in r.values())
+    return list(results.values()).index(best) + 1
+
+
+def test_quantune_parameters():
+    assert XGBOOST_PARAMS == {"objective": "reg:squarederror", "eta": 0.15, "gamma": 3.0}
+    assert XGBOOST_ROUNDS == 200
+
+
+@pytest.mark.parametrize("name", ["xgboost", "random", "grid", "genetic"])
+def test_full_budget_covers_space_once(name):
+    space = SearchSpace({"calibration": ["max", "kl", "mse"],
+                         "scheme": ["symmetric", "asymmetric"]})
+    results = run_search(space, lambda i: 0.5 + 0.01 * i, name, len(space), seed=1,
+                         features=space.encode_all())
+    assert sorted(results) == list(range(len(space)))
+
+
+@pytest.mark.parametrize("name", ["xgboost", "random", "genetic"])
+def test_deterministic_per_seed(name):
+    table = _table()
+    runs = [list(run_search(SPACE, lambda i: table[i], name, 12, seed=3,
+                            features=_features())) for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_xgboost_beats_random_on_structured_surface():
+    table = _table()
+    xgb = statistics.median(_evaluations("xgboost", s, table) for s in range(5))
+    rnd = statistics.median(_evaluations("random", s, table) for s in range(5))
+    # Measured: xgboost 16, random 40 (the exact best of 72 must be found; option
+    # effects of 0.2-0.6 % sit below gamma 3, so the last steps are local refinement).
+    assert xgb <= 0.6 * rnd and xgb <= 22
+
+
+def test_transfer_rows_warm_start():
+    table = _table()
+    prior = (_features(), np.array([100 * (a - 0.9) for a in table]))
+    strategy = XGBoostStrategy(n_initial=3)
+    # With transfer rows the very first proposal already uses the cost model.
+    assert _evaluations(strategy, 0, table, prior) <= 3
+
+
+def test_xgboost_needs_features():
+    with pytest.raises(ValueError, match="needs state.features"):
+        get_strategy("xgboost").propose(SearchState(SPACE, {0: 1.0, 1: 0.0, 2: 0.5}))
+
+
+def test_unknown_strategy():
+    with pytest.raises(ValueError, match="strategy must be one of .* got 'bayes'"):
+        get_strategy("bayes")
+
+
+def test_failed_trials_are_not_proposed_again():
+    state = SearchState(SPACE, {i: None for i in range(70)}, _features())
+    assert sorted(get_strategy("genetic").propose(state, 5)) == [70, 71]
