@@ -32,13 +32,14 @@ class ActivationQuantizer(keras.layers.Layer):
 
     Args:
         scheme: scheme name, config dict or `Scheme` (must support activations).
-        bits: bit width (ignored when `scheme` is an instance).
+        bits: bit width (default: the scheme's default; ignored when `scheme`
+            is an instance).
         momentum: EMA momentum of the range while training.
         **kwargs: scheme options when `scheme` is a name (e.g. symmetric=False),
             plus standard layer keyword arguments (name, dtype).
     """
 
-    def __init__(self, scheme="uniform", bits=8, momentum=0.99, **kwargs):
+    def __init__(self, scheme="uniform", bits=None, momentum=0.99, **kwargs):
         layer_kwargs = {
             k: kwargs.pop(k) for k in list(kwargs) if k in ("name", "dtype", "trainable")
         }
