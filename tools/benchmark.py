@@ -5,7 +5,8 @@
 
 Trains (or reloads from runs/) the reference model, then measures W8A8 PTQ,
 W4A8 PTQ, W4A4 QAT and W2A2 QAT (first and last layer kept at 8 bits) on the
-test split, plus two speed ratios: a QAT training step against a float one,
+test split (QAT with the uniform scheme and with LSQ for weights and
+activations), plus two speed ratios: a QAT training step against a float one,
 and `quantize` with 512 calibration images. `--tuner` and `--export` add the
 PTQ-tuner and TFLite-export measurements (tools/bench_tuner.py,
 tools/bench_export.py).
@@ -53,21 +54,17 @@ def ptq_run(model, bits_w, bits_a, calib, test, config=None):
     return run_row(f"W{bits_w}A{bits_a} PTQ", q, test, time.perf_counter() - start, bits_a)
 
 
-def qat_run(model, bits_w, bits_a, calib, train, test, epochs, learning_rate, verbose):
+def qat_run(model, bits_w, bits_a, calib, train, test, epochs, learning_rate, verbose,
+            scheme="uniform"):
+    """QAT from the float weights; `scheme` is used for weights and activations."""
     start = time.perf_counter()
-    q = autoqnn.quantize(
-        model,
-        weight_bits=bits_w,
-        activation_bits=bits_a,
-        input_bits=8,
-        calibration_data=calib,
-        config=low_bit_config(model),
-    )
+    q = autoqnn.quantize(model, scheme=scheme, weight_bits=bits_w, activation_bits=bits_a,
+                         activation_scheme=scheme, input_bits=8, calibration_data=calib,
+                         config=low_bit_config(model))
     compile_model(q, learning_rate)
     q.fit(*train, epochs=epochs, batch_size=128, verbose=verbose)
-    return run_row(
-        f"W{bits_w}A{bits_a} QAT ({epochs} ep)", q, test, time.perf_counter() - start, bits_a
-    )
+    return run_row(f"W{bits_w}A{bits_a} QAT {scheme} ({epochs} ep)", q, test,
+                   time.perf_counter() - start, bits_a)
 
 
 def step_seconds(model, x, y, steps=20):
@@ -143,11 +140,13 @@ def main(argv=None):
     runs = result["runs"]
     runs.append(ptq_run(model, 8, 8, calib, test))
     runs.append(ptq_run(model, 4, 8, calib, test))
-    runs.append(qat_run(model, 4, 4, calib, train, test, args.qat_epochs, 1e-4, args.verbose))
-    runs.append(qat_run(model, 2, 2, calib, train, test, args.qat_epochs, 2e-4, args.verbose))
+    for bits, learning_rate in ((4, 2e-4), (2, 1e-3)):
+        for scheme in ("uniform", "lsq"):
+            runs.append(qat_run(model, bits, bits, calib, train, test, args.qat_epochs,
+                                learning_rate, args.verbose, scheme))
     for row in runs:
         print(
-            f"  {row['method']:18s} acc {100 * row['accuracy']:6.2f}%  w bits "
+            f"  {row['method']:24s} acc {100 * row['accuracy']:6.2f}%  w bits "
             f"{row['weight_bits_avg']:5.2f}  size {row['size_bytes'] / 1024:8.1f} KiB  "
             f"{row['seconds']:7.1f}s",
             flush=True,
