@@ -156,7 +156,8 @@ def main(argv=None):
     if args.tuner:
         from bench_tuner import run_tuner_bench
 
-        result["tuner"] = run_tuner_bench(args.model, model, train, test)
+        result["tuner"] = run_tuner_bench(args.data, models=(args.model,), epochs=args.epochs,
+                                          train_subset=args.train_subset, verbose=args.verbose)
     if args.export:
         from bench_export import run_export_bench
 
