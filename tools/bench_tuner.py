@@ -13,7 +13,7 @@ What it does, honestly:
    values are the same, the cost is not). It counts the evaluations until a
    trial reaches the grid's best accuracy within 0.1 % (absolute).
    Transfer = the cost model is pre-trained on the other reference model's
-   recorded tables (leave-one-model-out), as in Quantune.
+   recorded table of the same bit setting (leave-one-model-out), as in Quantune.
 4. Reports the median (and all seeds), the grid size, the grid's own count in
    grid order, and the best W4A8 gap to float.
 
@@ -95,10 +95,12 @@ def replay(space, table, float_accuracy, descriptors, strategy, seed, prior=None
 
 
 def transfer_prior(history, key, space):
-    """Cost-model rows from every other model in the history (leave-one-model-out)."""
+    """Cost-model rows from the other models' tables of the same space (same bits), as
+    Quantune's leave-one-model-out transfer (its tables were all int8)."""
     rows, scores = [], []
     for trial in read_history(history):
-        if trial.model != key and trial.accuracy is not None:
+        if trial.model != key and trial.accuracy is not None and \
+                space.index_of(trial.config) is not None:
             rows.append(config_features(space, trial.config, trial.descriptors))
             scores.append(100.0 * (trial.accuracy - trial.float_accuracy))
     return (np.array(rows), np.array(scores)) if rows else None
