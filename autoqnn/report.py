@@ -72,6 +72,9 @@ class QuantizationReport:
         return len(self.rows)
 
     def __getitem__(self, index):
+        """A row by position, or by layer name (`report["conv1"]`)."""
+        if isinstance(index, str):
+            return self.get(index)
         return self.rows[index]
 
     def get(self, name: str) -> LayerReport:

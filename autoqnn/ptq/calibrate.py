@@ -8,13 +8,16 @@ the `(min, max)` range for the quantizer's bits.
 Example:
     >>> import numpy as np, keras, autoqnn
     >>> inputs = keras.Input((4,)); model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    >>> qmodel = autoqnn.quantize(model)
-    >>> autoqnn.calibrate(qmodel, np.random.rand(16, 4).astype("float32"))
+    >>> x = np.random.rand(16, 4).astype("float32")
+    >>> qmodel = autoqnn.quantize(model, calibration_data=x[:1])
+    >>> autoqnn.calibrate(qmodel, x, method="max")   # calibrate again, on more data
     >>> all(layer.is_calibrated for layer in autoqnn.activation_quantizers(qmodel))
     True
 """
 
 from __future__ import annotations
+
+import abc
 
 import numpy as np
 
@@ -39,7 +42,7 @@ def list_calibration_methods() -> list[str]:
     return sorted(_OBSERVERS)
 
 
-class Observer:
+class Observer(abc.ABC):
     """Collects statistics of one tensor over calibration batches.
 
     Args:
@@ -52,11 +55,13 @@ class Observer:
         self.symmetric = symmetric
         self.count = 0
 
+    @abc.abstractmethod
     def update(self, values: np.ndarray):
-        raise NotImplementedError
+        """Adds one batch of values."""
 
+    @abc.abstractmethod
     def compute_range(self) -> tuple[float, float]:
-        raise NotImplementedError
+        """The `(min, max)` range for the quantizer."""
 
 
 @register_observer("max")

@@ -34,6 +34,8 @@ Example:
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 from autoqnn.ptq.calibrate import Observer, register_observer
@@ -143,8 +145,9 @@ class HistogramObserver(Observer):
         keep = counts > 0
         return self.search_range(self.histogram.centers[keep], counts[keep], lo, hi)
 
+    @abc.abstractmethod
     def search_range(self, centers, counts, lo, hi):
-        raise NotImplementedError(f"{type(self).__name__} must implement search_range")
+        """The chosen `(min, max)` given the histogram's non-empty bins."""
 
 
 def quantize_centers(centers, lo, hi, levels):
@@ -200,8 +203,9 @@ class _RatioSearchObserver(HistogramObserver):
         best = float(self.ratios[int(np.argmin(losses))])
         return best * lo, best * hi
 
+    @abc.abstractmethod
     def losses(self, centers, counts, lo, hi):
-        raise NotImplementedError(f"{type(self).__name__} must implement losses")
+        """The loss of each candidate range `(lo[i], hi[i])`."""
 
 
 @register_observer("mse")
@@ -223,8 +227,13 @@ class KLObserver(_RatioSearchObserver):
     """
 
     ratios = np.linspace(1.0 / 16.0, 1.0, 64)
+    min_values = 1024
+    """Below this many observed values the histogram is too sparse for a
+    divergence (e.g. 10 logits of one sample): the min/max range is used."""
 
     def compute_range(self):
+        if self.count < self.min_values:
+            return self.full_range()
         # The spike of exact zeros (ReLU outputs) would dominate the divergence
         # and favour tiny ranges; like NVIDIA's calibrator, give the zero bin
         # the count of its neighbour.

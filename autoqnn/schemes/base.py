@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import math
 
 import keras
@@ -109,7 +110,7 @@ def get_scheme(identifier, **kwargs) -> Scheme:
     return _REGISTRY[identifier](**kwargs)
 
 
-class Scheme:
+class Scheme(abc.ABC):
     """Base class of all quantization schemes.
 
     Subclasses set the class attributes and implement `quantize`; those with
@@ -175,6 +176,7 @@ class Scheme:
         del layer, name, shape, channel_axis, role
         return {}
 
+    @abc.abstractmethod
     def quantize(self, x, state=None, *, channel_axis=None, bits=None, training=False):
         """Fake-quantizes `x` (values on the scheme's grid, STE gradient).
 
@@ -189,7 +191,6 @@ class Scheme:
         Returns:
             Tensor like `x`.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement quantize()")
 
     def __call__(self, x, state=None, **kwargs):
         return self.quantize(x, state or {}, **kwargs)

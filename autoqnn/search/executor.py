@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import concurrent.futures
 import dataclasses
 import time
@@ -43,7 +44,7 @@ def run_one(fn, item) -> Outcome:
     return Outcome(value, None, time.perf_counter() - start)
 
 
-class Executor:
+class Executor(abc.ABC):
     """Interface: `map(fn, items) -> list[Outcome]` (same order as items).
 
     Attributes:
@@ -53,10 +54,11 @@ class Executor:
 
     max_workers = 1
 
+    @abc.abstractmethod
     def map(self, fn, items) -> list[Outcome]:
-        raise NotImplementedError(f"{type(self).__name__} must implement map")
+        """Evaluates `fn` on every item; failures become failed `Outcome`s."""
 
-    def close(self):
+    def close(self):  # noqa: B027 - optional hook, deliberately not abstract
         """Releases workers (no-op by default)."""
 
 

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import warnings
 
@@ -62,13 +63,14 @@ class SearchState:
         return [(i, s) for i, s in self.tried.items() if s is not None and np.isfinite(s)]
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """Interface: `propose(state, count) -> list of untried grid indices` (at most count)."""
 
     name = "base"
 
+    @abc.abstractmethod
     def propose(self, state: SearchState, count: int = 1) -> list[int]:
-        raise NotImplementedError(f"{type(self).__name__} must implement propose")
+        """Up to `count` untried grid indices to evaluate next."""
 
 
 class GridStrategy(Strategy):

@@ -88,3 +88,16 @@ def test_observer_histogram_is_fast():
         obs.update(x)
         obs.compute_range()
         assert time.perf_counter() - start < 3.0, cls  # vectorised: ~0.1-0.3 s
+
+
+def test_kl_falls_back_to_min_max_on_sparse_data():
+    from autoqnn.ptq.observers import KLObserver
+
+    observer = KLObserver(bits=8)
+    observer.update(np.array([-0.5, 0.1, 0.2, 3.0, 0.05, -0.1, 0.3, 0.2, 0.15, 0.0], "float32"))
+    assert observer.compute_range() == (-0.5, 3.0)
+    dense = KLObserver(bits=8)
+    rng = np.random.default_rng(0)
+    dense.update(np.concatenate([rng.normal(size=20000), [40.0]]).astype("float32"))
+    lo, hi = dense.compute_range()
+    assert hi < 40.0  # enough data: the outlier is clipped
