@@ -68,6 +68,3 @@ class ClipQScheme(Scheme):
 
     def quantize(self, x, state=None, *, channel_axis=None, bits=None, training=False):
         return clipq_quantize(x, static_bits(self, bits), self.channel_axis(channel_axis))
-
-    def num_levels(self, bits=None):
-        return 2 ** (self.bits if bits is None else bits)

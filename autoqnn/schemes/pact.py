@@ -89,8 +89,5 @@ class PACTScheme(Scheme):
             )
         return pact_quantize(x, state["alpha"], bits)
 
-    def num_levels(self, bits=None):
-        return 2 ** (self.bits if bits is None else bits)
-
     def get_config(self):
         return {**super().get_config(), "initial_alpha": self.initial_alpha}

@@ -78,6 +78,3 @@ class ZoomQScheme(Scheme):
 
     def quantize(self, x, state=None, *, channel_axis=None, bits=None, training=False):
         return zoomq_quantize(x, static_bits(self, bits), self.channel_axis(channel_axis))
-
-    def num_levels(self, bits=None):
-        return 2 ** (self.bits if bits is None else bits)
