@@ -28,7 +28,7 @@ def _check_finite_weights(model):
 def quantize(
     model,
     scheme="uniform",
-    weight_bits: int = 8,
+    weight_bits: int | None = None,
     activation_bits: int | None = 8,
     granularity: str = "per_channel",
     calibration_data=None,
@@ -57,7 +57,9 @@ def quantize(
     Args:
         model: a built Functional or Sequential Keras model (nested models ok).
         scheme: weight scheme name (`autoqnn.list_schemes("weight")`).
-        weight_bits: bits of the weights (the scheme's valid range applies).
+        weight_bits: bits of the weights (the scheme's valid range applies);
+            None: the scheme's default (8 for uniform, 1 for binary, 2 for
+            ternary; `autoqnn schemes` lists them).
         activation_bits: bits of the activations; None keeps them float.
         granularity: "per_channel" or "per_tensor" weight quantization.
         calibration_data: inputs to calibrate activation ranges on (array,
@@ -112,7 +114,7 @@ def quantize(
                  "calibration_samples": calibration_samples,
                  "scheme_options": scheme_options or None,
                  "activation_options": activation_options or None}
-        defaults = {"scheme": "uniform", "weight_bits": 8, "activation_bits": 8,
+        defaults = {"scheme": "uniform", "weight_bits": None, "activation_bits": 8,
                     "granularity": "per_channel", "calibration_method": "max",
                     "calibration_samples": None, "scheme_options": None,
                     "activation_options": None}

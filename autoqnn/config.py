@@ -22,6 +22,7 @@ import dataclasses
 import re
 
 from autoqnn.schemes import GRANULARITIES, get_scheme, list_schemes
+from autoqnn.schemes.base import scheme_class
 
 LAYER_FIELDS = (
     "quantize",
@@ -42,7 +43,8 @@ class LayerConfig:
     Args:
         quantize: False keeps the layer float.
         scheme: weight scheme name (see `autoqnn.list_schemes("weight")`).
-        weight_bits: bits of the weights.
+        weight_bits: bits of the weights; None: the scheme's own default
+            (8 for uniform, 1 for binary, 2 for ternary, ...).
         activation_bits: bits of the layer's output activations (None: float).
         activation_scheme: scheme of the activations ("uniform", "pact", ...).
         granularity: "per_channel" or "per_tensor" for weights.
@@ -52,7 +54,7 @@ class LayerConfig:
 
     quantize: bool = True
     scheme: str = "uniform"
-    weight_bits: int = 8
+    weight_bits: int | None = None
     activation_bits: int | None = 8
     activation_scheme: str = "uniform"
     granularity: str = "per_channel"
@@ -135,7 +137,7 @@ class QuantizationConfig:
     """
 
     scheme: str = "uniform"
-    weight_bits: int = 8
+    weight_bits: int | None = None
     activation_bits: int | None = 8
     activation_scheme: str = "uniform"
     granularity: str = "per_channel"
@@ -176,7 +178,7 @@ class QuantizationConfig:
                     f"valid: {list(LAYER_FIELDS)}"
                 )
             try:
-                base.replace(**value)
+                base.replace(**_implied_bits(base, value))
             except (TypeError, ValueError) as err:
                 raise type(err)(f"config[{selector!r}]: {err}") from None
 
@@ -219,5 +221,19 @@ class QuantizationConfig:
             if value is None or value is False:
                 config = config.replace(quantize=False)
             else:
-                config = config.replace(**value)
+                config = config.replace(**_implied_bits(config, value))
         return config
+
+
+def _implied_bits(config: LayerConfig, override: dict) -> dict:
+    """An override that switches scheme without giving bits keeps the inherited bits
+    when the new scheme accepts them, else takes the new scheme's default
+    (`{"scheme": "ternary"}` under `weight_bits=4` means 2-bit ternary)."""
+    if "scheme" not in override or "weight_bits" in override or config.weight_bits is None:
+        return override
+    scheme_cls = scheme_class(override["scheme"]) if isinstance(override["scheme"], str) else None
+    if scheme_cls is not None and not scheme_cls.min_bits <= config.weight_bits <= \
+            scheme_cls.max_bits:
+        return {**override, "weight_bits": None}
+    return override
+

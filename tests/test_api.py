@@ -147,3 +147,20 @@ def test_calibration_with_dataset_and_labels():
     q2 = autoqnn.quantize(_dense_model(), calibration_data=(x, np.zeros(20)),
                           calibration_samples=3)
     assert not q2.autoqnn_report.uncalibrated
+
+
+def test_scheme_implies_its_bits_when_none_are_given():
+    q = autoqnn.quantize(_dense_model(), scheme="binary", activation_bits=None)
+    assert q.autoqnn_report.get("dense_1").weight_bits == 1
+    # The issue's own example: a ternary override under 4-bit weights is 2-bit ternary,
+    # a pot override keeps the 4 bits it accepts.
+    q = autoqnn.quantize(_dense_model(), scheme="uniform", weight_bits=4, activation_bits=None,
+                         config={"dense_1": {"scheme": "ternary"}, "dense_2": {"scheme": "pot"}})
+    assert (q.autoqnn_report.get("dense_1").scheme, q.autoqnn_report.get("dense_1").weight_bits) \
+        == ("ternary", 2)
+    assert (q.autoqnn_report.get("dense_2").scheme, q.autoqnn_report.get("dense_2").weight_bits) \
+        == ("pot", 4)
+    # Bits given explicitly are never changed behind the user's back.
+    with pytest.raises(ValueError, match=r"config\['dense_1'\].*bits must be in \[2, 2\]"):
+        autoqnn.quantize(_dense_model(), weight_bits=4,
+                         config={"dense_1": {"scheme": "ternary", "weight_bits": 4}})

@@ -71,6 +71,11 @@ def list_schemes(kind: str | None = None) -> list[str]:
     return sorted(names)
 
 
+def scheme_class(name: str) -> type[Scheme] | None:
+    """The class registered under `name`, or None."""
+    return _REGISTRY.get(name)
+
+
 def get_scheme(identifier, **kwargs) -> Scheme:
     """Returns a scheme instance from a name, a config dict or an instance.
 
