@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from autoqnn.export.bitpack import pack_bits, packed_size, unpack_bits
-from autoqnn.export.grid import embed_in_int_grid, levels_per_channel
 from autoqnn.export.codec import decode_levels, encode_levels
+from autoqnn.export.grid import embed_in_int_grid, levels_per_channel
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 7, 8, 13, 16, 32])
