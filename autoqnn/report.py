@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import keras
 import numpy as np
 
 from autoqnn.layers.activation import ActivationQuantizer
 from autoqnn.layers.folded import FoldedBatchNorm
+from autoqnn.walk import iter_layers
 
 
 @dataclasses.dataclass
@@ -160,18 +160,9 @@ def quantization_report(model, float_reasons: dict | None = None) -> Quantizatio
         A `QuantizationReport`.
     """
     float_reasons = float_reasons or {}
-    rows = []
-    _collect(model, "", float_reasons, rows)
-    return QuantizationReport(rows)
-
-
-def _collect(model, prefix, reasons, report):
-    for layer in model.layers:
-        name = prefix + layer.name
-        if isinstance(layer, keras.Model):
-            _collect(layer, name + "/", reasons, report)
-            continue
-        report.append(_layer_row(layer, name, reasons))
+    return QuantizationReport(
+        _layer_row(layer, path, float_reasons) for path, layer in iter_layers(model)
+    )
 
 
 def _count(variable):
@@ -181,17 +172,13 @@ def _count(variable):
 def _layer_row(layer, name, reasons):
     cls = type(layer).__name__
     if isinstance(layer, ActivationQuantizer):
-        calibrated = layer.is_calibrated
         rng = layer.get_range()
-        note = (
-            f"range [{rng[0]:.4g}, {rng[1]:.4g}]"
-            if rng
-            else (
-                ""
-                if calibrated
-                else "not calibrated: passes float values until calibrated or trained"
-            )
-        )
+        if rng:
+            note = f"range [{rng[0]:.4g}, {rng[1]:.4g}]"
+        elif layer.is_calibrated:  # range-free schemes (PACT, LSQ)
+            note = ""
+        else:
+            note = "not calibrated: passes float values until calibrated or trained"
         return LayerReport(
             name,
             cls,

@@ -30,6 +30,7 @@ import tensorflow as tf
 from autoqnn.export.grid import INT4_MAX, INT8_MAX, IntGrid, channels_last, embed_in_int_grid
 from autoqnn.layers.activation import ActivationQuantizer
 from autoqnn.layers.quantized import QuantizedWeightsMixin
+from autoqnn.walk import iter_layers
 
 
 class ExportError(ValueError):
@@ -44,15 +45,6 @@ class ExportError(ValueError):
 # int4="all" for convolutions too.
 INT4_LAYERS = {True: ("QuantDense",),
                "all": ("QuantDense", "QuantConv2D", "QuantDepthwiseConv2D")}
-
-
-def iter_layers(model, prefix=""):
-    """Yields `(path, layer)` for every layer, nested models flattened ("outer/inner")."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from iter_layers(layer, prefix + layer.name + "/")
-        else:
-            yield prefix + layer.name, layer
 
 
 @dataclasses.dataclass

@@ -27,32 +27,15 @@ from autoqnn.ptq.calibrate import calibrate
 from autoqnn.ptq.config import PTQConfig
 from autoqnn.ptq.weights import correct_biases, search_weight_clips
 from autoqnn.rewrite.registry import find_handler
+from autoqnn.walk import is_conv, is_depthwise, is_pointwise, iter_layers
 
 CALIBRATION_BATCH_SIZE = 256
 
 
 def weighted_layers(model) -> list:
     """Layers with a quantization handler, in graph order (nested models flattened)."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            found.extend(weighted_layers(layer))
-        elif layer.weights and find_handler(layer) is not None:
-            found.append(layer)
-    return found
-
-
-def _is_depthwise(layer):
-    return isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D))
-
-
-def _is_conv(layer):
-    return isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D
-                      | keras.layers.Conv2DTranspose) and not _is_depthwise(layer)
-
-
-def _is_pointwise(layer):
-    return _is_conv(layer) and all(k == 1 for k in layer.kernel_size)
+    return [layer for _, layer in iter_layers(model)
+            if layer.weights and find_handler(layer) is not None]
 
 
 def select_layers(model, kinds) -> list[str]:
@@ -73,9 +56,9 @@ def select_layers(model, kinds) -> list[str]:
         if (
             ("first" in kinds and i == 0)
             or ("last" in kinds and i == len(layers) - 1)
-            or ("depthwise" in kinds and _is_depthwise(layer))
-            or ("pointwise" in kinds and _is_pointwise(layer))
-            or ("conv" in kinds and _is_conv(layer))
+            or ("depthwise" in kinds and is_depthwise(layer))
+            or ("pointwise" in kinds and is_pointwise(layer))
+            or ("conv" in kinds and is_conv(layer))
             or ("dense" in kinds and isinstance(layer, (keras.layers.Dense,
                                                         keras.layers.EinsumDense)))
         ):

@@ -23,6 +23,7 @@ import numpy as np
 
 from autoqnn.data import iterate_batches
 from autoqnn.layers.activation import ActivationQuantizer, reset_compiled_functions
+from autoqnn.walk import iter_layers
 
 _OBSERVERS: dict[str, type] = {}
 
@@ -85,13 +86,7 @@ class MinMaxObserver(Observer):
 
 def activation_quantizers(model) -> list[ActivationQuantizer]:
     """Every `ActivationQuantizer` of a model, nested models included."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, ActivationQuantizer):
-            found.append(layer)
-        elif hasattr(layer, "layers"):
-            found.extend(activation_quantizers(layer))
-    return found
+    return [layer for _, layer in iter_layers(model) if isinstance(layer, ActivationQuantizer)]
 
 
 def calibrate(model, data, method: str = "max", num_samples: int | None = None,

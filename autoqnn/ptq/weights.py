@@ -32,6 +32,7 @@ import numpy as np
 from autoqnn import ops as qops
 from autoqnn.data import iterate_batches
 from autoqnn.layers.quantized import QUANTIZED_LAYERS, QuantizedWeightsMixin
+from autoqnn.walk import iter_layers
 
 CLIP_RATIOS = np.linspace(0.3, 1.0, 36)
 _FLOAT_CLASS = {quantized: original for original, quantized in QUANTIZED_LAYERS.items()}
@@ -39,13 +40,7 @@ _FLOAT_CLASS = {quantized: original for original, quantized in QUANTIZED_LAYERS.
 
 def quantized_layers(model) -> list:
     """Quantized layers of a model in graph order, nested models included."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, QuantizedWeightsMixin):
-            found.append(layer)
-        elif isinstance(layer, keras.Model):
-            found.extend(quantized_layers(layer))
-    return found
+    return [layer for _, layer in iter_layers(model) if isinstance(layer, QuantizedWeightsMixin)]
 
 
 def _clip_targets(layer):

@@ -24,14 +24,18 @@ from autoqnn.layers.quantized import QuantizedWeightsMixin
 from autoqnn.rewrite import fold
 from autoqnn.rewrite.graph import ModelGraph
 from autoqnn.rewrite.registry import Unsupported, find_handler, layer_role
+from autoqnn.walk import iter_layers
 
 
 @dataclasses.dataclass
 class RewriteLog:
-    """What the rewrite decided: layer name -> reason for each float weighted layer."""
+    """What the rewrite decided: layer name -> reason for each float weighted layer.
+
+    Folded BatchNorms need no entry: they become `FoldedBatchNorm` layers that
+    name the layer they were folded into.
+    """
 
     float_reasons: dict = dataclasses.field(default_factory=dict)
-    folded: dict = dataclasses.field(default_factory=dict)  # bn name -> layer name
 
 
 def check_model(model, argument="model"):
@@ -51,7 +55,7 @@ def check_model(model, argument="model"):
             f"{argument} {model.name!r} is not built: call it on data or build it with an "
             "Input before quantizing"
         )
-    for layer in _all_layers(model):
+    for _, layer in iter_layers(model):
         if isinstance(layer, (QuantizedWeightsMixin, ActivationQuantizer)):
             raise ValueError(
                 f"{argument} {model.name!r} is already quantized by autoqnn "
@@ -118,7 +122,6 @@ class _Rewriter:
                 continue
             folds[id(bn)] = layer
             folds[id(layer)] = bn
-            self.log.folded[bn.name] = layer.name
         return folds
 
     def _owner(self, graph, layer):
@@ -288,9 +291,3 @@ def _is_float_tensor(tensor):
 def _is_functional(model):
     return hasattr(model, "_nodes_by_depth") and type(model).__name__ != "Sequential"
 
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from keras import ops
 
 from autoqnn import ops as qops
+from autoqnn.schemes._util import broadcast_channels, channel_shape
 from autoqnn.schemes.base import Scheme, register_scheme
 
 
@@ -38,7 +39,7 @@ def uniform_range(x, bits, symmetric, narrow_range, power_of_two_scale, channel_
     if symmetric:
         amax = ops.max(ops.abs(x), axis=axes, keepdims=True)
         if clip is not None:
-            amax = amax * _broadcast_clip(clip, x, channel_axis)
+            amax = amax * broadcast_channels(clip, len(x.shape), channel_axis)
         qmax = 2.0 ** (bits - 1) - 1.0
         qmin = qmax if narrow_range else qmax + 1.0
         scale = qops.safe_scale(amax / max(qmax, 1.0))
@@ -48,7 +49,7 @@ def uniform_range(x, bits, symmetric, narrow_range, power_of_two_scale, channel_
     lo = ops.minimum(ops.min(x, axis=axes, keepdims=True), 0.0)
     hi = ops.maximum(ops.max(x, axis=axes, keepdims=True), 0.0)
     if clip is not None:
-        c = _broadcast_clip(clip, x, channel_axis)
+        c = broadcast_channels(clip, len(x.shape), channel_axis)
         lo, hi = lo * c, hi * c
     if power_of_two_scale:
         levels = 2.0**bits - 1.0
@@ -57,15 +58,6 @@ def uniform_range(x, bits, symmetric, narrow_range, power_of_two_scale, channel_
         lo = -zero * scale
         hi = lo + levels * scale
     return lo, hi
-
-
-def _broadcast_clip(clip, x, channel_axis):
-    if channel_axis is None:
-        return ops.reshape(clip, ())
-    shape = [1] * len(x.shape)
-    for a in [channel_axis] if isinstance(channel_axis, int) else channel_axis:
-        shape[a % len(x.shape)] = x.shape[a]
-    return ops.reshape(clip, shape)
 
 
 @register_scheme("uniform")
@@ -109,10 +101,11 @@ class UniformScheme(Scheme):
     def build(self, layer, name, shape, channel_axis, role="weight"):
         if role != "weight":
             return {}
-        axis = self.channel_axis(channel_axis)
-        clip_shape = () if axis is None else tuple(shape[a] for a in _axes(axis))
         clip = layer.add_weight(
-            name=f"{name}_clip", shape=clip_shape, initializer="ones", trainable=False
+            name=f"{name}_clip",
+            shape=channel_shape(shape, self.channel_axis(channel_axis)),
+            initializer="ones",
+            trainable=False,
         )
         return {"clip": clip}
 
@@ -160,7 +153,3 @@ class UniformScheme(Scheme):
             "narrow_range": self.narrow_range,
             "power_of_two_scale": self.power_of_two_scale,
         }
-
-
-def _axes(axis):
-    return (axis,) if isinstance(axis, int) else tuple(axis)

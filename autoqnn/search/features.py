@@ -22,6 +22,8 @@ import hashlib
 import keras
 import numpy as np
 
+from autoqnn.walk import is_conv, is_depthwise, is_pointwise, iter_layers
+
 DESCRIPTOR_NAMES = ("nodes", "conv", "dense", "bn", "activation", "skip", "depthwise",
                     "pointwise", "log10_params", "size_mb")
 
@@ -29,17 +31,6 @@ _MERGES = (keras.layers.Add, keras.layers.Concatenate, keras.layers.Multiply,
            keras.layers.Subtract, keras.layers.Average, keras.layers.Maximum)
 _ACTIVATIONS = (keras.layers.ReLU, keras.layers.Activation, keras.layers.LeakyReLU,
                 keras.layers.PReLU, keras.layers.ELU, keras.layers.Softmax)
-_CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
-          keras.layers.Conv2DTranspose)
-_DEPTHWISE = (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
-
-
-def _layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer
 
 
 def model_descriptors(model) -> dict:
@@ -53,16 +44,15 @@ def model_descriptors(model) -> dict:
         log10_params, size_mb (float32 weights).
     """
     counts = dict.fromkeys(DESCRIPTOR_NAMES, 0)
-    for layer in _layers(model):
+    for _, layer in iter_layers(model):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         counts["nodes"] += 1
-        if isinstance(layer, _DEPTHWISE):
+        if is_depthwise(layer):
             counts["depthwise"] += 1
-        elif isinstance(layer, _CONVS):
+        elif is_conv(layer):
             counts["conv"] += 1
-            if all(k == 1 for k in layer.kernel_size):
-                counts["pointwise"] += 1
+            counts["pointwise"] += int(is_pointwise(layer))
         elif isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
             counts["dense"] += 1
         elif isinstance(layer, keras.layers.BatchNormalization):
@@ -87,7 +77,7 @@ def descriptor_vector(descriptors: dict) -> np.ndarray:
 def model_fingerprint(model) -> str:
     """A short hash of a model's name, architecture and weights (the history key)."""
     digest = hashlib.sha1(model.name.encode())
-    for layer in _layers(model):
+    for _, layer in iter_layers(model):
         digest.update(f"{type(layer).__name__}:{layer.name}".encode())
     for weight in model.weights:
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))

@@ -1,0 +1,44 @@
+"""Walking a model's layers (nested models flattened) and naming layer kinds.
+
+Example:
+    >>> import keras
+    >>> from autoqnn.walk import is_pointwise, iter_layers
+    >>> inner_in = keras.Input((4, 4, 2))
+    >>> inner = keras.Model(inner_in, keras.layers.Conv2D(3, 1, name="pw")(inner_in), name="inner")
+    >>> outer_in = keras.Input((4, 4, 2))
+    >>> model = keras.Model(outer_in, inner(outer_in))
+    >>> [(path, is_pointwise(layer)) for path, layer in iter_layers(model)][1:]
+    [('inner/input_layer', False), ('inner/pw', True)]
+"""
+
+from __future__ import annotations
+
+import keras
+
+_CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+          keras.layers.Conv2DTranspose)
+_DEPTHWISE = (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
+
+
+def iter_layers(model, prefix: str = ""):
+    """Yields `(path, layer)` for every layer, nested models flattened ("outer/inner")."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from iter_layers(layer, prefix + layer.name + "/")
+        else:
+            yield prefix + layer.name, layer
+
+
+def is_depthwise(layer) -> bool:
+    """DepthwiseConv2D or SeparableConv2D."""
+    return isinstance(layer, _DEPTHWISE)
+
+
+def is_conv(layer) -> bool:
+    """A convolution that is not depthwise (Conv1D/2D/3D, Conv2DTranspose)."""
+    return isinstance(layer, _CONVS) and not is_depthwise(layer)
+
+
+def is_pointwise(layer) -> bool:
+    """A 1x1 (non-depthwise) convolution."""
+    return is_conv(layer) and all(k == 1 for k in layer.kernel_size)
