@@ -9,6 +9,8 @@ Example:
     4
 """
 
+# First: quiets TensorFlow's start-up log when this process is the command line.
+from autoqnn import _startup  # noqa: F401
 from autoqnn.api import quantize
 from autoqnn.config import LayerConfig, QuantizationConfig
 from autoqnn.export import export_packed, export_report, export_tflite, load_packed

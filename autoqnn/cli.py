@@ -10,11 +10,12 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow's start-up log is quieted by autoqnn/_startup.py, which the package imports
+# before TensorFlow (this module is only reached through the package). Everything heavy
+# here is imported inside the commands.
 
 
 def _load_inputs(path, model):
@@ -146,7 +147,9 @@ def build_parser():
     quantize.add_argument("model")
     quantize.add_argument("-o", "--output", required=True)
     quantize.add_argument("--scheme", default="uniform")
-    quantize.add_argument("--weight-bits", type=int, default=8)
+    quantize.add_argument(
+        "--weight-bits", type=int, default=None, help="default: the scheme's own default"
+    )
     quantize.add_argument(
         "--activation-bits", type=int, default=8, help="0 keeps activations float"
     )

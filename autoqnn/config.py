@@ -33,6 +33,8 @@ LAYER_FIELDS = (
     "granularity",
     "scheme_options",
     "activation_options",
+    "weight_quantizer",
+    "activation_quantizer",
 )
 
 
@@ -50,6 +52,12 @@ class LayerConfig:
         granularity: "per_channel" or "per_tensor" for weights.
         scheme_options: extra constructor arguments of the weight scheme.
         activation_options: extra constructor arguments of the activation scheme.
+        weight_quantizer: `Quantizer` options of the weights beyond the
+            scheme: `{"trainable_bits": True, "bits_range": (2, 8)}` (QPL),
+            `{"candidates": [scheme, ...]}` (a DNAS mixture; replaces
+            `scheme`), `{"sqnr_weight": 0.1}`.
+        activation_quantizer: the same for the output activations, plus
+            `{"range_axis": -1}` (per-channel ranges).
     """
 
     quantize: bool = True
@@ -60,6 +68,8 @@ class LayerConfig:
     granularity: str = "per_channel"
     scheme_options: dict = dataclasses.field(default_factory=dict)
     activation_options: dict = dataclasses.field(default_factory=dict)
+    weight_quantizer: dict = dataclasses.field(default_factory=dict)
+    activation_quantizer: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.quantize, bool):
@@ -68,13 +78,14 @@ class LayerConfig:
             raise ValueError(
                 f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}"
             )
-        for field in ("scheme_options", "activation_options"):
+        for field in ("scheme_options", "activation_options", "weight_quantizer",
+                      "activation_quantizer"):
             if not isinstance(getattr(self, field), dict):
                 raise TypeError(f"{field} must be a dict, got {getattr(self, field)!r}")
-        # Building the schemes validates names, bits and options.
-        self.weight_scheme()
+        # Building the quantizers validates names, bits and options.
+        self.weight_quantizer_spec()
         if self.activation_bits is not None:
-            self.output_scheme()
+            self.output_quantizer_spec()
 
     def weight_scheme(self):
         """The weight `Scheme` these settings describe."""
@@ -86,6 +97,40 @@ class LayerConfig:
             granularity=self.granularity,
             **self.scheme_options,
         )
+
+    def weight_quantizer_spec(self):
+        """The weight `Quantizer` (validated) these settings describe."""
+        from autoqnn.layers.quantizer import Quantizer
+
+        options = dict(self.weight_quantizer)
+        try:
+            if "candidates" in options:
+                return Quantizer(**options)
+            return Quantizer(scheme=self.weight_scheme(), **options)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"weight_quantizer={self.weight_quantizer!r}: {err}") from None
+
+    def output_quantizer_spec(self, bits=None):
+        """Keyword arguments of the output `ActivationQuantizer`, or None (float)."""
+        from autoqnn.layers.quantizer import Quantizer
+
+        scheme = self.output_scheme(bits)
+        if scheme is None:
+            return None
+        options = dict(self.activation_quantizer)
+        range_axis = options.pop("range_axis", None)
+        if range_axis not in (None, -1):
+            raise ValueError(f"activation_quantizer range_axis must be None or -1, got "
+                             f"{range_axis!r}")
+        try:
+            if "candidates" in options:
+                quantizer = Quantizer(**options)
+            else:
+                quantizer = Quantizer(scheme=scheme, **options)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"activation_quantizer={self.activation_quantizer!r}: {err}"
+                            ) from None
+        return {"quantizer": quantizer.get_config(), "range_axis": range_axis}
 
     def output_scheme(self, bits=None):
         """The activation `Scheme` (per-tensor), or None when activations stay float."""
@@ -197,26 +242,33 @@ class QuantizationConfig:
             activation_options=dict(self.activation_options),
         )
 
-    def matching_selectors(self, layer_name: str, layer_class) -> list:
-        """Selectors that apply to a layer, lowest priority first."""
+    def matching_selectors(self, layer_name: str, layer_class, layer_path: str | None = None
+                           ) -> list:
+        """Selectors that apply to a layer, lowest priority first.
+
+        A name selector matches the layer's path in nested models
+        ("inner/conv") or its bare name ("conv"); a regex matches either.
+        """
         class_name = layer_class if isinstance(layer_class, str) else layer_class.__name__
+        path = layer_name if layer_path is None else layer_path
         by_class, by_regex, by_name = [], [], []
         for selector in self.overrides:
             if isinstance(selector, type):
                 if not isinstance(layer_class, str) and issubclass(layer_class, selector):
                     by_class.append(selector)
-            elif selector == layer_name:
+            elif selector in (layer_name, path):
                 by_name.append(selector)
             elif selector == class_name:
                 by_class.append(selector)
-            elif re.fullmatch(selector, layer_name):
+            elif re.fullmatch(selector, path) or re.fullmatch(selector, layer_name):
                 by_regex.append(selector)
         return by_class + by_regex + by_name
 
-    def for_layer(self, layer_name: str, layer_class) -> LayerConfig:
-        """The resolved `LayerConfig` of one layer."""
+    def for_layer(self, layer_name: str, layer_class, layer_path: str | None = None
+                  ) -> LayerConfig:
+        """The resolved `LayerConfig` of one layer (`layer_path`: its path in nested models)."""
         config = self.default_layer_config()
-        for selector in self.matching_selectors(layer_name, layer_class):
+        for selector in self.matching_selectors(layer_name, layer_class, layer_path):
             value = self.overrides[selector]
             if value is None or value is False:
                 config = config.replace(quantize=False)

@@ -124,6 +124,54 @@ def uniform_quantize(x, min_value, max_value, bits, narrow_range=False):
     return ste(clipped, q)
 
 
+def learned_uniform_quantize(x, min_value, max_value, bits, symmetric=False, narrow_range=False):
+    """Uniform fake quantization with gradients to the range (LSQ+ style).
+
+    `q = s * (round(clip(x / s + z, q_min, q_max)) - z)` with step
+    `s = (max - min) / (q_max - q_min)` and integer zero point
+    `z = round(q_min - min / s)`; both roundings use the STE. Unlike
+    `uniform_quantize` (whose range gets no gradient inside it), the step
+    then receives the LSQ gradient `round(v) - v` from every in-range value
+    (Esser et al. 2020; Bhalgat et al. 2020, LSQ+), so a loss on the
+    quantization error (SQNR) moves the range, and values clipped at an end
+    pull that end outwards. `symmetric=True` uses `max(|min|, |max|)` for both
+    ends (zero point 0). `bits` may be a tensor (a trainable bitwidth).
+
+    Args:
+        x: float tensor.
+        min_value, max_value: broadcastable (trainable) range ends.
+        bits: Python int or tensor, >= 1.
+        symmetric: zero point fixed at 0.
+        narrow_range: symmetric grid without the most negative level.
+
+    Returns:
+        A tensor like `x` on the grid.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.array([-1.0, 0.2, 0.6, 3.0], "float32")
+        >>> np.asarray(learned_uniform_quantize(x, 0.0, 1.5, bits=2)).tolist()
+        [0.0, 0.0, 0.5, 1.5]
+    """
+    x = ops.convert_to_tensor(x)
+    dtype = x.dtype
+    bits = ops.cast(bits, dtype)
+    lo = ops.minimum(ops.cast(min_value, dtype), 0.0)
+    hi = ops.maximum(ops.cast(max_value, dtype), 0.0)
+    if symmetric:
+        amax = ops.maximum(-lo, hi)
+        q_max = ops.maximum(ops.power(2.0, bits - 1.0) - 1.0, 1.0)
+        q_min = -q_max if narrow_range else -q_max - 1.0
+        scale = ops.maximum(amax / q_max, _EPS)
+        v = ops.clip(x / scale, q_min, q_max)
+        return round_ste(v) * scale
+    q_max = ops.power(2.0, bits) - 1.0
+    scale = ops.maximum((hi - lo) / q_max, _EPS)
+    zero = ops.clip(round_ste(-lo / scale), 0.0, q_max)
+    v = ops.clip(x / scale + zero, 0.0, q_max)
+    return (round_ste(v) - zero) * scale
+
+
 def fake_quant(x, min_value, max_value, bits, narrow_range=False, channel_axis=None):
     """Uniform fake quantization through the TFLite-convertible fake-quant op.
 

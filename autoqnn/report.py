@@ -191,28 +191,37 @@ def _layer_row(layer, name, reasons):
     weights = layer.weights
     params = sum(_count(v) for v in weights)
     if quantizers:
-        quantized = {id(getattr(layer, attr)): scheme for attr, scheme in quantizers.items()}
+        quantized = {id(getattr(layer, attr)): q for attr, q in quantizers.items()}
         size, qparams = 0.0, 0
-        for v in weights:
-            scheme = quantized.get(id(v))
-            if scheme is not None:
-                size += _count(v) * scheme.storage_bits() / 8
+        for v in weights:  # quantizer state (scales, clips) counts at 32 bits
+            quantizer = quantized.get(id(v))
+            if quantizer is not None:
+                size += _count(v) * quantizer.scheme.storage_bits() / 8
                 qparams += _count(v)
             else:
                 size += _count(v) * 4
         first = next(iter(quantizers.values()))
-        bits = max(int(math.ceil(s.storage_bits())) for s in quantizers.values())
+        bits = max(int(math.ceil(q.scheme.storage_bits())) for q in quantizers.values())
+        notes = [", ".join(sorted(quantizers))]
+        if not first.is_final:
+            kinds = []
+            if first.is_mixture:
+                kinds.append("scheme mixture of " + "/".join(c.name for c in first.candidates))
+            if first.trainable_bits:
+                kinds.append(f"trainable bits {first.bits:.2f}")
+            notes.append("; ".join(kinds) + " (shown: the rounded / argmax choice; "
+                         "autoqnn.finalize fixes it)")
         return LayerReport(
             name,
             cls,
             "quantized",
-            scheme=first.name,
+            scheme=first.scheme.name,
             weight_bits=bits,
-            granularity=first.granularity,
+            granularity=first.scheme.granularity,
             params=params,
             quantized_params=qparams,
             size_bytes=size,
-            reason=", ".join(sorted(quantizers)),
+            reason="; ".join(notes),
         )
     if isinstance(layer, FoldedBatchNorm):
         return LayerReport(

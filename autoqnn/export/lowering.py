@@ -130,7 +130,8 @@ def plan_weights(layer_path, layer, *, int4=True, inexact="error") -> list[Weigh
     if int4 not in INT4_LAYERS and int4 is not False:
         raise ValueError(f"int4 must be True, False or 'all', got {int4!r}")
     plans = []
-    for attr, scheme in layer.weight_quantizers.items():
+    for attr, quantizer in layer.weight_quantizers.items():
+        scheme = quantizer.scheme
         values = keras.ops.convert_to_numpy(layer.quantized_weight(attr)).astype(np.float32)
         axis = layer.weight_channel_axes[attr] if scheme.per_channel else None
         grid = embed_in_int_grid(values, axis, INT8_MAX)

@@ -136,8 +136,8 @@ def export_packed(model, path) -> PackedExport:
     quantized = {}  # id(variable) -> (layer path, attr, scheme, layer)
     for lpath, layer in iter_layers(model):
         if isinstance(layer, QuantizedWeightsMixin):
-            for attr, scheme in layer.weight_quantizers.items():
-                quantized[id(getattr(layer, attr))] = (lpath, attr, scheme, layer)
+            for attr, quantizer in layer.weight_quantizers.items():
+                quantized[id(getattr(layer, attr))] = (lpath, attr, quantizer.scheme, layer)
     if not quantized:
         raise ExportError(f"model {model.name!r} has no quantized weights; quantize it first "
                           "(autoqnn.quantize) or save a float model with model.save")
@@ -256,8 +256,8 @@ def load_packed(path) -> keras.Model:
     for lpath, layer in iter_layers(model):
         if lpath in frozen and isinstance(layer, QuantizedWeightsMixin):
             layer.frozen_weights = sorted(set(layer.frozen_weights) | set(frozen[lpath]))
-        if isinstance(layer, ActivationQuantizer) and layer.scheme.needs_range:
+        if isinstance(layer, ActivationQuantizer) and layer.needs_range:
             if float(keras.ops.convert_to_numpy(layer.range_observed)) > 0:
-                layer.set_range(*[float(keras.ops.convert_to_numpy(v))
+                layer.set_range(*[keras.ops.convert_to_numpy(v)
                                   for v in (layer.range_min, layer.range_max)])
     return model

@@ -124,11 +124,12 @@ def export_report(model, *, int4=True) -> ExportReport:
             continue
         params = sum(_count(v) for v in layer.weights)
         if isinstance(layer, QuantizedWeightsMixin) and layer.weight_quantizers:
-            quantized = {id(getattr(layer, a)): s for a, s in layer.weight_quantizers.items()}
+            quantized = {id(getattr(layer, a)): q.scheme
+                         for a, q in layer.weight_quantizers.items()}
             size = sum(_count(v) * (quantized[id(v)].storage_bits() / 8 if id(v) in quantized
                                     else 4) for v in layer.weights)
-            bits = max(int(s.storage_bits()) for s in layer.weight_quantizers.values())
-            first = next(iter(layer.weight_quantizers.values()))
+            bits = max(int(q.scheme.storage_bits()) for q in layer.weight_quantizers.values())
+            first = next(iter(layer.weight_quantizers.values())).scheme
             row = ExportRow(path, cls, "weights", scheme=first.name, weight_bits=bits,
                             params=params, packed_bytes=size)
             plans = plan_weights(path, layer, int4=int4, inexact="requantize")

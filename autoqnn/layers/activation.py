@@ -1,11 +1,14 @@
 """`ActivationQuantizer`: the layer QAG inserts to quantize feature maps.
 
-It owns the observed range of its input (`range_min`, `range_max`) for
-range-based schemes (uniform, minifloat): the range is set by calibration
-(`autoqnn.calibrate`, pluggable observers) and, while training, follows an
-exponential moving average of the batch min/max. Until a range is observed the
-layer passes its input through unchanged and `is_calibrated` is False; the
-quantization report says so.
+Its `quantizer` (a `Quantizer`: one scheme with fixed or trainable bits, or a
+mixture) does the math. The layer owns the range of its input (`range_min`,
+`range_max`, per tensor or per channel) for range-based schemes (uniform,
+minifloat): calibration sets it (`autoqnn.calibrate`, pluggable observers);
+while training it follows an exponential moving average of the batch min/max,
+or, with `learn_range=True` on the uniform scheme, it is trained (LSQ+
+gradients). Until a range is observed the layer passes its input through
+unchanged and `is_calibrated` is False; the quantization report says so.
+Nothing is assigned in an inference forward pass.
 
 Example:
     >>> import numpy as np
@@ -23,6 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from autoqnn.layers.quantizer import Quantizer
 from autoqnn.schemes import get_scheme, serialize_scheme
 
 
@@ -34,61 +38,100 @@ class ActivationQuantizer(keras.layers.Layer):
         scheme: scheme name, config dict or `Scheme` (must support activations).
         bits: bit width (default: the scheme's default; ignored when `scheme`
             is an instance).
-        momentum: EMA momentum of the range while training.
+        momentum: EMA momentum of the range while training (fixed ranges).
+        range_axis: None for one range per tensor, or -1 for one range per
+            channel (last axis). TFLite activations are per tensor.
+        quantizer: a `Quantizer` or its config (trainable bits, a scheme
+            mixture, ...) instead of `scheme` / `bits`.
         **kwargs: scheme options when `scheme` is a name (e.g. symmetric=False),
             plus standard layer keyword arguments (name, dtype).
     """
 
-    def __init__(self, scheme="uniform", bits=None, momentum=0.99, **kwargs):
+    def __init__(self, scheme="uniform", bits=None, momentum=0.99, range_axis=None,
+                 quantizer=None, **kwargs):
         layer_kwargs = {
             k: kwargs.pop(k) for k in list(kwargs) if k in ("name", "dtype", "trainable")
         }
         super().__init__(**layer_kwargs)
-        if isinstance(scheme, str):
-            if scheme == "uniform":
-                kwargs.setdefault("symmetric", False)
-            scheme = get_scheme(scheme, bits=bits, **kwargs)
+        if quantizer is not None:
+            if kwargs:
+                raise TypeError(f"scheme options {sorted(kwargs)} cannot be combined with "
+                                "quantizer=")
+            quantizer = Quantizer.from_spec(quantizer)
         else:
-            scheme = get_scheme(scheme)
-        if not scheme.supports_activations:
-            raise ValueError(
-                f"scheme {scheme.name!r} cannot quantize activations; activation schemes: "
-                f"{_activation_schemes()}"
-            )
+            if isinstance(scheme, str):
+                if scheme == "uniform":
+                    kwargs.setdefault("symmetric", False)
+                scheme = get_scheme(scheme, bits=bits, **kwargs)
+            else:
+                scheme = get_scheme(scheme)
+            quantizer = Quantizer(scheme=scheme)
+        for candidate in quantizer.candidates:
+            if not candidate.supports_activations:
+                raise ValueError(
+                    f"scheme {candidate.name!r} cannot quantize activations; activation "
+                    f"schemes: {_activation_schemes()}"
+                )
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.scheme = scheme
+        if range_axis not in (None, -1):
+            raise ValueError(f"range_axis must be None (per tensor) or -1 (per channel), got "
+                             f"{range_axis!r}")
+        self.quantizer = quantizer
         self.momentum = float(momentum)
-        self._observer = None
+        self.range_axis = range_axis
         self._calibrated = False
         self.supports_masking = True
 
     @property
+    def scheme(self):
+        """The scheme (a mixture's current choice)."""
+        return self.quantizer.scheme
+
+    @property
     def bits(self):
-        return self.scheme.bits
+        return self.quantizer.bits
+
+    @property
+    def needs_range(self) -> bool:
+        return any(c.needs_range for c in self.quantizer.candidates)
+
+    @property
+    def learns_range(self) -> bool:
+        return any(getattr(c, "learn_range", False) for c in self.quantizer.candidates)
 
     def build(self, input_shape):
-        if self.scheme.needs_range:
+        if self.needs_range:
+            shape = () if self.range_axis is None else (int(input_shape[-1]),)
+            trainable = self.learns_range
             self.range_min = self.add_weight(
-                name="range_min", shape=(), initializer="zeros", trainable=False
+                name="range_min", shape=shape, initializer="zeros", trainable=trainable
             )
             self.range_max = self.add_weight(
-                name="range_max", shape=(), initializer="zeros", trainable=False
+                name="range_max", shape=shape, initializer="zeros", trainable=trainable
             )
             self.range_observed = self.add_weight(
                 name="range_observed", shape=(), initializer="zeros", trainable=False
             )
-        self.state = self.scheme.build(
-            self, "activation", tuple(input_shape[1:]), None, role="activation"
-        )
+        self.quantizer.build(self, "activation", tuple(input_shape[1:]), self.range_axis,
+                             role="activation")
+        if self.needs_range:
+            for candidate, state in zip(self.quantizer.candidates, self.quantizer.states):
+                if candidate.needs_range:
+                    state.update(min=self.range_min, max=self.range_max)
 
     @property
     def is_calibrated(self) -> bool:
-        """True once a range was observed (always True for range-free schemes)."""
-        return (not self.scheme.needs_range) or self._calibrated
+        """True once a range was observed (and learned steps initialised)."""
+        if self.needs_range and self.built:
+            self._calibrated = float(ops.convert_to_numpy(self.range_observed)) > 0
+            if not self._calibrated:
+                return False
+        return self.quantizer.is_initialized() if self.built else not self.needs_range
 
-    def set_range(self, min_value: float, max_value: float):
-        """Sets the quantization range (the calibration result).
+    def set_range(self, min_value, max_value):
+        """Sets the quantization range (the calibration result): floats, or per-channel
+        arrays when `range_axis=-1`.
 
         Compiled predict/evaluate functions traced before calibration still
         pass activations through: `autoqnn.calibrate` resets them; when
@@ -97,50 +140,64 @@ class ActivationQuantizer(keras.layers.Layer):
         """
         if not self.built:
             raise ValueError(f"layer {self.name!r} is not built; call it on data first")
-        if not self.scheme.needs_range:
+        if not self.needs_range:
             raise ValueError(f"scheme {self.scheme.name!r} of layer {self.name!r} has no range")
-        lo, hi = float(min(min_value, 0.0)), float(max(max_value, 0.0))
-        if not (np.isfinite(lo) and np.isfinite(hi)):
+        shape = tuple(self.range_min.shape)
+        lo = np.minimum(np.asarray(min_value, "float32"), 0.0)
+        hi = np.maximum(np.asarray(max_value, "float32"), 0.0)
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
             raise ValueError(f"range of {self.name!r} must be finite, got [{lo}, {hi}]")
-        self.range_min.assign(lo)
-        self.range_max.assign(hi)
+        self.range_min.assign(np.broadcast_to(lo, shape))
+        self.range_max.assign(np.broadcast_to(hi, shape))
         self.range_observed.assign(1.0)
         self._calibrated = True
 
+    def initialize(self, stats: dict):
+        """Calibration result: sets the range (range schemes) and the schemes'
+        data-dependent state (LSQ step and signedness, PACT clip) from
+        `{"min", "max", "mean_abs"}` (per channel when `range_axis=-1`)."""
+        if self.needs_range:
+            self.set_range(stats["min"], stats["max"])
+        self.quantizer.initialize(stats)
+
     def get_range(self):
-        """`(min, max)` as floats, or None when not calibrated."""
-        if not self.scheme.needs_range or not self.is_calibrated:
+        """`(min, max)` as floats (arrays per channel), or None when not calibrated."""
+        if not self.needs_range or not self.is_calibrated:
             return None
-        return float(ops.convert_to_numpy(self.range_min)), float(
-            ops.convert_to_numpy(self.range_max)
-        )
+        lo = ops.convert_to_numpy(self.range_min)
+        hi = ops.convert_to_numpy(self.range_max)
+        if self.range_axis is None:
+            return float(lo), float(hi)
+        return lo, hi
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
-        if self.scheme.needs_range:
+        if self.needs_range:
             self._calibrated = float(ops.convert_to_numpy(self.range_observed)) > 0
 
     def call(self, inputs, training=False):
-        if self._observer is not None:
-            self._observer.update(ops.convert_to_numpy(inputs))
-        if not self.scheme.needs_range:
-            return self.scheme.quantize(inputs, self.state, training=training)
-        if training:
-            # The range follows the batches from the first training step on;
-            # the Python flag keeps the inference graph free of branches.
-            self._update_range(inputs)
-            self._calibrated = True
-        elif not self._calibrated:
-            return inputs
-        state = {**self.state, "min": self.range_min, "max": self.range_max}
-        return self.scheme.quantize(inputs, state, training=training)
+        if self.needs_range:
+            if training:
+                # The range follows the batches from the first training step on (a
+                # learned range is only initialised from its first batch); the Python
+                # flag keeps the inference graph free of branches.
+                self._update_range(inputs)
+                self._calibrated = True
+            elif not self._calibrated:
+                return inputs
+        outputs = self.quantizer(inputs, training=training)
+        if training and self.quantizer.sqnr_weight:
+            self.add_loss(self.quantizer.noise_loss(inputs, outputs))
+        return outputs
 
     def _update_range(self, inputs):
         x = ops.stop_gradient(inputs)
-        lo = ops.minimum(ops.min(x), 0.0)
-        hi = ops.maximum(ops.max(x), 0.0)
+        axes = tuple(range(len(x.shape))) if self.range_axis is None else tuple(
+            range(len(x.shape) - 1))
+        lo = ops.minimum(ops.min(x, axis=axes), 0.0)
+        hi = ops.maximum(ops.max(x, axis=axes), 0.0)
         seen = self.range_observed > 0
-        m = self.momentum
+        m = 1.0 if self.learns_range else self.momentum
         self.range_min.assign(ops.where(seen, m * self.range_min + (1 - m) * lo, lo))
         self.range_max.assign(ops.where(seen, m * self.range_max + (1 - m) * hi, hi))
         self.range_observed.assign(1.0)
@@ -149,11 +206,14 @@ class ActivationQuantizer(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "scheme": serialize_scheme(self.scheme),
-            "momentum": self.momentum,
-        }
+        config = {**super().get_config(), "momentum": self.momentum}
+        if self.quantizer.is_final and not self.quantizer.sqnr_weight:
+            config["scheme"] = serialize_scheme(self.quantizer.candidates[0])
+        else:
+            config["quantizer"] = self.quantizer.get_config()
+        if self.range_axis is not None:
+            config["range_axis"] = self.range_axis
+        return config
 
 
 def _activation_schemes():

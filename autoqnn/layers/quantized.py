@@ -2,10 +2,12 @@
 
 Each class subclasses the Keras layer it replaces (so `get_config`, shapes,
 masking and `fit` behave the same) and adds `weight_quantizers`: a mapping
-from weight name ("kernel", "depthwise_kernel", ...) to a `Scheme`. The float
+from weight name ("kernel", "depthwise_kernel", ...) to a `Quantizer` (one
+scheme with fixed or trainable bits, or a mixture of schemes). The float
 weights stay the trainable variables (QAT updates them through the STE); the
-forward pass uses their fake-quantized values. Scheme state (clip ratios,
-learned steps) is created on the layer, so it is saved with the model.
+forward pass uses their fake-quantized values. Quantizer state (clip ratios,
+learned steps and ranges, bits, mixture logits) is created on the layer, so
+it is saved with the model.
 
 Example:
     >>> import numpy as np
@@ -19,9 +21,11 @@ Example:
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
-from autoqnn.schemes import get_scheme, serialize_scheme
+from autoqnn import ops as qops
+from autoqnn.layers.quantizer import Quantizer
 
 QUANTIZED_LAYERS: dict[type, type] = {}
 """Keras layer class -> its quantized subclass (filled by `_quantized`)."""
@@ -42,8 +46,10 @@ class QuantizedWeightsMixin:
     `weight_channel_axes`.
 
     Args:
-        weight_quantizers: dict weight name -> scheme (name, config dict or
-            `Scheme`). Weights not listed stay float (e.g. biases).
+        weight_quantizers: dict weight name -> `Quantizer`, its config dict
+            (`{"scheme": ..., "trainable_bits": ...}`), or a scheme (name,
+            `{"name": ...}` dict or `Scheme`: fixed bits). Weights not listed
+            stay float (e.g. biases).
         frozen_weights: names of quantized weights whose variable already
             holds the quantized levels and is used as is (set by
             `autoqnn.load_packed` for schemes whose scale is a statistic of
@@ -64,34 +70,44 @@ class QuantizedWeightsMixin:
                 f"weight_quantizers of {type(self).__name__} may name "
                 f"{sorted(self.weight_channel_axes)}, got {sorted(unknown)}"
             )
-        self.weight_quantizers = {k: get_scheme(v) for k, v in weight_quantizers.items()}
-        for attr, scheme in self.weight_quantizers.items():
-            if not scheme.supports_weights:
-                raise ValueError(
-                    f"scheme {scheme.name!r} cannot quantize weights ({attr} of {self.name!r})"
-                )
+        self.weight_quantizers = {k: Quantizer.from_spec(v) for k, v in weight_quantizers.items()}
+        for attr, quantizer in self.weight_quantizers.items():
+            for scheme in quantizer.candidates:
+                if not scheme.supports_weights:
+                    raise ValueError(
+                        f"scheme {scheme.name!r} cannot quantize weights ({attr} of "
+                        f"{self.name!r})"
+                    )
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.quantizer_state = {}
-        for attr, scheme in self.weight_quantizers.items():
+        for attr, quantizer in self.weight_quantizers.items():
             var = getattr(self, attr)
-            self.quantizer_state[attr] = scheme.build(
-                self, attr, tuple(var.shape), self.weight_channel_axes[attr]
-            )
+            quantizer.build(self, attr, tuple(var.shape), self.weight_channel_axes[attr])
+
+    @property
+    def quantizer_state(self) -> dict:
+        """`{weight name: state dict of its (chosen) scheme}`."""
+        return {attr: q.state for attr, q in self.weight_quantizers.items()}
+
+    def initialize_quantizers(self):
+        """Sets the quantizers' data-dependent state from the current weights
+        (LSQ steps, learned ranges). The rewrite calls it after copying the weights."""
+        for attr, quantizer in self.weight_quantizers.items():
+            w = keras.ops.convert_to_numpy(getattr(self, attr))
+            quantizer.initialize(weight_statistics(w, self.weight_channel_axes[attr],
+                                                   quantizer.candidates[0]))
 
     def quantized_weight(self, attr: str, training=False):
         """The fake-quantized value of weight `attr` (the float weight if unquantized)."""
         weight = getattr(self, attr)
-        scheme = self.weight_quantizers.get(attr)
-        if scheme is None or attr in self.frozen_weights:
+        quantizer = self.weight_quantizers.get(attr)
+        if quantizer is None or attr in self.frozen_weights:
             return weight
-        return scheme.quantize(
-            weight,
-            self.quantizer_state[attr],
-            channel_axis=self.weight_channel_axes[attr],
-            training=bool(training),
-        )
+        q = quantizer(weight, training=bool(training))
+        if training and quantizer.sqnr_weight:
+            self.add_loss(quantizer.noise_loss(weight, q))
+        return q
 
     def _bias_and_activation(self, outputs):
         if getattr(self, "bias", None) is not None:
@@ -118,7 +134,7 @@ class QuantizedWeightsMixin:
     def get_config(self):
         config = super().get_config()
         config["weight_quantizers"] = {
-            k: serialize_scheme(v) for k, v in self.weight_quantizers.items()
+            k: v.get_config() for k, v in self.weight_quantizers.items()
         }
         if self.frozen_weights:
             config["frozen_weights"] = list(self.frozen_weights)
@@ -237,6 +253,15 @@ class QuantEmbedding(QuantizedWeightsMixin, keras.layers.Embedding):
             inputs = ops.cast(inputs, "int32")
         table = self.quantized_weight("embeddings", training)
         return ops.cast(ops.take(table, inputs, axis=0), self.compute_dtype)
+
+
+def weight_statistics(values, channel_axis, scheme) -> dict:
+    """`{"min", "max", "mean_abs"}` of a weight, per channel when `scheme` is."""
+    axis = scheme.channel_axis(channel_axis)
+    axes = qops.reduce_axes(values.ndim, axis)
+    stats = {"min": values.min(axis=axes), "max": values.max(axis=axes),
+             "mean_abs": np.abs(values).mean(axis=axes)}
+    return stats
 
 
 def quantized_weight_names(layer) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 
+import keras
 import numpy as np
 
 from autoqnn.data import iterate_batches
@@ -89,9 +90,96 @@ def activation_quantizers(model) -> list[ActivationQuantizer]:
     return [layer for _, layer in iter_layers(model) if isinstance(layer, ActivationQuantizer)]
 
 
+class TensorStatistics:
+    """What calibration collects for one activation quantizer: its observer(s)
+    (one per channel for per-channel ranges) and the mean of |x|."""
+
+    def __init__(self, quantizer: ActivationQuantizer, method: str, options: dict):
+        bits = quantizer.quantizer.candidates[0].bits
+        symmetric = getattr(quantizer.scheme, "symmetric", False)
+        self.per_channel = quantizer.range_axis is not None
+        channels = int(quantizer.range_min.shape[0]) if (
+            self.per_channel and quantizer.needs_range) else 1
+        self.observers = [_OBSERVERS[method](bits, symmetric, **options) for _ in range(channels)]
+        self.abs_sum = np.zeros(channels if self.per_channel else (), "float64")
+        self.min = np.full(channels if self.per_channel else (), np.inf)
+        self.count = 0
+
+    def update(self, values: np.ndarray):
+        values = np.asarray(values, "float32")
+        if not values.size:
+            return
+        if self.per_channel:
+            flat = values.reshape(-1, values.shape[-1])
+            for c, observer in enumerate(self.observers):
+                observer.update(flat[:, c])
+            self.abs_sum = self.abs_sum + np.abs(flat).sum(axis=0)
+            self.min = np.minimum(self.min, flat.min(axis=0))
+            self.count += flat.shape[0]
+        else:
+            self.observers[0].update(values)
+            self.abs_sum = self.abs_sum + float(np.abs(values).sum())
+            self.min = min(float(self.min), float(values.min()))
+            self.count += values.size
+
+    def result(self) -> dict:
+        ranges = [observer.compute_range() for observer in self.observers]
+        lo = np.array([r[0] for r in ranges], "float32")
+        hi = np.array([r[1] for r in ranges], "float32")
+        if not self.per_channel:
+            lo, hi = lo[0], hi[0]
+        return {"min": lo, "max": hi, "mean_abs": (self.abs_sum / max(self.count, 1)),
+                "data_min": self.min}
+
+
+def _node_inputs(layer):
+    """The input tensors of each call of `layer` in its model's graph."""
+    return [node.input_tensors for node in layer._inbound_nodes]
+
+
+def observe(model, batches, statistics: dict):
+    """One calibration pass: feeds `batches` through `model` and hands the values
+    reaching each activation quantizer of `statistics` (`{id(layer): TensorStatistics}`)
+    to its statistics. Probe models output those values, nested models are
+    observed with the values reaching them; no layer is modified."""
+    targets, nested = [], []
+    for layer in model.layers:
+        if isinstance(layer, ActivationQuantizer) and id(layer) in statistics:
+            for inputs in _node_inputs(layer):
+                targets.append((layer, inputs[0]))
+        elif isinstance(layer, keras.Model) and any(
+                id(q) in statistics for q in activation_quantizers(layer)):
+            for inputs in _node_inputs(layer):
+                nested.append((layer, inputs))
+    outputs = [t for _, t in targets] + [t for _, ts in nested for t in ts]
+    if not outputs:
+        return
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, outputs)
+    nested_values = [[] for _ in nested]
+    for batch in batches:
+        values = probe(batch, training=False)
+        values = [values] if len(outputs) == 1 else list(values)
+        for (layer, _), v in zip(targets, values[:len(targets)]):
+            statistics[id(layer)].update(keras.ops.convert_to_numpy(v))
+        rest = values[len(targets):]
+        for i, (_, tensors) in enumerate(nested):
+            taken, rest = rest[:len(tensors)], rest[len(tensors):]
+            nested_values[i].append([keras.ops.convert_to_numpy(v) for v in taken])
+    for (inner, _), recorded in zip(nested, nested_values):
+        inner_batches = [b[0] if len(b) == 1 else b for b in recorded]
+        observe(inner, inner_batches, statistics)
+
+
 def calibrate(model, data, method: str = "max", num_samples: int | None = None,
               batch_size: int = 64, verbose: int = 0, observer_options: dict | None = None):
-    """Sets the range of every range-based activation quantizer from data.
+    """Sets the range (and learned-step / clip initial values) of every activation
+    quantizer from data.
+
+    A calibration pass: the values reaching each quantizer are observed on
+    `data` (quantizers upstream as they are now), then each quantizer gets
+    its range from the observer (`initialize`): uniform / minifloat ranges,
+    LSQ steps and signedness, PACT clips. The model's layers are not hooked.
 
     Args:
         model: a quantized model (from `autoqnn.quantize`).
@@ -109,24 +197,18 @@ def calibrate(model, data, method: str = "max", num_samples: int | None = None,
     """
     if method not in _OBSERVERS:
         raise ValueError(f"method must be one of {list_calibration_methods()}, got {method!r}")
-    quantizers = [q for q in activation_quantizers(model) if q.scheme.needs_range]
+    quantizers = activation_quantizers(model)
     if not quantizers:
         return
     options = dict(observer_options or {})
+    statistics = {id(q): TensorStatistics(q, method, options) for q in quantizers}
+    batches = list(iterate_batches(model, data, batch_size, num_samples, "calibration_data",
+                                   verbose=verbose))
+    if not batches:
+        raise ValueError("calibration_data is empty: no batch to calibrate on")
+    observe(model, batches, statistics)
     for q in quantizers:
-        q._observer = _OBSERVERS[method](q.bits, getattr(q.scheme, "symmetric", False), **options)
-    try:
-        seen = 0
-        for batch in iterate_batches(model, data, batch_size, num_samples, "calibration_data",
-                                     verbose=verbose):
-            model(batch, training=False)
-            seen += 1
-        if seen == 0:
-            raise ValueError("calibration_data is empty: no batch to calibrate on")
-        for q in quantizers:
-            if q._observer.count:
-                q.set_range(*q._observer.compute_range())
-    finally:
-        for q in quantizers:
-            q._observer = None
+        stats = statistics[id(q)]
+        if stats.count:
+            q.initialize(stats.result())
     reset_compiled_functions(model)

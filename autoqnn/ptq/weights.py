@@ -45,10 +45,12 @@ def quantized_layers(model) -> list:
 
 def _clip_targets(layer):
     """(weight name, scheme, clip variable) of each weight with a clip state."""
-    for attr, scheme in layer.weight_quantizers.items():
-        clip = layer.quantizer_state.get(attr, {}).get("clip")
+    for attr, quantizer in layer.weight_quantizers.items():
+        if not quantizer.is_final:
+            continue
+        clip = quantizer.state.get("clip")
         if clip is not None:
-            yield attr, scheme, clip
+            yield attr, quantizer.scheme, clip
 
 
 def search_weight_clips(model, ratios=CLIP_RATIOS) -> dict:

@@ -72,12 +72,13 @@ def rewrite(model, config: QuantizationConfig):
 
 
 class _Rewriter:
-    def __init__(self, config: QuantizationConfig, log: RewriteLog):
+    def __init__(self, config: QuantizationConfig, log: RewriteLog, prefix: str = ""):
         self.config = config
         self.log = log
+        self.prefix = prefix
 
     def layer_config(self, layer) -> LayerConfig:
-        return self.config.for_layer(layer.name, type(layer))
+        return self.config.for_layer(layer.name, type(layer), self.prefix + layer.name)
 
     def rewrite(self, model):
         graph = ModelGraph(model)
@@ -149,7 +150,7 @@ class _Rewriter:
             )
             if fused and not graph.is_output(layer):
                 continue
-            plan[id(layer)] = owner_config.output_scheme()
+            plan[id(layer)] = owner_config.output_quantizer_spec()
         return plan
 
 
@@ -175,7 +176,8 @@ class _CloneState:
     def clone_layer(self, layer):
         config = self.rewriter.config
         if isinstance(layer, keras.Model):
-            clone = _Rewriter(config, self.rewriter.log).rewrite(layer)
+            prefix = self.rewriter.prefix + layer.name + "/"
+            clone = _Rewriter(config, self.rewriter.log, prefix).rewrite(layer)
             kind = "model"
         elif isinstance(layer, keras.layers.BatchNormalization) and id(layer) in self.folds:
             clone = FoldedBatchNorm(folded_into=self.folds[id(layer)].name, name=layer.name)
@@ -214,7 +216,7 @@ class _CloneState:
             except Unsupported as err:
                 reason = str(err)
         if layer.weights:
-            self.rewriter.log.float_reasons[layer.name] = reason
+            self.rewriter.log.float_reasons[self.rewriter.prefix + layer.name] = reason
         return layer.__class__.from_config(layer.get_config()), "float"
 
     def call_layer(self, layer, *args, **kwargs):
@@ -229,7 +231,7 @@ class _CloneState:
             if not _is_float_tensor(tensor):
                 return tensor
             name = self.unique_name(f"{original.name}_aq")
-            return ActivationQuantizer(scheme, name=name)(tensor)
+            return ActivationQuantizer(name=name, **scheme)(tensor)
 
         return tree.map_structure(quantize_output, outputs)
 
@@ -245,9 +247,9 @@ class _CloneState:
             if bits is None:
                 self.input_quantizers[id(tensor)] = tensor
             else:
-                scheme = cfg.default_layer_config().output_scheme(bits)
+                spec = cfg.default_layer_config().output_quantizer_spec(bits)
                 name = self.unique_name(f"{op.name}_aq")
-                self.input_quantizers[id(tensor)] = ActivationQuantizer(scheme, name=name)(tensor)
+                self.input_quantizers[id(tensor)] = ActivationQuantizer(name=name, **spec)(tensor)
         return self.input_quantizers[id(tensor)]
 
     def clone_sequential(self, model):
@@ -282,6 +284,7 @@ class _CloneState:
                         f"{type(clone).__name__} ({sorted(targets)})"
                     )
                 targets[name].assign(value)
+            clone.initialize_quantizers()
 
 
 def _is_float_tensor(tensor):

@@ -126,9 +126,9 @@ def quantize_builtin_layer(layer, layer_config):
             f"{type(layer).__name__} subclasses {type(layer).__mro__[1].__name__} with code of "
             "its own; register a handler with autoqnn.register_handler"
         )
-    scheme = layer_config.weight_scheme()
+    quantizer = layer_config.weight_quantizer_spec().get_config()
     config = layer.get_config()
-    config["weight_quantizers"] = {name: scheme for name in quantized_cls.weight_channel_axes}
+    config["weight_quantizers"] = {name: quantizer for name in quantized_cls.weight_channel_axes}
     return quantized_cls.from_config(config)
 
 

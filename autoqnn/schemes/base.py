@@ -130,6 +130,9 @@ class Scheme(abc.ABC):
         needs_range: activation schemes that use an observed `[min, max]`
             range (calibration / moving average) kept by the layer.
         is_uniform: levels are evenly spaced (`uniform_grid` works).
+        tensor_bits: `quantize` accepts a tensor `bits` (a trainable
+            bitwidth is then interpolated between two calls; other schemes
+            are evaluated at each integer bitwidth of the trainable range).
     """
 
     name = "base"
@@ -140,6 +143,7 @@ class Scheme(abc.ABC):
     supports_activations = False
     needs_range = False
     is_uniform = False
+    tensor_bits = False
 
     def __init__(self, bits: int | None = None, granularity: str = "per_tensor"):
         bits = self.default_bits if bits is None else bits
@@ -180,6 +184,30 @@ class Scheme(abc.ABC):
         """
         del layer, name, shape, channel_axis, role
         return {}
+
+    def initialize(self, state: dict, stats: dict):
+        """Sets data-dependent state from statistics of the tensor (no-op by default).
+
+        Called for weights when the quantized layer receives its weights, and
+        for activations by calibration (`autoqnn.calibrate`), never inside a
+        forward pass.
+
+        Args:
+            state: the dict returned by `build`.
+            stats: numpy statistics of the tensor, shaped like the state's
+                channels (scalars per tensor): "min", "max" (the observed or
+                calibrated range) and "mean_abs".
+        """
+        del state, stats
+
+    def is_initialized(self, state: dict) -> bool:
+        """Whether data-dependent state was set (True for schemes without any)."""
+        del state
+        return True
+
+    def with_bits(self, bits) -> Scheme:
+        """A copy of this scheme with other bits (validated)."""
+        return get_scheme(self, bits=bits)
 
     @abc.abstractmethod
     def quantize(self, x, state=None, *, channel_axis=None, bits=None, training=False):

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from autoqnn import ops as qops
@@ -35,7 +36,7 @@ def pact_quantize(x, alpha, bits):
     x = ops.convert_to_tensor(x)
     alpha = qops.safe_scale(ops.cast(alpha, x.dtype))
     y = ops.minimum(ops.maximum(x, 0.0), alpha)
-    scale = ops.stop_gradient(alpha) / (2.0**bits - 1.0)
+    scale = ops.stop_gradient(alpha) / (ops.power(2.0, ops.cast(bits, x.dtype)) - 1.0)
     q = ops.round(ops.stop_gradient(y) / scale) * scale
     return ops.stop_gradient(q) + (y - ops.stop_gradient(y))
 
@@ -60,6 +61,7 @@ class PACTScheme(Scheme):
     default_bits = 4
     supports_weights = False
     supports_activations = True
+    tensor_bits = True
 
     def __init__(self, bits=None, granularity="per_tensor", initial_alpha=10.0):
         super().__init__(bits, granularity)
@@ -79,8 +81,16 @@ class PACTScheme(Scheme):
         )
         return {"alpha": alpha}
 
+    def initialize(self, state, stats):
+        """Calibration sets `alpha` to the calibrated maximum (instead of `initial_alpha`)."""
+        if "alpha" in state:
+            top = float(np.max(stats["max"]))
+            if np.isfinite(top) and top > 0:
+                state["alpha"].assign(top)
+
     def quantize(self, x, state=None, *, channel_axis=None, bits=None, training=False):
-        bits = static_bits(self, bits)
+        if bits is None or not hasattr(bits, "shape"):
+            bits = static_bits(self, bits)
         state = state or {}
         if "alpha" not in state:
             raise ValueError(
