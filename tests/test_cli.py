@@ -1,10 +1,22 @@
-"""The `autoqnn` command line, run in-process on tiny models."""
+"""The `autoqnn` command line, run in-process on tiny models (and once as a process)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
+import autoqnn
+from autoqnn import _startup
 from autoqnn.cli import main
+
+# What TensorFlow prints while it starts (oneDNN, CUDA stubs, TF-TRT, absl's notice).
+TF_NOISE = re.compile(r"oneDNN|cuda|TF-TRT|tensorflow/core|absl::|cpu_feature_guard|"
+                      r"^[IWE]\d{4} ", re.IGNORECASE | re.MULTILINE)
 
 
 @pytest.fixture
@@ -56,3 +68,46 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "W8A8 PTQ" in text and "W4A4 QAT" in text
     for name in ("cnn_float", "cnn_w8a8", "cnn_w4a4"):
         assert (tmp_path / f"{name}.keras").is_file()
+
+
+def test_quantize_binary_takes_the_schemes_default_bits(model_file, tmp_path):
+    """--weight-bits defaults to None, so a 1-bit scheme works without it."""
+    out = tmp_path / "binary.keras"
+    assert main(["quantize", str(model_file), "-o", str(out), "--scheme", "binary",
+                 "--data", str(tmp_path / "calib.npz")]) == 0
+    rows = {row.name: row for row in autoqnn.quantization_report(keras.models.load_model(out))}
+    assert (rows["conv"].scheme, rows["conv"].weight_bits) == ("binary", 1)
+    assert main(["quantize", str(model_file), "-o", str(out), "--scheme", "binary",
+                 "--weight-bits", "8"]) == 2  # an explicit misfit is still refused
+
+
+def _run_cli(*command):
+    env = {k: v for k, v in os.environ.items() if k != _startup.LOG_LEVEL_VARIABLE}
+    return subprocess.run([*command, "schemes"], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+
+
+def test_python_m_autoqnn_prints_no_tensorflow_startup_log():
+    result = _run_cli(sys.executable, "-m", "autoqnn")
+    assert result.returncode == 0, result.stderr
+    assert "uniform" in result.stdout
+    assert not TF_NOISE.search(result.stderr), result.stderr
+
+
+def test_startup_filter_detects_the_cli_and_keeps_what_the_level_allows():
+    assert _startup.running_as_cli(["-m"])
+    assert _startup.running_as_cli(["/usr/local/bin/autoqnn", "schemes"])
+    assert not _startup.running_as_cli(["/usr/bin/pytest"])
+    assert not _startup.running_as_cli([])
+    log = ("plain text\n"
+           "WARNING: All log messages before absl::InitializeLog() is called are written to "
+           "STDERR\n"
+           "I0000 00:00:1.2 3 port.cc:153] oneDNN custom operations are on.\n"
+           "I0000 00:00:1.2 3 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\n"
+           "To enable the following instructions: AVX2, in other operations, rebuild\n"
+           "E0000 00:00:1.2 3 cuda_platform.cc:52] failed call to cuInit\n")
+    assert _startup.kept_log_lines(log, 3) == "plain text\n"
+    assert _startup.kept_log_lines(log, 2) == ("plain text\nE0000 00:00:1.2 3 cuda_platform.cc:52] "
+                                               "failed call to cuInit\n")
+    lines = log.splitlines(True)
+    assert _startup.kept_log_lines(log, 0) == "".join(lines[:1] + lines[2:])
