@@ -16,15 +16,15 @@ setup(
         "tensorflow>=2.16",
         "keras>=3",
         "numpy",
-        "absl-py",
+        "scipy",
         "xgboost",
         "ai-edge-litert",
-        "tqdm",
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "ruff"],
         "notebooks": ["matplotlib", "jupyter", "nbconvert"],
         "bench": ["matplotlib"],
+        "distributed": ["ray"],
     },
     entry_points={"console_scripts": ["autoqnn=autoqnn.cli:main"]},
     classifiers=[
