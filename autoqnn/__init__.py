@@ -14,7 +14,8 @@ from autoqnn import _startup  # noqa: F401
 from autoqnn.api import quantize
 from autoqnn.config import LayerConfig, QuantizationConfig
 from autoqnn.export import export_packed, export_report, export_tflite, load_packed
-from autoqnn.layers import ActivationQuantizer
+from autoqnn.finalize import finalize, set_bits
+from autoqnn.layers import ActivationQuantizer, Quantizer
 from autoqnn.ptq import (
     Observer,
     PTQConfig,
@@ -37,6 +38,7 @@ __all__ = [
     "LayerReport",
     "Observer",
     "PTQConfig",
+    "Quantizer",
     "QuantizationConfig",
     "QuantizationReport",
     "Scheme",
@@ -49,6 +51,7 @@ __all__ = [
     "export_packed",
     "export_report",
     "export_tflite",
+    "finalize",
     "get_scheme",
     "list_calibration_methods",
     "list_schemes",
@@ -58,5 +61,6 @@ __all__ = [
     "register_handler",
     "register_observer",
     "register_scheme",
+    "set_bits",
     "tune_ptq",
 ]

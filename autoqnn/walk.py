@@ -42,3 +42,26 @@ def is_conv(layer) -> bool:
 def is_pointwise(layer) -> bool:
     """A 1x1 (non-depthwise) convolution."""
     return is_conv(layer) and all(k == 1 for k in layer.kernel_size)
+
+
+def find_layer(model, key: str, argument: str = "layer"):
+    """`(path, layer)` for `key`: a path ("inner/conv") or an unambiguous bare name.
+
+    Raises:
+        KeyError: no layer has that path or name.
+        ValueError: a bare name shared by layers of several nested models.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"{argument} must be a layer path or name (str), got {key!r}")
+    layers = list(iter_layers(model))
+    for path, layer in layers:
+        if path == key:
+            return path, layer
+    matches = [(path, layer) for path, layer in layers if layer.name == key]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ValueError(f"{argument} {key!r} is ambiguous: it names {[p for p, _ in matches]}; "
+                         "use the path")
+    raise KeyError(f"{argument} {key!r} is not a layer of model {model.name!r}; layers: "
+                   f"{[p for p, _ in layers][:50]}")

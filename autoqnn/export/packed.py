@@ -137,6 +137,10 @@ def export_packed(model, path) -> PackedExport:
     for lpath, layer in iter_layers(model):
         if isinstance(layer, QuantizedWeightsMixin):
             for attr, quantizer in layer.weight_quantizers.items():
+                if not quantizer.is_final:
+                    raise ExportError(
+                        f"layer {lpath!r} has trainable bits or a scheme mixture; fix it "
+                        "first with model = autoqnn.finalize(model)")
                 quantized[id(getattr(layer, attr))] = (lpath, attr, quantizer.scheme, layer)
     if not quantized:
         raise ExportError(f"model {model.name!r} has no quantized weights; quantize it first "

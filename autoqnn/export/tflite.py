@@ -48,6 +48,7 @@ from autoqnn.export.lowering import (
     quantized_layers,
 )
 from autoqnn.layers.quantized import QuantDense
+from autoqnn.rewrite.clone import clone_quantized
 
 
 @dataclasses.dataclass
@@ -107,6 +108,20 @@ def plan_model(model, *, int4=True, inexact="error"):
             f"model {model.name!r} is not quantized (no autoqnn quantized layers); "
             "quantize it first: autoqnn.quantize(model, calibration_data=...)"
         )
+    not_final = [path for path, layer in weight_layers
+                 if not all(q.is_final for q in layer.weight_quantizers.values())]
+    not_final += [path for path, layer in act_layers if not layer.quantizer.is_final]
+    if not_final:
+        raise ExportError(
+            f"layers {not_final} have trainable bits or scheme mixtures; fix them first with "
+            "model = autoqnn.finalize(model)"
+        )
+    per_channel = [path for path, layer in act_layers if layer.range_axis is not None]
+    if per_channel:
+        raise ExportError(
+            f"activation quantizers {per_channel} have per-channel ranges, which TFLite "
+            "activations cannot carry (one scale per tensor)"
+        )
     uncalibrated = [path for path, layer in act_layers if not layer.is_calibrated]
     if uncalibrated:
         raise ExportError(
@@ -160,7 +175,9 @@ def _layer_names_in(message: str, model) -> list[str]:
 
 
 def convert(model, weight_plans, activation_plans, *, representative_data=None, int8_io=True):
-    """Traces the lowered model and runs the TFLite converter; returns the flatbuffer bytes."""
+    """Traces a lowered copy of the model and runs the TFLite converter; returns the
+    flatbuffer bytes. The model itself is never changed: the lowering patches a clone."""
+    model = clone_quantized(model)
     layers = dict(iter_layers(model))
     dense_calls = [
         (layers[p.layer], _dense_as_conv(layers[p.layer], p))

@@ -16,6 +16,7 @@ from autoqnn.layers.quantized import (
     QuantSeparableConv2D,
     quantized_weight_names,
 )
+from autoqnn.layers.quantizer import Quantizer
 
 __all__ = [
     "QUANTIZED_LAYERS",
@@ -30,6 +31,7 @@ __all__ = [
     "QuantEinsumDense",
     "QuantEmbedding",
     "QuantSeparableConv2D",
+    "Quantizer",
     "QuantizedWeightsMixin",
     "quantized_weight_names",
     "reset_compiled_functions",

@@ -93,6 +93,11 @@ class ActivationQuantizer(keras.layers.Layer):
         return self.quantizer.bits
 
     @property
+    def state(self) -> dict:
+        """The state dict of the (chosen) scheme."""
+        return self.quantizer.state
+
+    @property
     def needs_range(self) -> bool:
         return any(c.needs_range for c in self.quantizer.candidates)
 

@@ -13,9 +13,9 @@ files and `fit` carry it), and a bits specification:
   interpolation between the quantizations at the two neighbouring integers,
   `q(b) = (1 - t) * Q_floor(b)(x) + t * Q_floor(b)+1(x)` with
   `t = b - floor(b)`, so `dq/db = Q_floor(b)+1(x) - Q_floor(b)(x)` reaches
-  `b` at every point, integers included. At integer `b` the forward is
-  exactly `Q_b(x)`. Schemes whose math takes a tensor bitwidth (uniform,
-  LSQ, PACT) are evaluated twice; the others at every integer of the range;
+  `b` at every point, integers included. Each neighbour is the scheme's
+  fixed-bits quantization (selected with a switch, one branch runs), so at
+  integer `b` the forward is bit-exact `Q_b(x)`, which `finalize` keeps;
 * **a mixture of candidate schemes** (`candidates=[...]`, DNAS):
   `q = sum_i softmax(logits / tau)_i * Q_i(x)` with trainable logits
   (`<name>_logits`) and a non-trainable temperature (`<name>_temperature`)
@@ -235,9 +235,12 @@ class Quantizer:
     def _quantize_one(self, i, x, training):
         scheme, state = self.candidates[i], self.states[i]
 
-        def at(bits):
-            return scheme.quantize(x, state, channel_axis=self.channel_axis, bits=bits,
+        def at_bits(value, bits):
+            return scheme.quantize(value, state, channel_axis=self.channel_axis, bits=bits,
                                    training=training)
+
+        def at(bits):
+            return at_bits(x, bits)
 
         if not self.trainable_bits:
             return at(None)
@@ -247,14 +250,12 @@ class Quantizer:
         b = ops.clip(ops.cast(self.bits_variable, x.dtype), float(low), float(high))
         lower = ops.minimum(ops.floor(ops.stop_gradient(b)), float(high - 1))
         frac = b - lower
-        if scheme.tensor_bits:
-            q0, q1 = at(lower), at(lower + 1.0)
-        else:  # integer-only math: evaluate each bitwidth, select the two neighbours
-            levels = {k: at(k) for k in range(low, high + 1)}
-            q0 = sum(ops.cast(ops.equal(lower, float(k)), x.dtype) * levels[k]
-                     for k in range(low, high))
-            q1 = sum(ops.cast(ops.equal(lower + 1.0, float(k)), x.dtype) * levels[k]
-                     for k in range(low + 1, high + 1))
+        index = ops.cast(lower, "int32") - low
+        # One static-bits quantization per neighbour (a switch runs one branch), so at
+        # an integer b the forward is bit-exact the fixed-bits one (frac * (q1 - q0) = 0).
+        q0 = ops.switch(index, [lambda v, k=k: at_bits(v, k) for k in range(low, high)], x)
+        q1 = ops.switch(index, [lambda v, k=k: at_bits(v, k) for k in range(low + 1, high + 1)],
+                        x)
         return q0 + frac * (q1 - q0)
 
     def noise_loss(self, x, q):

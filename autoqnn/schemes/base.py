@@ -130,9 +130,6 @@ class Scheme(abc.ABC):
         needs_range: activation schemes that use an observed `[min, max]`
             range (calibration / moving average) kept by the layer.
         is_uniform: levels are evenly spaced (`uniform_grid` works).
-        tensor_bits: `quantize` accepts a tensor `bits` (a trainable
-            bitwidth is then interpolated between two calls; other schemes
-            are evaluated at each integer bitwidth of the trainable range).
     """
 
     name = "base"
@@ -143,7 +140,6 @@ class Scheme(abc.ABC):
     supports_activations = False
     needs_range = False
     is_uniform = False
-    tensor_bits = False
 
     def __init__(self, bits: int | None = None, granularity: str = "per_tensor"):
         bits = self.default_bits if bits is None else bits

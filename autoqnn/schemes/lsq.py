@@ -88,7 +88,6 @@ class LSQScheme(Scheme):
     max_bits = 16
     default_bits = 4
     supports_activations = True
-    tensor_bits = True
 
     def __init__(self, bits=None, granularity="per_tensor", signed=None):
         super().__init__(bits, granularity)

@@ -61,7 +61,6 @@ class PACTScheme(Scheme):
     default_bits = 4
     supports_weights = False
     supports_activations = True
-    tensor_bits = True
 
     def __init__(self, bits=None, granularity="per_tensor", initial_alpha=10.0):
         super().__init__(bits, granularity)

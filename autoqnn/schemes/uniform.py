@@ -105,7 +105,6 @@ class UniformScheme(Scheme):
     supports_activations = True
     needs_range = True
     is_uniform = True
-    tensor_bits = True
 
     def __init__(
         self,

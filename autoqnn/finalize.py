@@ -1,0 +1,144 @@
+"""`finalize` and `set_bits`: the two operations a search performs on a quantized model.
+
+* `finalize(qmodel)` returns a plain quantized model: every trainable
+  bitwidth rounded to its nearest integer (within its range) and every scheme
+  mixture collapsed to its argmax candidate, with that candidate's state.
+  Its outputs equal the quantized model evaluated at those rounded bits and
+  argmax schemes; the report and export see fixed bits and one scheme.
+* `set_bits(qmodel, {path: bits})` changes bits in place: no re-clone, the
+  same layer objects and variables (RL episodes, sensitivity sweeps).
+
+Example:
+    >>> import keras, numpy as np, autoqnn
+    >>> inputs = keras.Input((6,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(inputs))
+    >>> qmodel = autoqnn.quantize(model, weight_bits=4, activation_bits=None,
+    ...                           config={"fc": {"weight_quantizer": {"trainable_bits": True}}})
+    >>> autoqnn.set_bits(qmodel, {"fc": 2.6})
+    >>> final = autoqnn.finalize(qmodel)
+    >>> final.get_layer("fc").weight_quantizers["kernel"].bits
+    3
+"""
+
+from __future__ import annotations
+
+from autoqnn.layers.activation import ActivationQuantizer, reset_compiled_functions
+from autoqnn.layers.quantized import QuantizedWeightsMixin
+from autoqnn.report import quantization_report
+from autoqnn.rewrite.clone import clone_quantized
+from autoqnn.walk import find_layer, iter_layers
+
+
+def _is_quantized_model(model):
+    return any(isinstance(layer, (QuantizedWeightsMixin, ActivationQuantizer))
+               for _, layer in iter_layers(model))
+
+
+def finalize(model):
+    """Returns the fixed-bits, one-scheme-per-tensor twin of a quantized model.
+
+    Args:
+        model: a model from `autoqnn.quantize` (trainable bits / mixtures or not).
+
+    Returns:
+        A new `keras.Model` (the input is not changed) with `autoqnn_report`.
+
+    Raises:
+        TypeError: not a Keras model.
+        ValueError: the model has no autoqnn quantizer.
+    """
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+    if not _is_quantized_model(model):
+        raise ValueError(f"model {model.name!r} has no autoqnn quantizer; quantize it first "
+                         "(autoqnn.quantize)")
+
+    def change(path, layer):
+        del path
+        if isinstance(layer, QuantizedWeightsMixin):
+            if all(q.is_final for q in layer.weight_quantizers.values()):
+                return None
+            config = layer.get_config()
+            renames = {}
+            for attr, quantizer in layer.weight_quantizers.items():
+                final, moved = quantizer.finalized()
+                config["weight_quantizers"][attr] = final
+                renames.update(moved)
+            for variable in layer.weights:  # the layer's own weights keep their names
+                if not _is_state_of(variable, layer):
+                    renames.setdefault(variable.name, variable.name)
+            return config, renames
+        if isinstance(layer, ActivationQuantizer) and not layer.quantizer.is_final:
+            config = layer.get_config()
+            final, renames = layer.quantizer.finalized()
+            config.pop("quantizer", None)
+            config.pop("scheme", None)
+            config["quantizer"] = final
+            for name in ("range_min", "range_max", "range_observed"):
+                renames.setdefault(name, name)
+            return config, renames
+        return None
+
+    final = clone_quantized(model, change)
+    reasons = {row.name: row.reason for row in getattr(model, "autoqnn_report", ())
+               if row.status == "float"}
+    final.autoqnn_report = quantization_report(final, reasons)
+    return final
+
+
+def _is_state_of(variable, layer):
+    """True for quantizer state variables (scales, bits, logits), not the layer's weights."""
+    for quantizer in layer.weight_quantizers.values():
+        owned = [v for state in quantizer.states or [] for v in state.values()]
+        owned += [quantizer.bits_variable, quantizer.logits, quantizer.temperature_variable]
+        if any(variable is v for v in owned if v is not None):
+            return True
+    return False
+
+
+def set_bits(model, bits: dict):
+    """Sets bits in place: `{layer path or name: bits}`.
+
+    A weighted layer's value sets all its quantized weights (or give
+    `{"kernel": 3, ...}` per weight); an `ActivationQuantizer`'s value sets
+    its activation bits. Fixed bits change the quantizer's scheme (validated
+    against its bit range); trainable bits are assigned. The layers and
+    variables stay the same; the model's compiled functions are dropped so
+    the next `predict`/`fit` retraces.
+
+    Args:
+        model: a quantized model.
+        bits: `{path: int}` (or `{path: {weight name: int}}`; trainable bits
+            take floats).
+
+    Raises:
+        KeyError: an unknown layer or weight name.
+        ValueError: bits outside a quantizer's range, or a layer without quantizers.
+    """
+    if not isinstance(bits, dict):
+        raise TypeError(f"bits must be a dict {{layer path: bits}}, got {bits!r}")
+    for key, value in bits.items():
+        path, layer = find_layer(model, key, "bits key")
+        if isinstance(layer, ActivationQuantizer):
+            targets = {"activation": layer.quantizer}
+        elif isinstance(layer, QuantizedWeightsMixin) and layer.weight_quantizers:
+            targets = dict(layer.weight_quantizers)
+        else:
+            raise ValueError(f"bits[{key!r}]: layer {path!r} ({type(layer).__name__}) has no "
+                             "autoqnn quantizer")
+        per_weight = value if isinstance(value, dict) else dict.fromkeys(targets, value)
+        for attr, b in per_weight.items():
+            if attr not in targets:
+                raise KeyError(f"bits[{key!r}]: {path!r} quantizes {sorted(targets)}, not "
+                               f"{attr!r}")
+            try:
+                targets[attr].set_bits(b)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"bits[{key!r}]: {err}") from None
+    for _, layer in [("", model), *iter_layers(model)]:
+        reset_compiled_functions(layer)
+    model.autoqnn_report = quantization_report(
+        model, {row.name: row.reason for row in getattr(model, "autoqnn_report", ())
+                if row.status == "float"})
