@@ -16,7 +16,13 @@ def test_rows_say_bits_bytes_and_dtype(cnn_w4):
     assert rows["logits"].packed_bytes >= kernel_bytes
     assert not report.not_exportable
     assert "logits" in str(report)
-    assert autoqnn.export_report(cnn_w4, int4="all")[0] is not None
+    # int4="all" moves the 4-bit convolutions into int4 tensors too: same bytes, no note.
+    every = {r.name: r for r in autoqnn.export_report(cnn_w4, int4="all")}
+    assert set(every) == set(rows)
+    for name in ("conv1", "dw", "logits"):
+        assert (every[name].tflite_dtype, every[name].note, every[name].exact) == ("int4", "", True)
+        assert every[name].packed_bytes == rows[name].packed_bytes
+    assert every["image_aq"].tflite_dtype == "int8 activations"
 
 
 def test_uncalibrated_layers_are_not_exportable(float_cnn):
