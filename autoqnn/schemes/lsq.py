@@ -67,9 +67,10 @@ class LSQScheme(Scheme):
     weights when the layer receives them, and for activations by calibration
     (`autoqnn.calibrate`); a non-trainable `<name>_step_initialized` flag
     records it. No variable is assigned in an inference forward pass: an
+    uninitialised weight quantizer uses the rule on the current weights, an
     uninitialised activation quantizer passes its input through (the report
-    says it is not calibrated), and the first *training* step initialises it
-    from its batch. The step's gradient is scaled by `1 / sqrt(N * Q_P)`, N
+    says it is not calibrated), and the first *training* step initialises
+    either from its batch. The step's gradient is scaled by `1 / sqrt(N * Q_P)`, N
     the number of elements one step quantizes (per sample for activations).
 
     Signedness: `signed=None` (the default) takes it from the data at
@@ -113,7 +114,7 @@ class LSQScheme(Scheme):
         if None not in sizes:
             per_step = float(max(1, math.prod(sizes) // max(1, math.prod(step_shape))))
         return {"step": step, "initialized": initialized, "signed": signed,
-                "elements_per_step": per_step}
+                "elements_per_step": per_step, "role": role}
 
     def _bounds(self, bits, signed):
         """`(Q_N, Q_P)` as tensors of the signedness flag (1 signed, 0 unsigned)."""
@@ -159,10 +160,12 @@ class LSQScheme(Scheme):
         ndim = len(x.shape)
         step = broadcast_channels(step_var, ndim, axis)
         ready = flag > 0.5
+        data_step = ops.stop_gradient(2.0 * qops.mean_abs(x, axis) / ops.sqrt(q_pos))
+        weights = state.get("role", "weight") == "weight"
+        if training or weights:  # an uninitialised weight step is its data rule
+            step = ops.where(ready, step, qops.safe_scale(data_step))
         if training:
             # The first training step initialises an uncalibrated quantizer from its batch.
-            data_step = ops.stop_gradient(2.0 * qops.mean_abs(x, axis) / ops.sqrt(q_pos))
-            step = ops.where(ready, step, qops.safe_scale(data_step))
             step_var.assign(ops.reshape(ops.stop_gradient(step), step_var.shape))
             flag.assign(ops.ones_like(flag))
         per_step = state.get("elements_per_step")
@@ -170,9 +173,9 @@ class LSQScheme(Scheme):
             per_step = ops.cast(ops.size(x), x.dtype) / float(max(1, math.prod(step_var.shape)))
         grad_factor = ops.stop_gradient(ops.rsqrt(ops.cast(per_step, x.dtype) * q_pos))
         q = lsq_quantize(x, step, q_neg, q_pos, grad_factor)
-        if training:
+        if training or weights:
             return q
-        return ops.where(ready, q, x)  # uncalibrated at inference: pass through
+        return ops.where(ready, q, x)  # uncalibrated activations at inference: pass through
 
     def num_levels(self, bits=None):
         bits = self.bits if bits is None else bits

@@ -43,7 +43,7 @@ def test_settings_reach_the_layers(small_cnn, images):
                     granularity="per_tensor", keep_layers="depthwise", keep_bits=None)
     qmodel = autoqnn.quantize(small_cnn, calibration_data=images, ptq=cfg)
     conv = qmodel.get_layer("conv1")
-    scheme = conv.weight_quantizers["kernel"]
+    scheme = conv.weight_quantizers["kernel"].scheme
     assert (scheme.bits, scheme.granularity, scheme.symmetric, scheme.power_of_two_scale) == (
         4, "per_tensor", True, True)
     assert qmodel.autoqnn_report.get("dw").status == "float"

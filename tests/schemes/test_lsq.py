@@ -36,18 +36,45 @@ def test_bounds_and_levels():
     assert LSQScheme(bits=3).num_levels() == 8 == LSQScheme(bits=3, signed=False).num_levels()
 
 
-def test_step_initialised_from_data_once():
+def test_step_initialised_from_statistics_never_in_inference():
     holder = keras.layers.Layer()
     scheme = LSQScheme(bits=3)
     w = np.array([[1.0, -3.0], [0.5, 1.5]], "float32")
     state = scheme.build(holder, "kernel", w.shape, -1)
     assert state["elements_per_step"] == 4.0
-    scheme(w, state, channel_axis=-1)
+    # Uninitialised weights at inference: the data rule, nothing assigned.
+    rule = 2 * np.mean(np.abs(w)) / np.sqrt(3)
+    np.testing.assert_allclose(np.asarray(scheme(w, state, channel_axis=-1)),
+                               np.clip(np.round(w / rule), -4, 3) * rule, rtol=1e-6)
+    assert float(np.asarray(state["initialized"])) == 0.0 and not scheme.is_initialized(state)
+    np.testing.assert_array_equal(np.asarray(state["step"]), 1.0)
+    scheme.initialize(state, {"min": w.min(), "max": w.max(), "mean_abs": np.abs(w).mean()})
     expected = 2 * np.mean(np.abs(w)) / np.sqrt(3)
     np.testing.assert_allclose(np.asarray(state["step"]), expected, rtol=1e-6)
     assert float(np.asarray(state["initialized"])) == 1.0
-    scheme(10 * w, state, channel_axis=-1)  # no re-initialisation
+    scheme(10 * w, state, channel_axis=-1)  # inference: no re-initialisation
     np.testing.assert_allclose(np.asarray(state["step"]), expected, rtol=1e-6)
+
+
+def test_signedness_from_calibration():
+    holder = keras.layers.Layer()
+    scheme = LSQScheme(bits=2)  # signed=None: from the data
+    state = scheme.build(holder, "activation", (4,), None, role="activation")
+    x = np.array([[0.0, 0.5, 1.0, 4.0]], "float32")
+    scheme.initialize(state, {"min": 0.0, "max": 4.0, "mean_abs": float(np.mean(x))})
+    assert float(np.asarray(state["signed"])) == 0.0
+    step = float(np.asarray(state["step"]))
+    np.testing.assert_allclose(step, 2 * np.mean(x) / np.sqrt(3), rtol=1e-6)  # Q_P = 3
+    out = np.asarray(scheme(x, state))
+    assert on_grid(out, step * np.arange(4)) and out.max() == np.float32(3 * step)
+    signed = LSQScheme(bits=2)
+    state = signed.build(holder, "act2", (4,), None, role="activation")
+    signed.initialize(state, {"min": -1.0, "max": 4.0, "mean_abs": 1.0})
+    assert float(np.asarray(state["signed"])) == 1.0
+    fixed = LSQScheme(bits=2, signed=True)
+    state = fixed.build(holder, "act3", (4,), None, role="activation")
+    fixed.initialize(state, {"min": 0.0, "max": 4.0, "mean_abs": 1.0})
+    assert float(np.asarray(state["signed"])) == 1.0  # explicit signedness is kept
 
 
 def test_step_initialised_inside_fit_per_channel():
@@ -69,11 +96,14 @@ def test_step_initialised_inside_fit_per_channel():
 def test_unsigned_activations():
     aq = ActivationQuantizer("lsq", bits=2, signed=False)
     x = np.array([[0.0, 0.5, 1.0, 4.0]], "float32")
-    out = np.asarray(aq(x))
-    step = float(np.asarray(aq.state["step"]))
+    np.testing.assert_array_equal(np.asarray(aq(x)), x)  # not calibrated: passes through
+    assert not aq.is_calibrated
+    out = np.asarray(aq(x, training=True))  # the first training step initialises it
+    step = float(np.asarray(aq.quantizer.state["step"]))
     np.testing.assert_allclose(step, 2 * np.mean(x) / np.sqrt(3), rtol=1e-6)
-    assert aq.state["elements_per_step"] == 4.0
+    assert aq.quantizer.state["elements_per_step"] == 4.0
     assert on_grid(out, step * np.arange(4)) and out.min() == 0.0
+    assert aq.is_calibrated
 
 
 @given(w=weight_arrays(), bits=st.integers(2, 8), step=st.floats(0.01, 2.0), signed=st.booleans())
@@ -86,7 +116,7 @@ def test_on_grid_and_idempotent_at_fixed_step(w, bits, step, signed):
 
 
 def test_bad_options():
-    with pytest.raises(TypeError, match=r"signed must be a bool, got 1"):
+    with pytest.raises(TypeError, match=r"signed must be a bool or None, got 1"):
         LSQScheme(signed=1)
     with pytest.raises(ValueError, match=r"bits must be in \[2, 16\] for scheme 'lsq', got 1"):
         LSQScheme(bits=1)
