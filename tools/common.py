@@ -32,6 +32,26 @@ def load_data(path=None, train_subset=None, test_subset=None):
     return load_npz(path, train_subset, test_subset)
 
 
+def load_splits(path=None, train_subset=None, val_size=2000, test_subset=None):
+    """`(train, val, test)`, each `(x, y)`, with the validation split carved from training data.
+
+    `train` is the first `train_subset` training images (the same images `load_data`
+    gives, so cached reference models are shared), `val` the next `val_size` training
+    images: disjoint from `train`, never used to train the float model, and no test
+    image. `test` is the test split (`test_subset` first images; None: all of it).
+    When the file has fewer than `train_subset + val_size` training images (the bundled
+    demo subset), `train` shrinks so that `val` keeps its size.
+    """
+    if val_size < 1:
+        raise ValueError(f"val_size must be positive, got {val_size}")
+    (x, y), test = load_data(path, None, test_subset)
+    if len(x) <= val_size:
+        raise ValueError(f"{len(x)} training images cannot spare a {val_size}-image validation "
+                         "split")
+    n = len(x) - val_size if train_subset is None else min(train_subset, len(x) - val_size)
+    return (x[:n], y[:n]), (x[n:n + val_size], y[n:n + val_size]), test
+
+
 def compile_model(model, learning_rate=1e-3):
     model.compile(keras.optimizers.Adam(learning_rate), LOSS, metrics=["accuracy"])
     return model

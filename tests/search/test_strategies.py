@@ -92,3 +92,22 @@ def test_unknown_strategy():
 def test_failed_trials_are_not_proposed_again():
     state = SearchState(SPACE, {i: None for i in range(70)}, _features())
     assert sorted(get_strategy("genetic").propose(state, 5)) == [70, 71]
+
+
+def test_tie_break_nearest_refines_around_the_best_random_does_not():
+    """Equal scores give equal predictions: the tie-break alone orders the proposals."""
+    tried = {0: 0.0, 40: 0.0, 71: 0.0}
+    state = SearchState(SPACE, tried, _features(), seed=0)
+
+    def distance(index):
+        return sum(a != b for a, b in zip(SPACE.digits(index), SPACE.digits(0)))
+
+    nearest = XGBoostStrategy().propose(state, 8)
+    assert [distance(i) for i in nearest] == [1] * 8  # index 0 is the (first) best trial
+    random = XGBoostStrategy(tie_break="random").propose(state, 8)
+    untried = state.untried()
+    jitter_order = [untried[i] for i in np.argsort(state.rng(2).random(len(untried)))]
+    assert random == jitter_order[:8]
+    assert max(distance(i) for i in random) > 1
+    with pytest.raises(ValueError, match="tie_break must be"):
+        XGBoostStrategy(tie_break="none")
