@@ -272,8 +272,8 @@ class QuantizationConfig:
             value = self.overrides[selector]
             if value is None or value is False:
                 config = config.replace(quantize=False)
-            else:
-                config = config.replace(**_implied_bits(config, value))
+            else:  # a settings dict of a later (more specific) selector re-enables the layer
+                config = config.replace(**{"quantize": True, **_implied_bits(config, value)})
         return config
 
 

@@ -132,9 +132,13 @@ class TensorStatistics:
                 "data_min": self.min}
 
 
-def _node_inputs(layer):
-    """The input tensors of each call of `layer` in its model's graph."""
-    return [node.input_tensors for node in layer._inbound_nodes]
+def _graph_nodes(model):
+    """`(layer, input tensors)` of each call in `model`'s own graph, in depth order."""
+    by_depth = getattr(model, "_nodes_by_depth", None)
+    if by_depth is None:  # not a graph network
+        return []
+    nodes = [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+    return [(node.operation, list(node.input_tensors)) for node in nodes]
 
 
 def observe(model, batches, statistics: dict):
@@ -143,14 +147,12 @@ def observe(model, batches, statistics: dict):
     to its statistics. Probe models output those values, nested models are
     observed with the values reaching them; no layer is modified."""
     targets, nested = [], []
-    for layer in model.layers:
+    for layer, inputs in _graph_nodes(model):
         if isinstance(layer, ActivationQuantizer) and id(layer) in statistics:
-            for inputs in _node_inputs(layer):
-                targets.append((layer, inputs[0]))
+            targets.append((layer, inputs[0]))
         elif isinstance(layer, keras.Model) and any(
                 id(q) in statistics for q in activation_quantizers(layer)):
-            for inputs in _node_inputs(layer):
-                nested.append((layer, inputs))
+            nested.append((layer, inputs))
     outputs = [t for _, t in targets] + [t for _, ts in nested for t in ts]
     if not outputs:
         return
