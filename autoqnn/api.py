@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import warnings
 
 import keras
 import numpy as np
 
 from autoqnn.config import QuantizationConfig
-from autoqnn.ptq.apply import apply_ptq, quantize_arguments
+from autoqnn.ptq.apply import apply_ptq, quantization_config
 from autoqnn.ptq.calibrate import calibrate
 from autoqnn.ptq.config import PTQConfig
 from autoqnn.report import quantization_report
@@ -25,6 +27,21 @@ def _check_finite_weights(model):
             )
 
 
+def _defaults():
+    """The defaults of `QuantizationConfig` (the one table), as `quantize` keywords."""
+    fields = {f.name: f for f in dataclasses.fields(QuantizationConfig)}
+    out = {}
+    for name, f in fields.items():
+        out[name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else \
+            f.default
+    return out
+
+
+_QUANTIZE_DEFAULTS = _defaults()
+_NOT_PTQ = ("activation_scheme", "input_bits", "fold_batchnorm")
+"""quantize() settings a PTQConfig does not decide (they combine with ptq=)."""
+
+
 def quantize(
     model,
     scheme="uniform",
@@ -32,7 +49,7 @@ def quantize(
     activation_bits: int | None = 8,
     granularity: str = "per_channel",
     calibration_data=None,
-    config: dict | None = None,
+    config: dict | QuantizationConfig | None = None,
     *,
     activation_scheme: str = "uniform",
     input_bits: int | None = None,
@@ -80,6 +97,9 @@ def quantize(
             (`autoqnn.list_calibration_methods()`).
         calibration_samples: calibrate on at most this many samples.
         verbose: 1 shows progress.
+        config: also a whole `QuantizationConfig` (its `overrides` are the
+            per-layer settings); the keyword settings above must then keep
+            their defaults.
         ptq: a `PTQConfig` (or a dict of its fields): post-training
             quantization on the uniform scheme. It sets weight_bits,
             activation_bits, granularity, the scheme options, the
@@ -107,42 +127,37 @@ def quantize(
         (32, 4)
     """
     check_model(model)
-    if ptq is not None:
+    given = {"scheme": scheme, "weight_bits": weight_bits, "activation_bits": activation_bits,
+             "granularity": granularity, "activation_scheme": activation_scheme,
+             "input_bits": input_bits, "fold_batchnorm": fold_batchnorm,
+             "scheme_options": dict(scheme_options or {}),
+             "activation_options": dict(activation_options or {})}
+    changed = {k: v for k, v in given.items() if v != _QUANTIZE_DEFAULTS[k]}
+    calibration = {"calibration_method": calibration_method,
+                   "calibration_samples": calibration_samples}
+    if isinstance(config, QuantizationConfig):
+        if changed:
+            raise ValueError(f"{sorted(changed)} conflict with config={config!r}; set them in "
+                             "the QuantizationConfig")
+        qconfig = config
+    elif ptq is not None:
         ptq = PTQConfig.from_dict(ptq)
-        given = {"scheme": scheme, "weight_bits": weight_bits, "activation_bits": activation_bits,
-                 "granularity": granularity, "calibration_method": calibration_method,
-                 "calibration_samples": calibration_samples,
-                 "scheme_options": scheme_options or None,
-                 "activation_options": activation_options or None}
-        defaults = {"scheme": "uniform", "weight_bits": None, "activation_bits": 8,
-                    "granularity": "per_channel", "calibration_method": "max",
-                    "calibration_samples": None, "scheme_options": None,
-                    "activation_options": None}
-        ptq_arguments = quantize_arguments(model, ptq)
-        for name, value in given.items():
-            if value != defaults[name] and value != ptq_arguments[name]:
-                raise ValueError(
-                    f"{name}={value!r} conflicts with ptq={ptq!r}; set it in the PTQConfig "
-                    "(ptq= decides the scheme, bits, granularity and calibration)"
-                )
-        scheme, weight_bits = ptq_arguments["scheme"], ptq_arguments["weight_bits"]
-        activation_bits = ptq_arguments["activation_bits"]
-        granularity = ptq_arguments["granularity"]
-        scheme_options = ptq_arguments["scheme_options"]
-        activation_options = ptq_arguments["activation_options"]
-        config = {**ptq_arguments["config"], **(config or {})}
-    qconfig = QuantizationConfig(
-        scheme=scheme,
-        weight_bits=weight_bits,
-        activation_bits=activation_bits,
-        activation_scheme=activation_scheme,
-        granularity=granularity,
-        scheme_options=dict(scheme_options or {}),
-        activation_options=dict(activation_options or {}),
-        input_bits=input_bits,
-        fold_batchnorm=fold_batchnorm,
-        overrides={} if config is None else config,
-    )
+        qconfig = quantization_config(model, ptq, overrides=config)
+        from_ptq = {"calibration_method": ptq.calibration,
+                    "calibration_samples": ptq.calibration_samples}
+        conflicts = {name: value for name, value in changed.items()
+                     if name not in _NOT_PTQ and value != getattr(qconfig, name)}
+        conflicts.update({name: value for name, value in calibration.items()
+                          if value != _CALIBRATION_DEFAULTS[name] and value != from_ptq[name]})
+        for name, value in conflicts.items():
+            raise ValueError(
+                f"{name}={value!r} conflicts with ptq={ptq!r}; set it in the PTQConfig "
+                "(ptq= decides the scheme, bits, granularity and calibration)"
+            )
+        qconfig = dataclasses.replace(qconfig, **{k: v for k, v in changed.items()
+                                                  if k in _NOT_PTQ})
+    else:
+        qconfig = QuantizationConfig(**given, overrides={} if config is None else config)
     _check_finite_weights(model)
     qmodel, log = rewrite(model, qconfig)
     if ptq is not None:
@@ -155,7 +170,7 @@ def quantize(
     if report.float_layers and verbose:
         names = ", ".join(f"{r.name} ({r.reason})" for r in report.float_layers)
         print(f"autoqnn: layers left float: {names}")
-    if report.uncalibrated and calibration_data is None and activation_bits is not None:
+    if report.uncalibrated and calibration_data is None and qconfig.activation_bits is not None:
         warnings.warn(
             f"{len(report.uncalibrated)} activation quantizer(s) are not calibrated and pass float "
             "values until you call autoqnn.calibrate(model, data) or train the model; pass "
@@ -163,3 +178,9 @@ def quantize(
             stacklevel=2,
         )
     return qmodel
+
+
+_CALIBRATION_DEFAULTS = {
+    name: inspect.signature(quantize).parameters[name].default
+    for name in ("calibration_method", "calibration_samples")
+}

@@ -164,3 +164,31 @@ def test_scheme_implies_its_bits_when_none_are_given():
     with pytest.raises(ValueError, match=r"config\['dense_1'\].*bits must be in \[2, 2\]"):
         autoqnn.quantize(_dense_model(), weight_bits=4,
                          config={"dense_1": {"scheme": "ternary", "weight_bits": 4}})
+
+
+def test_quantize_accepts_a_quantization_config():
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(inputs))
+    config = autoqnn.QuantizationConfig(weight_bits=3, activation_bits=None,
+                                        overrides={"fc": {"granularity": "per_tensor"}})
+    qmodel = autoqnn.quantize(model, config=config)
+    row = qmodel.autoqnn_report.get("fc")
+    assert (row.weight_bits, row.granularity) == (3, "per_tensor")
+    with pytest.raises(ValueError, match=r"\['weight_bits'\] conflict with config="):
+        autoqnn.quantize(model, weight_bits=4, config=config)
+
+
+def test_ptq_config_is_the_same_vocabulary():
+    from autoqnn.ptq.apply import quantization_config
+
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(4, name="first")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="last")(x))
+    ptq = autoqnn.PTQConfig(weight_bits=4, scheme="symmetric", keep_layers="last")
+    config = quantization_config(model, ptq, overrides={"first": {"weight_bits": 6}})
+    assert isinstance(config, autoqnn.QuantizationConfig)
+    assert config.for_layer("last", keras.layers.Dense).weight_bits == 8
+    assert config.for_layer("first", keras.layers.Dense).weight_bits == 6  # user's wins
+    assert config.scheme_options == {"symmetric": True, "power_of_two_scale": False}
+    with pytest.raises(ValueError, match=r"weight_bits=3 conflicts with ptq="):
+        autoqnn.quantize(model, weight_bits=3, ptq=ptq)

@@ -1,6 +1,6 @@
 """Post-training quantization: observers, weight clipping, bias correction, PTQConfig."""
 
-from autoqnn.ptq.apply import apply_ptq, quantize_arguments, select_layers
+from autoqnn.ptq.apply import apply_ptq, quantization_config, select_layers
 from autoqnn.ptq.calibrate import (
     MinMaxObserver,
     Observer,
@@ -31,7 +31,7 @@ __all__ = [
     "calibrate",
     "correct_biases",
     "list_calibration_methods",
-    "quantize_arguments",
+    "quantization_config",
     "register_observer",
     "search_weight_clips",
     "select_layers",

@@ -1,8 +1,9 @@
 """Turns a `PTQConfig` into `quantize()` settings and runs the PTQ steps after the rewrite.
 
-`quantize(model, calibration_data=x, ptq=cfg)` calls `quantize_arguments` to
-get the uniform-scheme settings and the per-layer overrides of the kept layer
-kinds, rewrites the model, then `apply_ptq`: weight clipping, activation
+`quantize(model, calibration_data=x, ptq=cfg)` calls `quantization_config` to
+get the `QuantizationConfig` (the same per-layer vocabulary as every other
+quantization: uniform-scheme settings plus overrides of the kept layer kinds),
+rewrites the model, then `apply_ptq`: weight clipping, activation
 calibration, bias correction, in that order (each step sees the result of the
 one before).
 
@@ -66,32 +67,33 @@ def select_layers(model, kinds) -> list[str]:
     return selected
 
 
-def quantize_arguments(model, ptq: PTQConfig) -> dict:
-    """The `quantize()` keyword arguments a PTQ config stands for.
+def quantization_config(model, ptq: PTQConfig, overrides: dict | None = None):
+    """The `QuantizationConfig` a PTQ recipe stands for on `model`.
+
+    The uniform scheme with the recipe's grid options and bits, and one
+    override per kept layer (its bits, or None for float) below the user's
+    own `overrides` (which win). Calibration settings stay in the recipe.
 
     Returns:
-        A dict with scheme, weight_bits, activation_bits, granularity,
-        scheme_options, activation_options, calibration_method,
-        calibration_samples and config (the overrides of the kept layers).
+        A validated `QuantizationConfig`.
     """
-    options = ptq.scheme_options
-    overrides = {}
+    from autoqnn.config import QuantizationConfig
+
+    kept = {}
     keep = {"weight_bits": ptq.keep_bits, "activation_bits": ptq.keep_bits}
     for name in select_layers(model, ptq.keep_layers):
-        overrides[name] = None if ptq.keep_bits is None else dict(keep)
+        kept[name] = None if ptq.keep_bits is None else dict(keep)
         if ptq.activation_bits is None and ptq.keep_bits is not None:
-            overrides[name]["activation_bits"] = None
-    return {
-        "scheme": "uniform",
-        "weight_bits": ptq.weight_bits,
-        "activation_bits": ptq.activation_bits,
-        "granularity": ptq.granularity,
-        "scheme_options": dict(options),
-        "activation_options": dict(options),
-        "calibration_method": ptq.calibration,
-        "calibration_samples": ptq.calibration_samples,
-        "config": overrides,
-    }
+            kept[name]["activation_bits"] = None
+    return QuantizationConfig(
+        scheme="uniform",
+        weight_bits=ptq.weight_bits,
+        activation_bits=ptq.activation_bits,
+        granularity=ptq.granularity,
+        scheme_options=dict(ptq.scheme_options),
+        activation_options=dict(ptq.scheme_options),
+        overrides={**kept, **(overrides or {})},
+    )
 
 
 def apply_ptq(qmodel, ptq: PTQConfig, calibration_data=None, verbose: int = 0) -> dict:
