@@ -23,9 +23,12 @@ Example:
 from __future__ import annotations
 
 from autoqnn.layers.activation import ActivationQuantizer, reset_compiled_functions
+from autoqnn.layers.folded import FoldedBatchNorm
 from autoqnn.layers.quantized import QuantizedWeightsMixin
 from autoqnn.report import quantization_report
-from autoqnn.rewrite.clone import clone_quantized
+from autoqnn.rewrite import fold
+from autoqnn.rewrite.clone import Change, clone_quantized
+from autoqnn.rewrite.graph import ModelGraph
 from autoqnn.walk import find_layer, iter_layers
 
 
@@ -34,11 +37,16 @@ def _is_quantized_model(model):
                for _, layer in iter_layers(model))
 
 
-def finalize(model):
+def finalize(model, fold_batchnorm: bool = True):
     """Returns the fixed-bits, one-scheme-per-tensor twin of a quantized model.
 
     Args:
         model: a model from `autoqnn.quantize` (trainable bits / mixtures or not).
+        fold_batchnorm: also fold each BatchNormalization that directly follows
+            a quantized Conv/Dense (QAT with `fold_batchnorm=False` trains them
+            unfolded) into that layer, as TFLite runs it: the layer's float
+            weights absorb the BN scale and are quantized again (data-derived
+            state such as LSQ steps is re-initialised from the folded weights).
 
     Returns:
         A new `keras.Model` (the input is not changed) with `autoqnn_report`.
@@ -54,11 +62,13 @@ def finalize(model):
     if not _is_quantized_model(model):
         raise ValueError(f"model {model.name!r} has no autoqnn quantizer; quantize it first "
                          "(autoqnn.quantize)")
+    folds = _plan_folds(model) if fold_batchnorm else {}
 
     def change(path, layer):
         del path
         if isinstance(layer, QuantizedWeightsMixin):
-            if all(q.is_final for q in layer.weight_quantizers.values()):
+            bn = folds.get(id(layer))
+            if bn is None and all(q.is_final for q in layer.weight_quantizers.values()):
                 return None
             config = layer.get_config()
             renames = {}
@@ -69,7 +79,16 @@ def finalize(model):
             for variable in layer.weights:  # the layer's own weights keep their names
                 if not _is_state_of(variable, layer):
                     renames.setdefault(variable.name, variable.name)
-            return config, renames
+            values, after = {}, None
+            if bn is not None:
+                config["use_bias"] = True
+                weight, bias = fold.fold_batchnorm_weights(layer, bn)
+                values = {fold.folded_weight_name(layer): weight, "bias": bias}
+                after = type(layer).initialize_quantizers
+            return Change(type(layer).from_config(config), renames, values, after)
+        if id(layer) in folds:  # the BatchNormalization itself
+            owner = folds[id(layer)]
+            return Change(FoldedBatchNorm(folded_into=owner.name, name=layer.name), {})
         if isinstance(layer, ActivationQuantizer) and not layer.quantizer.is_final:
             config = layer.get_config()
             final, renames = layer.quantizer.finalized()
@@ -78,7 +97,7 @@ def finalize(model):
             config["quantizer"] = final
             for name in ("range_min", "range_max", "range_observed"):
                 renames.setdefault(name, name)
-            return config, renames
+            return Change(ActivationQuantizer.from_config(config), renames)
         return None
 
     final = clone_quantized(model, change)
@@ -86,6 +105,41 @@ def finalize(model):
                if row.status == "float"}
     final.autoqnn_report = quantization_report(final, reasons)
     return final
+
+
+def _plan_folds(model) -> dict:
+    """`{id(layer): bn, id(bn): layer}` for each BatchNormalization that directly and
+    only follows a quantized layer it can fold into (every nested model too)."""
+    import keras
+
+    folds = {}
+    models = [model, *_nested_models(model)]
+    for level in models:
+        graph = ModelGraph(level)
+        for bn in graph.layers:
+            if not isinstance(bn, keras.layers.BatchNormalization):
+                continue
+            producers = graph.producers(bn)
+            if len(producers) != 1 or not isinstance(producers[0], QuantizedWeightsMixin):
+                continue
+            layer = producers[0]
+            if graph.consumers(layer) != [bn] or graph.is_output(layer):
+                continue
+            if len(layer._inbound_nodes) != 1 or len(bn._inbound_nodes) != 1:
+                continue
+            if fold.can_fold(layer, bn) is None:
+                folds[id(layer)] = bn
+                folds[id(bn)] = layer
+    return folds
+
+
+def _nested_models(model):
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield layer
+            yield from _nested_models(layer)
 
 
 def _is_state_of(variable, layer):

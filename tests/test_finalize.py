@@ -170,3 +170,28 @@ def test_uncalibrated_lsq_activations_pass_through_and_refuse_export(tmp_path):
     np.testing.assert_array_equal(model.predict(x, verbose=0), x)
     with pytest.raises(autoqnn.export.ExportError, match="not calibrated"):
         autoqnn.export_tflite(model, tmp_path / "x.tflite")
+
+
+def test_finalize_folds_batchnorm_trained_unfolded(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.DepthwiseConv2D(3, name="dw")(x)
+    x = keras.layers.BatchNormalization(name="dw_bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="fc")(x))
+    model.compile("adam", "mse")
+    model.fit(X, RNG.normal(size=(len(X), 4)), epochs=2, verbose=0)  # non-trivial BN stats
+    qmodel = autoqnn.quantize(model, weight_bits=8, calibration_data=X, fold_batchnorm=False)
+    assert qmodel.autoqnn_report.get("bn").status == "float"
+    final = autoqnn.finalize(qmodel)
+    report = final.autoqnn_report
+    assert report.get("bn").status == "folded" and report.get("dw_bn").status == "folded"
+    assert qmodel.autoqnn_report.get("bn").status == "float"  # the input is unchanged
+    # The folded weights are quantized again: close to the unfolded model at 8 bits.
+    out, ref = final.predict(X, verbose=0), qmodel.predict(X, verbose=0)
+    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
+    kept = autoqnn.finalize(qmodel, fold_batchnorm=False)
+    np.testing.assert_array_equal(kept.predict(X, verbose=0), ref)
+    assert autoqnn.export_tflite(final, tmp_path / "folded.tflite").size_bytes > 0

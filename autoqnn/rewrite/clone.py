@@ -2,19 +2,31 @@
 
 `clone_quantized(model, change)` rebuilds the model layer by layer with
 `keras.models.clone_model` (nested models recursively). `change(path, layer)`
-returns None (copy the layer as it is) or `(config, renames)`: the layer is
-rebuilt from `config` and its variables are filled from the original's by
-name, `renames` mapping original variable names to new ones (state that has
-no new name is dropped, e.g. the candidates of a collapsed mixture). The
+returns None (copy the layer as it is) or a `Change`: the new (unbuilt)
+layer, `renames` mapping original variable names to new ones (state that has
+no new name is dropped, e.g. the candidates of a collapsed mixture), and
+`values` that replace variables by their new name (folded weights). The
 original model is not modified. `finalize` and the TFLite export use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 from keras import tree
 
 from autoqnn.layers.activation import ActivationQuantizer
+
+
+@dataclasses.dataclass
+class Change:
+    """How `clone_quantized` rebuilds one layer (see the module docstring)."""
+
+    layer: object
+    renames: dict = dataclasses.field(default_factory=dict)
+    values: dict = dataclasses.field(default_factory=dict)
+    after: object = None  # called with the built clone once its variables are set
 
 
 def clone_quantized(model, change=None, prefix: str = ""):
@@ -36,9 +48,8 @@ def clone_quantized(model, change=None, prefix: str = ""):
             clone = layer.__class__.from_config(layer.get_config())
             pairs.append((layer, clone, None))
         else:
-            config, renames = changed
-            clone = layer.__class__.from_config(config)
-            pairs.append((layer, clone, renames))
+            clone = changed.layer
+            pairs.append((layer, clone, changed))
         return clone
 
     if isinstance(model, keras.Sequential):
@@ -51,10 +62,18 @@ def clone_quantized(model, change=None, prefix: str = ""):
         )
         new_model = keras.models.clone_model(model, input_tensors=inputs,
                                              clone_function=clone_function)
-    for original, clone, renames in pairs:
-        if renames == "model":
+    for original, clone, changed in pairs:
+        if changed == "model":
             continue
-        _copy_variables(original, clone, renames or {}, strict=renames is None)
+        if changed is None:
+            _copy_variables(original, clone, {}, strict=True)
+        else:
+            _copy_variables(original, clone, changed.renames, strict=False)
+            targets = {v.name: v for v in clone.weights}
+            for name, value in changed.values.items():
+                targets[name].assign(value)
+            if changed.after is not None:
+                changed.after(clone)
         if isinstance(clone, ActivationQuantizer):
             _ = clone.is_calibrated  # syncs the layer's flag with its variables
     return new_model

@@ -32,9 +32,17 @@ _FOLDABLE = {
 }
 
 
+def _entry(layer):
+    """`_FOLDABLE`'s entry for the layer's class or the Keras class it quantizes."""
+    for cls in type(layer).__mro__:
+        if cls in _FOLDABLE:
+            return _FOLDABLE[cls]
+    return None
+
+
 def can_fold(layer, bn) -> str | None:
     """None if `bn` can fold into `layer`, else the reason it can't."""
-    if type(layer) not in _FOLDABLE:
+    if _entry(layer) is None:
         return f"{type(layer).__name__} is not foldable"
     if not isinstance(bn, keras.layers.BatchNormalization):
         return "not a BatchNormalization"
@@ -62,7 +70,7 @@ def fold_batchnorm_weights(layer, bn):
         (folded weight, folded bias); the weight is the one named in
         `_FOLDABLE` (e.g. the pointwise kernel of SeparableConv2D).
     """
-    weight_name, axes = _FOLDABLE[type(layer)]
+    weight_name, axes = _entry(layer)
     weight = np.asarray(keras.ops.convert_to_numpy(getattr(layer, weight_name)), "float64")
     mean = np.asarray(keras.ops.convert_to_numpy(bn.moving_mean), "float64")
     var = np.asarray(keras.ops.convert_to_numpy(bn.moving_variance), "float64")
@@ -87,4 +95,4 @@ def fold_batchnorm_weights(layer, bn):
 
 def folded_weight_name(layer) -> str:
     """Name of the weight that absorbs the BN scale."""
-    return _FOLDABLE[type(layer)][0]
+    return _entry(layer)[0]
