@@ -14,7 +14,7 @@ TFLite file and the TFLite converter's own post-training int8 quantization
 
 Usage:
     python tools/bench_export.py --data ../shared/data/fashion_mnist.npz --model cnn \\
-        --epochs 1 --train-subset 6000 --json runs/bench_export_cnn.json
+        --epochs 1 --train-subset 6000 --json results/bench_export_cnn.json
 """
 
 from __future__ import annotations
@@ -184,8 +184,13 @@ def main(argv=None):
                             runs=max(100, args.runs))
     _print(rows)
     if args.json:
+        command = "python tools/bench_export.py " + " ".join(sys.argv[1:] if argv is None
+                                                             else argv)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps({"command": command, "model": args.model,
+                                               "data": {"train": len(train[0]),
+                                                        "test": len(test[0])},
+                                               "rows": rows}, indent=2))
     return rows
 
 

@@ -1,7 +1,7 @@
 """The numbers in the README: float vs PTQ vs QAT on the reference models.
 
     python tools/benchmark.py --data ../shared/data/fashion_mnist.npz --model cnn \
-        --epochs 5 --train-subset 20000 --json runs/bench_cnn.json
+        --epochs 5 --qat-epochs 2 --train-subset 20000 --export --json results/bench_cnn.json
 
 Trains (or reloads from runs/) the reference model, then measures W8A8 PTQ,
 W4A8 PTQ, W4A4 QAT and W2A2 QAT (first and last layer kept at 8 bits) on the
@@ -10,6 +10,17 @@ activations), plus two speed ratios: a QAT training step against a float one,
 and `quantize` with 512 calibration images. `--tuner` and `--export` add the
 PTQ-tuner and TFLite-export measurements (tools/bench_tuner.py,
 tools/bench_export.py).
+
+Like for like:
+- QAT rows train `--qat-epochs` more epochs than the float model had, so there is a
+  "float + N ep" row for each QAT learning rate: the float model trained on for the same
+  epochs with the same optimizer (Adam, that learning rate, batch 128, same images). The
+  QAT rows start from the reference float model, not from that one.
+- LSQ activations use an unsigned grid (`signed=False`, all 2^b levels on [0, 2^b - 1]):
+  every quantized activation of the reference models follows a ReLU / ReLU6 or is the
+  [0, 1] input image, except the logits, whose quantizer stays signed.
+- Nothing is chosen on the test split: calibration images are training images, the
+  learning rates and epochs are fixed arguments, and the test split is only evaluated.
 """
 
 from __future__ import annotations
@@ -22,16 +33,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from common import accuracy, compile_model, load_data, train_reference  # noqa: E402
 
 import autoqnn  # noqa: E402
 from autoqnn.models import MODELS, first_and_last_layers  # noqa: E402
 
+QAT_SETTINGS = ((4, 2e-4), (2, 1e-3))
+"""(bits, learning rate) of the W4A4 and W2A2 QAT rows."""
 
-def low_bit_config(model):
+
+def low_bit_config(model, scheme="uniform"):
+    """First and last weighted layers at 8 bits; for LSQ the logits' output quantizer signed
+    (every other activation quantizer of the reference models sees ReLU outputs)."""
     first, last = first_and_last_layers(model)
-    return {first: {"weight_bits": 8}, last: {"weight_bits": 8, "activation_bits": 8}}
+    config = {first: {"weight_bits": 8}, last: {"weight_bits": 8, "activation_bits": 8}}
+    if scheme == "lsq":
+        config[last]["activation_options"] = {"signed": True}
+    return config
+
+
+def activation_options(scheme):
+    """LSQ activations unsigned (see the module docstring); other schemes: their defaults."""
+    return {"signed": False} if scheme == "lsq" else None
 
 
 def run_row(method, qmodel, test, seconds, activation_bits):
@@ -59,12 +84,35 @@ def qat_run(model, bits_w, bits_a, calib, train, test, epochs, learning_rate, ve
     """QAT from the float weights; `scheme` is used for weights and activations."""
     start = time.perf_counter()
     q = autoqnn.quantize(model, scheme=scheme, weight_bits=bits_w, activation_bits=bits_a,
-                         activation_scheme=scheme, input_bits=8, calibration_data=calib,
-                         config=low_bit_config(model))
+                         activation_scheme=scheme, activation_options=activation_options(scheme),
+                         input_bits=8, calibration_data=calib,
+                         config=low_bit_config(model, scheme))
     compile_model(q, learning_rate)
     q.fit(*train, epochs=epochs, batch_size=128, verbose=verbose)
-    return run_row(f"W{bits_w}A{bits_a} QAT {scheme} ({epochs} ep)", q, test,
-                   time.perf_counter() - start, bits_a)
+    row = run_row(f"W{bits_w}A{bits_a} QAT {scheme} ({epochs} ep)", q, test,
+                  time.perf_counter() - start, bits_a)
+    row["learning_rate"] = learning_rate
+    row["activation_options"] = activation_options(scheme)
+    return row
+
+
+def float_continued_run(model, train, test, epochs, learning_rate, verbose):
+    """The float model trained `epochs` more with the QAT rows' optimizer settings (a copy:
+    the QAT rows start from the reference model)."""
+    start = time.perf_counter()
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    compile_model(copy, learning_rate)
+    copy.fit(*train, epochs=epochs, batch_size=128, verbose=verbose)
+    return {
+        "method": f"float + {epochs} ep (lr {learning_rate:g})",
+        "weight_bits_avg": 32,
+        "activation_bits": 32,
+        "accuracy": accuracy(copy, *test),
+        "size_bytes": int(copy.count_params() * 4),
+        "seconds": round(time.perf_counter() - start, 2),
+        "learning_rate": learning_rate,
+    }
 
 
 def step_seconds(model, x, y, steps=20):
@@ -129,6 +177,8 @@ def main(argv=None):
         "command": "python tools/benchmark.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "data": {"train": len(train[0]), "test": len(test[0])},
+        "epochs": args.epochs,
+        "qat_epochs": args.qat_epochs,
         "float": {
             "accuracy": accuracy(model, *test),
             "size_bytes": int(model.count_params() * 4),
@@ -140,13 +190,16 @@ def main(argv=None):
     runs = result["runs"]
     runs.append(ptq_run(model, 8, 8, calib, test))
     runs.append(ptq_run(model, 4, 8, calib, test))
-    for bits, learning_rate in ((4, 2e-4), (2, 1e-3)):
+    for learning_rate in sorted({lr for _, lr in QAT_SETTINGS}):
+        runs.append(float_continued_run(model, train, test, args.qat_epochs, learning_rate,
+                                        args.verbose))
+    for bits, learning_rate in QAT_SETTINGS:
         for scheme in ("uniform", "lsq"):
             runs.append(qat_run(model, bits, bits, calib, train, test, args.qat_epochs,
                                 learning_rate, args.verbose, scheme))
     for row in runs:
         print(
-            f"  {row['method']:24s} acc {100 * row['accuracy']:6.2f}%  w bits "
+            f"  {row['method']:30s} acc {100 * row['accuracy']:6.2f}%  w bits "
             f"{row['weight_bits_avg']:5.2f}  size {row['size_bytes'] / 1024:8.1f} KiB  "
             f"{row['seconds']:7.1f}s",
             flush=True,
@@ -157,7 +210,8 @@ def main(argv=None):
         from bench_tuner import run_tuner_bench
 
         result["tuner"] = run_tuner_bench(args.data, models=(args.model,), epochs=args.epochs,
-                                          train_subset=args.train_subset, verbose=args.verbose)
+                                          train_subset=args.train_subset,
+                                          test_subset=args.test_subset, verbose=args.verbose)
     if args.export:
         from bench_export import run_export_bench
 

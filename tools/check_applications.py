@@ -5,6 +5,8 @@ two random images, a forward pass, a `.keras` save + plain `load_model`, and
 equal outputs after loading. Prints one line per model and a summary.
 
     python tools/check_applications.py [--only ResNet50,MobileNetV2] [--json OUT]
+
+(`--json results/applications.json` is the committed result.)
 """
 
 from __future__ import annotations
@@ -111,8 +113,12 @@ def main(argv=None):
             keras.backend.clear_session()
     print(f"{len(results)} passed, {len(failures)} failed")
     if args.json:
+        command = "python tools/check_applications.py " + " ".join(
+            sys.argv[1:] if argv is None else argv)
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"passed": results, "failed": failures}, f, indent=1)
+            json.dump({"command": command, "keras": keras.__version__, "passed": results,
+                       "failed": failures}, f, indent=1)
     return 1 if failures else 0
 
 
