@@ -95,8 +95,9 @@ class QuantizedWeightsMixin:
         (LSQ steps, learned ranges). The rewrite calls it after copying the weights."""
         for attr, quantizer in self.weight_quantizers.items():
             w = keras.ops.convert_to_numpy(getattr(self, attr))
-            quantizer.initialize(weight_statistics(w, self.weight_channel_axes[attr],
-                                                   quantizer.candidates[0]))
+            for scheme, state in zip(quantizer.candidates, quantizer.states):
+                scheme.initialize(state, weight_statistics(w, self.weight_channel_axes[attr],
+                                                           scheme))
 
     def quantized_weight(self, attr: str, training=False):
         """The fake-quantized value of weight `attr` (the float weight if unquantized)."""
