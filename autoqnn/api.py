@@ -85,9 +85,13 @@ def quantize(
             (`autoqnn.calibrate`) or trained (`fit`); the report says so.
         config: per-layer overrides `{selector: {field: value} or None}`;
             a selector is an exact layer name, a regex on names, or a layer
-            class / class name; None keeps the layer float. Fields:
-            quantize, scheme, weight_bits, activation_bits,
-            activation_scheme, granularity, scheme_options, activation_options.
+            class / class name; None keeps the layer float. A name may
+            be a path in nested models ("inner/conv"). Fields: quantize,
+            scheme, weight_bits, activation_bits, activation_scheme,
+            granularity, scheme_options, activation_options,
+            weight_quantizer and activation_quantizer (`Quantizer` options:
+            trainable_bits, bits_range, candidates, sqnr_weight; range_axis
+            for activations).
         activation_scheme: activation scheme ("uniform", "pact", ...).
         input_bits: bits of the model-input quantizers (default: activation_bits).
         fold_batchnorm: fold BatchNormalization into the preceding layer.

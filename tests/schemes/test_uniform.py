@@ -30,6 +30,19 @@ def test_power_of_two_scale_steps_are_powers_of_two():
     assert np.allclose(np.log2(steps.min()), np.round(np.log2(steps.min())))
 
 
+def test_power_of_two_step_follows_the_fixed_point_rule():
+    # REFERENCES.md: e = floor(log2 max|x|) - (b - 2), step 2^e. For max|x| = 1.99 at
+    # 8 bits: e = 0 - 6, step 1/64, so 1.99 saturates at 127/64 (rounding the step up
+    # instead would give 1/32 and waste a bit).
+    w = np.array([-1.99, -0.3, 0.0, 0.7, 1.99], "float32")
+    q = np.asarray(UniformScheme(bits=8, power_of_two_scale=True)(w))
+    np.testing.assert_array_equal(q, np.clip(np.round(w * 64), -127, 127) / 64)
+    assert q.max() == np.float32(127 / 64)
+    # At 3 bits: e = 0 - 1, step 1/2, levels -3/2 .. 3/2.
+    q3 = np.asarray(UniformScheme(bits=3, power_of_two_scale=True)(w))
+    np.testing.assert_array_equal(q3, [-1.5, -0.5, 0.0, 0.5, 1.5])
+
+
 def test_clip_state_shrinks_range():
     class Owner:
         def add_weight(self, name, shape, initializer, trainable):
