@@ -28,6 +28,8 @@ from autoqnn.report import LayerReport, QuantizationReport, quantization_report
 from autoqnn.rewrite.registry import Unsupported, register_handler
 from autoqnn.schemes import Scheme, get_scheme, list_schemes, register_scheme
 from autoqnn.search.ptq_tuner import TuneResult, tune_ptq
+from autoqnn.search.result import SearchResult
+from autoqnn.search.search import search
 from autoqnn.search.space import SearchSpace
 
 __version__ = "0.1.0"
@@ -42,6 +44,7 @@ __all__ = [
     "QuantizationConfig",
     "QuantizationReport",
     "Scheme",
+    "SearchResult",
     "SearchSpace",
     "TuneResult",
     "Unsupported",
@@ -61,6 +64,7 @@ __all__ = [
     "register_handler",
     "register_observer",
     "register_scheme",
+    "search",
     "set_bits",
     "tune_ptq",
 ]

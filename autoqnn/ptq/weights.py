@@ -53,12 +53,13 @@ def _clip_targets(layer):
             yield attr, quantizer.scheme, clip
 
 
-def search_weight_clips(model, ratios=CLIP_RATIOS) -> dict:
+def search_weight_clips(model, ratios=CLIP_RATIOS, layers=None) -> dict:
     """Sets each uniform weight grid's clip ratio to its MSE-optimal value.
 
     Args:
         model: a quantized model.
         ratios: candidate ratios in (0, 1] (1 keeps the full weight range).
+        layers: only these layer objects (None: every quantized layer).
 
     Returns:
         `{"layer/weight": chosen ratios (numpy, the clip variable's shape)}`.
@@ -67,7 +68,7 @@ def search_weight_clips(model, ratios=CLIP_RATIOS) -> dict:
     if ratios.ndim != 1 or not ratios.size or np.any(ratios <= 0) or np.any(ratios > 1):
         raise ValueError(f"ratios must be a non-empty 1-D array in (0, 1], got {ratios!r}")
     chosen = {}
-    for layer in quantized_layers(model):
+    for layer in quantized_layers(model) if layers is None else layers:
         for attr, scheme, clip in _clip_targets(layer):
             weight = keras.ops.convert_to_tensor(getattr(layer, attr))
             layer_axis = layer.weight_channel_axes[attr]

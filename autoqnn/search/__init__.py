@@ -1,5 +1,10 @@
-"""Search: the PTQ tuner (XGBoost cost model, Quantune) and its baselines."""
+"""Search: `autoqnn.search` (per-layer mixed precision under a budget), the PTQ tuner
+(XGBoost cost model, Quantune) and its baselines."""
 
+import sys
+import types
+
+from autoqnn.search.budget import solve_policy
 from autoqnn.search.executor import (
     Executor,
     FuturesExecutor,
@@ -9,6 +14,9 @@ from autoqnn.search.executor import (
 )
 from autoqnn.search.features import model_descriptors
 from autoqnn.search.ptq_tuner import Trial, TuneResult, read_history, run_search, tune_ptq
+from autoqnn.search.result import PolicyRow, SearchResult
+from autoqnn.search.search import search
+from autoqnn.search.sensitivity import SensitivityTable, measure_sensitivity
 from autoqnn.search.space import DEFAULT_SPACE, SearchSpace
 from autoqnn.search.strategies import (
     GeneticStrategy,
@@ -27,9 +35,12 @@ __all__ = [
     "GeneticStrategy",
     "GridStrategy",
     "Outcome",
+    "PolicyRow",
     "RandomStrategy",
+    "SearchResult",
     "SearchSpace",
     "SearchState",
+    "SensitivityTable",
     "SerialExecutor",
     "Strategy",
     "ThreadExecutor",
@@ -37,8 +48,23 @@ __all__ = [
     "TuneResult",
     "XGBoostStrategy",
     "get_strategy",
+    "measure_sensitivity",
     "model_descriptors",
     "read_history",
     "run_search",
+    "search",
+    "solve_policy",
     "tune_ptq",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """`autoqnn.search` names both this package and the `search` function. Importers
+    (pytest's importlib mode, for one) may bind the package over the function on
+    `autoqnn`; calling the package then calls the function, so both spellings work."""
+
+    def __call__(self, *args, **kwargs):
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
