@@ -103,10 +103,11 @@ class LayerConfig:
         from autoqnn.layers.quantizer import Quantizer
 
         options = dict(self.weight_quantizer)
+        scheme = None if "candidates" in options else self.weight_scheme()
         try:
-            if "candidates" in options:
+            if scheme is None:
                 return Quantizer(**options)
-            return Quantizer(scheme=self.weight_scheme(), **options)
+            return Quantizer(scheme=scheme, **options)
         except (TypeError, ValueError) as err:
             raise type(err)(f"weight_quantizer={self.weight_quantizer!r}: {err}") from None
 

@@ -152,6 +152,14 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
     candidate_bits = _check_bits_list("candidate_bits", candidate_bits)
     candidate_activation_bits = _check_bits_list("candidate_activation_bits",
                                                  candidate_activation_bits)
+    from autoqnn.schemes import get_scheme
+
+    scheme_cls = type(get_scheme(scheme))
+    outside = [b for b in candidate_bits if not scheme_cls.min_bits <= b <= scheme_cls.max_bits]
+    if outside:
+        raise ValueError(f"candidate_bits {candidate_bits} include {tuple(outside)}, outside the "
+                         f"range [{scheme_cls.min_bits}, {scheme_cls.max_bits}] of scheme "
+                         f"{scheme!r}")
     data = calibration_data if calibration_data is not None else _inputs_of(train_data)
     if data is None:
         raise ValueError("search needs calibration_data= (inputs, no labels) or train_data=")
