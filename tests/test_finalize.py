@@ -195,3 +195,24 @@ def test_finalize_folds_batchnorm_trained_unfolded(tmp_path):
     kept = autoqnn.finalize(qmodel, fold_batchnorm=False)
     np.testing.assert_array_equal(kept.predict(X, verbose=0), ref)
     assert autoqnn.export_tflite(final, tmp_path / "folded.tflite").size_bytes > 0
+
+
+def test_per_channel_folding_after_training_unfolded_is_exact(tmp_path):
+    # Per-channel abs-max grids are scale-equivariant: Q(g * k) = g * Q(k) per channel,
+    # so folding BN after QAT leaves the quantized model's function unchanged.
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="fc")(keras.layers.Flatten()(x)))
+    qmodel = autoqnn.quantize(model, weight_bits=3, activation_bits=4, calibration_data=X,
+                              fold_batchnorm=False)
+    qmodel.compile("adam", "mse")
+    qmodel.fit(X, RNG.normal(size=(len(X), 4)), epochs=2, verbose=0)
+    final = autoqnn.finalize(qmodel)
+    np.testing.assert_allclose(final.predict(X, verbose=0), qmodel.predict(X, verbose=0),
+                               atol=1e-5)
+    # export_tflite folds it by itself (on a copy).
+    info = autoqnn.export_tflite(qmodel, tmp_path / "qat.tflite")
+    assert "conv/kernel" in info.weight_dtypes
+    assert qmodel.autoqnn_report.get("bn").status == "float"

@@ -137,6 +137,11 @@ def plan_model(model, *, int4=True, inexact="error"):
     return weight_plans, activation_plans
 
 
+def _has_unfolded_batchnorm(model) -> bool:
+    return any(isinstance(layer, keras.layers.BatchNormalization)
+               for _, layer in iter_layers(model))
+
+
 def _dense_as_conv(layer, plan: WeightPlan):
     """`call` of a per-channel QuantDense as a 1x1 conv (int8 per-channel FC workaround)."""
     units = layer.units
@@ -267,6 +272,12 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True, int4=T
             LiteRT cannot run (the message names them), unwritable path.
     """
     path = check_writable(path)
+    plan_model(model, int4=int4, inexact=inexact)  # checks the model as the user gave it
+    if _has_unfolded_batchnorm(model):
+        # Trained with BatchNorm unfolded (QAT): export the folded twin, as TFLite runs it.
+        from autoqnn.finalize import finalize
+
+        model = finalize(model, fold_batchnorm=True)
     weight_plans, activation_plans = plan_model(model, int4=int4, inexact=inexact)
     flatbuffer = convert(model, weight_plans, activation_plans,
                          representative_data=representative_data, int8_io=int8_io)
