@@ -1,8 +1,9 @@
-"""The `autoqnn` command line: demo, quantize, info, export, schemes.
+"""The `autoqnn` command line: demo, quantize, search, info, export, schemes.
 
 Example:
     $ autoqnn demo                     # train, quantize W8A8 and W4A4 on the bundled subset
     $ autoqnn quantize model.keras -o q.keras --weight-bits 4 --data calib.npz
+    $ autoqnn search model.keras --data calib.npz --budget 3.0 -o mixed.keras
     $ autoqnn info q.keras
     $ autoqnn export q.keras --tflite q.tflite --packed q.aqnn
 """
@@ -86,6 +87,41 @@ def cmd_quantize(args):
     print(f"saved {args.output}")
 
 
+def cmd_search(args):
+    import json
+
+    import autoqnn
+
+    model = _load_model(args.model)
+    if not args.data:
+        raise SystemExit("error: search needs --data X.npz (calibration inputs)")
+    data = _load_inputs(args.data, model)
+    if args.budget is None and args.size_budget is None and args.memory_budget is None:
+        raise SystemExit("error: give --budget BITS, --size-budget BYTES or --memory-budget BYTES")
+    result = autoqnn.search(
+        model,
+        calibration_data=data,
+        strategy=args.strategy,
+        weight_bits_budget=args.budget,
+        size_budget_bytes=args.size_budget,
+        memory_budget_bytes=args.memory_budget,
+        candidate_bits=tuple(args.candidate_bits),
+        activation_bits=None if args.activation_bits == 0 else args.activation_bits,
+        num_samples=args.calibration_samples,
+        verbose=args.verbose,
+    )
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    result.model.save(args.output)
+    print(result.model.autoqnn_report)
+    print(f"average weight bits {result.average_weight_bits:.3f}, size "
+          f"{result.size_bytes / 1024:.1f} KiB, search {result.seconds:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+    if args.plot:
+        result.plot(args.plot)
+    print(f"saved {args.output}")
+
+
 def cmd_info(args):
     import autoqnn
 
@@ -161,6 +197,23 @@ def build_parser():
     )
     quantize.add_argument("--calibration-samples", type=int, default=512)
     quantize.set_defaults(func=cmd_quantize)
+
+    search = sub.add_parser("search", help="search per-layer bits under a budget")
+    search.add_argument("model")
+    search.add_argument("-o", "--output", required=True)
+    search.add_argument("--data", help=".npz with calibration inputs (x_calib, x, x_train or "
+                        "x_test)")
+    search.add_argument("--strategy", default="sensitivity")
+    search.add_argument("--budget", type=float, help="average weight bits")
+    search.add_argument("--size-budget", type=float, help="model bytes")
+    search.add_argument("--memory-budget", type=float, help="largest activation, bytes")
+    search.add_argument("--candidate-bits", type=int, nargs="+", default=[2, 3, 4, 8])
+    search.add_argument("--activation-bits", type=int, default=8, help="0 keeps them float")
+    search.add_argument("--calibration-samples", type=int, default=512)
+    search.add_argument("--json", help="write the result (policy, sensitivities) here")
+    search.add_argument("--plot", help="write the per-layer bits chart here (matplotlib)")
+    search.add_argument("--verbose", type=int, default=1)
+    search.set_defaults(func=cmd_search)
 
     info = sub.add_parser("info", help="print the per-layer quantization report of a .keras model")
     info.add_argument("model")

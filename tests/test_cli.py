@@ -111,3 +111,18 @@ def test_startup_filter_detects_the_cli_and_keeps_what_the_level_allows():
                                                "failed call to cuInit\n")
     lines = log.splitlines(True)
     assert _startup.kept_log_lines(log, 0) == "".join(lines[:1] + lines[2:])
+
+
+def test_search_writes_a_mixed_precision_model(model_file, tmp_path, capsys):
+    out = tmp_path / "mixed.keras"
+    assert main(["search", str(model_file), "-o", str(out), "--budget", "3.0",
+                 "--data", str(tmp_path / "calib.npz"), "--verbose", "0",
+                 "--json", str(tmp_path / "search.json")]) == 0
+    loaded = keras.models.load_model(out)
+    report = autoqnn.quantization_report(loaded)
+    assert report.weight_bits_avg <= 3.0
+    assert "average weight bits" in capsys.readouterr().out
+    assert (tmp_path / "search.json").stat().st_size > 0
+    assert main(["search", str(model_file), "-o", str(out), "--budget", "1.0",
+                 "--data", str(tmp_path / "calib.npz"), "--verbose", "0"]) == 2
+    assert "smallest achievable average of 2.0000 bits" in capsys.readouterr().err
