@@ -60,6 +60,9 @@ def quantize(
     calibration_samples: int | None = None,
     verbose: int = 0,
     ptq: PTQConfig | dict | None = None,
+    weight_bits_budget: float | None = None,
+    size_budget_bytes: float | None = None,
+    memory_budget_bytes: float | None = None,
 ):
     """Returns the quantized twin of a Keras model (the input model is not changed).
 
@@ -113,6 +116,11 @@ def quantize(
             `calibration_data` and corrects the biases as it says. Passing
             one of those arguments with a different value raises.
 
+        weight_bits_budget, size_budget_bytes, memory_budget_bytes: a budget
+            makes this one call `autoqnn.search(model, calibration_data=...,
+            strategy="sensitivity", ...)` (per-layer bits, retrain-free) and
+            returns its model; `model.autoqnn_search` holds the `SearchResult`.
+
     Returns:
         A new `keras.Model`; `model.autoqnn_report` holds the per-layer report
         (and `model.autoqnn_ptq` what the PTQ steps chose, when `ptq` is given).
@@ -131,6 +139,19 @@ def quantize(
         (32, 4)
     """
     check_model(model)
+    budgets = {"weight_bits_budget": weight_bits_budget, "size_budget_bytes": size_budget_bytes,
+               "memory_budget_bytes": memory_budget_bytes}
+    if any(v is not None for v in budgets.values()):
+        from autoqnn.search.search import search
+
+        if weight_bits is not None:
+            raise ValueError(f"weight_bits={weight_bits!r} conflicts with a budget: the search "
+                             "chooses the bits per layer")
+        return search(model, calibration_data=calibration_data, activation_bits=activation_bits,
+                      scheme=scheme, granularity=granularity, ptq=ptq,
+                      config=config if isinstance(config, dict) else None,
+                      num_samples=calibration_samples or 512, verbose=verbose,
+                      **budgets).model
     given = {"scheme": scheme, "weight_bits": weight_bits, "activation_bits": activation_bits,
              "granularity": granularity, "activation_scheme": activation_scheme,
              "input_bits": input_bits, "fold_batchnorm": fold_batchnorm,

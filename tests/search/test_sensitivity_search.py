@@ -162,3 +162,12 @@ def test_keras_application_model():
                             candidate_bits=(4, 8), num_samples=8)
     assert result.average_weight_bits <= 4.0
     assert len(result.sensitivity.layers) > 30
+
+
+def test_quantize_with_a_budget_is_the_search(cnn):
+    qmodel = autoqnn.quantize(cnn, calibration_data=X, weight_bits_budget=3.0,
+                              calibration_samples=32)
+    assert qmodel.autoqnn_report.weight_bits_avg <= 3.0
+    assert qmodel.autoqnn_search.strategy == "sensitivity"
+    with pytest.raises(ValueError, match="weight_bits=4 conflicts with a budget"):
+        autoqnn.quantize(cnn, weight_bits=4, calibration_data=X, weight_bits_budget=3.0)
