@@ -21,10 +21,9 @@ setup(
         "ai-edge-litert",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "ruff"],
+        "test": ["pytest", "hypothesis", "ruff", "matplotlib"],
         "notebooks": ["matplotlib", "jupyter", "nbconvert"],
         "bench": ["matplotlib"],
-        "distributed": ["ray"],
     },
     entry_points={"console_scripts": ["autoqnn=autoqnn.cli:main"]},
     classifiers=[

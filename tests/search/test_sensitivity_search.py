@@ -125,7 +125,6 @@ def test_checkpoint_reuses_the_table(cnn, tmp_path):
 
 
 def test_plot(cnn, tmp_path):
-    pytest.importorskip("matplotlib")
     result = autoqnn.search(cnn, calibration_data=X, weight_bits_budget=3.0, verbose=0,
                             num_samples=16)
     result.plot(tmp_path / "policy.png")
