@@ -42,8 +42,9 @@ from autoqnn.search.result import PolicyRow, SearchResult
 from autoqnn.search.sensitivity import METRICS, SensitivityTable, measure_sensitivity
 from autoqnn.walk import iter_layers
 
-STRATEGIES = ("sensitivity",)
-"""Strategies `search` runs (DNAS/QPL and RL are planned: issues 8 and 10)."""
+STRATEGIES = ("sensitivity", "dnas", "qpl", "dnas+qpl")
+"""Strategies `search` runs: retrain-free sensitivity mixed precision, and the
+differentiable ones (`autoqnn.search.dnas_qpl`)."""
 DEFAULT_CANDIDATE_BITS = (2, 3, 4, 8)
 DEFAULT_ACTIVATION_CANDIDATES = (8, 6, 4, 2)
 
@@ -94,7 +95,9 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
            candidate_activation_bits=DEFAULT_ACTIVATION_CANDIDATES, scheme: str = "uniform",
            granularity: str = "per_channel", ptq: PTQConfig | dict | None = None,
            config: dict | None = None, metric: str = "kl", num_samples: int | None = 512,
-           checkpoint_dir=None, seed: int = 0, verbose: int = 1) -> SearchResult:
+           checkpoint_dir=None, seed: int = 0, verbose: int = 1, candidates=None,
+           epochs: int = 3, finetune_epochs: int = 3, loss=None, batch_size: int = 128,
+           learning_rate: float = 1e-3, precision_weight: float = 1.0) -> SearchResult:
     """Searches per-layer weight bits (and, for a memory budget, activation bits).
 
     Args:
@@ -102,7 +105,9 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
         train_data: training data as `fit` takes it; its inputs calibrate when
             `calibration_data` is not given (the labels are not used here).
         val_data: unused by "sensitivity" (accepted for the other strategies).
-        strategy: "sensitivity".
+        strategy: "sensitivity" (retrain-free), or the differentiable "dnas"
+            (a scheme per layer), "qpl" (learned bits per layer) and
+            "dnas+qpl" (both), which train on `train_data` / `val_data`.
         calibration_data: inputs (no labels needed), e.g. a few hundred images.
         weight_bits_budget: parameter-weighted average weight bits to stay under.
         size_budget_bytes: model size (as the report counts it) to stay under.
@@ -121,8 +126,15 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
         num_samples: calibration images used for the sensitivities.
         checkpoint_dir: keep the sensitivity table there; a search with the
             same model, data size and settings reuses it.
-        seed: reserved for stochastic strategies ("sensitivity" is deterministic).
-        verbose: 1 shows progress over the probes.
+        seed: seeds the differentiable strategies ("sensitivity" is deterministic).
+        verbose: 1 shows progress (probes, epochs).
+        candidates: DNAS candidate schemes (default
+            `autoqnn.search.differentiable.DEFAULT_CANDIDATES`).
+        epochs, finetune_epochs: search epochs and QAT epochs of the derived
+            model (differentiable strategies).
+        loss: task loss (default: the model's, else sparse categorical CE).
+        batch_size, learning_rate: training settings.
+        precision_weight: lambda of the precision loss.
 
     Returns:
         A `SearchResult` (`result.model` is quantized and calibrated).
@@ -163,6 +175,8 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
     data = calibration_data if calibration_data is not None else _inputs_of(train_data)
     if data is None:
         raise ValueError("search needs calibration_data= (inputs, no labels) or train_data=")
+    if strategy != "sensitivity":
+        return _differentiable(model, train_data, val_data, locals())
     del val_data, seed
     top = candidate_bits[-1]
     if ptq is not None:
@@ -233,6 +247,51 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
     result = SearchResult(final, result_rows, history, strategy,
                           time.perf_counter() - start, final.autoqnn_report.size_bytes,
                           memory, budget, table)
+    final.autoqnn_search = result
+    return result
+
+
+def _differentiable(model, train_data, val_data, args) -> SearchResult:
+    from autoqnn.search import dnas_qpl
+
+    if train_data is None:
+        raise ValueError(f"strategy={args['strategy']!r} trains: give train_data=(x, y)")
+    if args["memory_budget_bytes"] is not None and args["weight_bits_budget"] is None and \
+            args["size_budget_bytes"] is None:
+        raise ValueError(f"strategy={args['strategy']!r} searches weights: give "
+                         "weight_bits_budget= or size_budget_bytes= (memory_budget_bytes= "
+                         "alone is the activation side: strategy='sensitivity')")
+    for name in ("epochs", "finetune_epochs", "batch_size"):
+        value = args[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (
+                1 if name != "finetune_epochs" else 0):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    final, history, table = dnas_qpl.run(
+        model, train_data, val_data, strategy=args["strategy"], candidates=args["candidates"],
+        weight_bits_budget=args["weight_bits_budget"],
+        size_budget_bytes=args["size_budget_bytes"],
+        calibration_data=args["calibration_data"], activation_bits=args["activation_bits"],
+        epochs=args["epochs"], finetune_epochs=args["finetune_epochs"],
+        checkpoint_dir=args["checkpoint_dir"], seed=args["seed"], verbose=args["verbose"],
+        config=args["config"], loss=args["loss"], batch_size=args["batch_size"],
+        learning_rate=args["learning_rate"], precision_weight=args["precision_weight"])
+    data = args["calibration_data"]
+    if data is None:
+        data = np.asarray(train_data[0])[:512]
+    memory = _fit_memory(final, args["memory_budget_bytes"], args["candidate_activation_bits"],
+                         data, None, args["num_samples"], history)
+    from autoqnn.report import quantization_report
+
+    report = quantization_report(final)
+    final.autoqnn_report = report
+    rows = [PolicyRow(r.name, r.scheme, r.weight_bits, args["activation_bits"],
+                      r.quantized_params, r.quantized_params * r.weight_bits / 8)
+            for r in report if r.status == "quantized"]
+    budget = {k: args[k] for k in ("weight_bits_budget", "size_budget_bytes",
+                                   "memory_budget_bytes") if args[k] is not None}
+    result = SearchResult(final, rows, history, args["strategy"],
+                          time.perf_counter() - args["start"], report.size_bytes, memory,
+                          budget, table)
     final.autoqnn_search = result
     return result
 

@@ -126,7 +126,8 @@ def _outputs(model, batches) -> np.ndarray:
 
 def measure_sensitivity(qmodel, float_model, data, candidate_bits=(2, 3, 4, 8), *,
                         metric: str = "kl", num_samples: int | None = 512,
-                        refine=None, exclude=(), verbose: int = 0) -> SensitivityTable:
+                        refine=None, exclude=(), caps: dict | None = None,
+                        verbose: int = 0) -> SensitivityTable:
     """Measures the sensitivity table of `qmodel` (see the module docstring).
 
     Args:
@@ -141,6 +142,8 @@ def measure_sensitivity(qmodel, float_model, data, candidate_bits=(2, 3, 4, 8), 
             PTQ weight-clip search of that layer) and once per layer on the
             way back.
         exclude: layer paths left as they are (pinned by the user).
+        caps: `{path: bits}`: a layer's candidates stop there (the DNAS/QPL
+            repair only lowers bits); its start is then its cap.
         verbose: 1 shows a progress bar over the probes.
 
     Returns:
@@ -159,6 +162,9 @@ def measure_sensitivity(qmodel, float_model, data, candidate_bits=(2, 3, 4, 8), 
     if not layers:
         raise ValueError(f"model {qmodel.name!r} has no quantized weighted layer to search")
     candidates = {path: layer_candidates(layer, candidate_bits) for path, layer in layers}
+    if caps:
+        candidates = {path: tuple(b for b in bits if b <= caps.get(path, b)) or bits[:1]
+                      for path, bits in candidates.items()}
     for path, bits in candidates.items():
         if not bits:
             raise ValueError(f"candidate_bits {tuple(candidate_bits)} are all outside the bit "

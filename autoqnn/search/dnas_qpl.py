@@ -1,0 +1,154 @@
+"""The "dnas", "qpl" and "dnas+qpl" strategies of `autoqnn.search`: build the searchable
+model, run the alternating search (`autoqnn.search.differentiable`), derive, repair, fine-tune.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from autoqnn.search.differentiable import (
+    DEFAULT_CANDIDATES,
+    DifferentiableSearch,
+    _accuracy,
+    _loss_fn,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def _arrays(data, argument):
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise ValueError(f"{argument} must be an (x, y) pair of arrays for the differentiable "
+                         f"strategies, got {type(data).__name__}")
+    x, y = np.asarray(data[0]), np.asarray(data[1])
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"{argument} must hold the same positive number of inputs and labels, "
+                         f"got {len(x)} and {len(y)}")
+    return x, y
+
+
+def _pin(config):
+    """User overrides pin their layers: no mixture, no trainable bits there."""
+    pinned = {}
+    for selector, value in (config or {}).items():
+        if isinstance(value, dict):
+            value = {"weight_quantizer": {}, "activation_quantizer": {}, **value}
+        pinned[selector] = value
+    return pinned
+
+
+def _candidates_at(candidates, bits):
+    from autoqnn.schemes import get_scheme
+
+    out = []
+    for spec in candidates:
+        scheme = get_scheme(spec)
+        out.append({**spec, "bits": int(np.clip(bits, scheme.min_bits, scheme.max_bits))})
+    return out
+
+
+def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget,
+        size_budget_bytes, calibration_data, activation_bits, epochs, finetune_epochs,
+        checkpoint_dir, seed, verbose, config, loss, batch_size, learning_rate,
+        precision_weight):
+    """Returns `(final model, history, sensitivity table or None)`; see the module doc."""
+    from autoqnn.api import quantize
+    from autoqnn.finalize import finalize, set_bits
+    from autoqnn.report import quantization_report
+    from autoqnn.search.budget import solve_policy
+    from autoqnn.search.sensitivity import measure_sensitivity
+
+    x, y = _arrays(train_data, "train_data")
+    if val_data is None:  # carve the last 10 % of the training data
+        cut = max(1, len(x) // 10)
+        x, y, val = x[:-cut], y[:-cut], (x[-cut:], y[-cut:])
+    else:
+        val = _arrays(val_data, "val_data")
+    calib = calibration_data if calibration_data is not None else x[:512]
+    candidates = list(DEFAULT_CANDIDATES if candidates is None else candidates)
+    if weight_bits_budget is not None:
+        start_bits = int(np.clip(math.floor(weight_bits_budget) + 1, 2, 8))
+    else:
+        start_bits = 4
+    spec = {}
+    if "dnas" in strategy:
+        bits = start_bits if "qpl" in strategy else max(2, math.floor(weight_bits_budget or 4))
+        spec["candidates"] = _candidates_at(candidates, bits)
+    if "qpl" in strategy:
+        spec.update(trainable_bits=True, bits_range=(2, 8), initial_bits=float(start_bits))
+    overrides = {".*": {"weight_quantizer": spec}}
+    act_bits = activation_bits
+    if activation_bits is None and "qpl" in strategy:  # QPL learns the activation bits too
+        overrides[".*"]["activation_quantizer"] = {"trainable_bits": True, "bits_range": (2, 8)}
+        act_bits = 8
+    keras.utils.set_random_seed(seed)
+    searchable, history = (None, [])
+    if checkpoint_dir is not None:
+        searchable, history = load_checkpoint(checkpoint_dir)
+        done = Path(checkpoint_dir) / "final.keras"
+        if done.is_file() and history and history[-1].get("step") == "done":
+            return keras.models.load_model(done), history, None
+    if searchable is None:
+        searchable = quantize(model, scheme="uniform", weight_bits=start_bits,
+                              activation_bits=act_bits, input_bits=8, calibration_data=calib,
+                              fold_batchnorm=False, config={**overrides, **_pin(config)})
+        history = []
+    report = quantization_report(searchable)
+    fixed_bytes = report.size_bytes - sum(r.quantized_params * r.weight_bits / 8
+                                          for r in report if r.status == "quantized")
+    if size_budget_bytes is not None:
+        budget_cost, size = (size_budget_bytes - fixed_bytes) * 8, True
+        if budget_cost <= 0:
+            raise ValueError(f"size_budget_bytes={size_budget_bytes!r} is below the "
+                             f"{fixed_bytes:.0f} bytes of the model's unsearched part")
+    else:
+        budget_cost, size = weight_bits_budget, False
+    loop = DifferentiableSearch(searchable, (x, y), val, budget_cost=budget_cost, size=size,
+                                epochs=epochs, batch_size=batch_size,
+                                learning_rate=learning_rate, precision_weight=precision_weight,
+                                loss=loss, seed=seed, verbose=verbose)
+    for epoch in range(len([h for h in history if h.get("step") == "search"]), epochs):
+        record = {"step": "search", **loop.run_epoch(epoch)}
+        history.append(record)
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, searchable, history)
+    final = finalize(searchable)
+    table = None
+    rows = [r for r in final.autoqnn_report if r.status == "quantized"]
+    caps = {r.name: r.weight_bits for r in rows}
+    total = sum(r.quantized_params for r in rows)
+    average = sum(r.quantized_params * r.weight_bits for r in rows) / max(total, 1)
+    over_bits = weight_bits_budget is not None and average > weight_bits_budget + 1e-9
+    over_size = size_budget_bytes is not None and \
+        final.autoqnn_report.size_bytes > size_budget_bytes + 1e-6
+    if over_bits or over_size:
+        table = measure_sensitivity(final, model, calib, candidate_bits=range(1, 9), caps=caps,
+                                    verbose=0)
+        fixed = final.autoqnn_report.size_bytes - sum(
+            r.quantized_params * r.weight_bits / 8 for r in final.autoqnn_report
+            if r.name in table.values)
+        policy = solve_policy(table.values, table.params, weight_bits_budget=weight_bits_budget,
+                              size_budget_bytes=size_budget_bytes, fixed_bytes=fixed)
+        set_bits(final, policy)
+        history.append({"step": "repair", "from_average_bits": average,
+                        "changed": {p: [caps[p], b] for p, b in policy.items() if b != caps[p]}})
+    if finetune_epochs:
+        final.compile(keras.optimizers.Adam(learning_rate * 0.1), _loss_fn(model, loss))
+        for epoch in range(finetune_epochs):
+            start = time.perf_counter()
+            fit = final.fit(x, y, batch_size=batch_size, epochs=1, verbose=verbose)
+            history.append({"step": "finetune", "epoch": epoch + 1,
+                            "task_loss": float(fit.history["loss"][-1]),
+                            "seconds": round(time.perf_counter() - start, 2),
+                            "val_accuracy": _accuracy(final, val)})
+    history.append({"step": "done"})
+    if checkpoint_dir is not None:
+        final.save(Path(checkpoint_dir) / "final.keras")
+        (Path(checkpoint_dir) / "history.json").write_text(json.dumps(history, indent=1))
+    return final, history, table
