@@ -1,0 +1,127 @@
+"""`autoqnn.search` with the differentiable strategies against uniform QAT at the same budget.
+
+    python tools/bench_search.py --data ../shared/data/fashion_mnist.npz --model cnn mobilenet \\
+        --epochs 5 --train-subset 20000 --search-epochs 2 --finetune-epochs 2 \\
+        --json results/search.json
+
+For each reference model (the float model of tools/benchmark.py) and each setting
+(<= 3.0 average weight bits with 4-bit activations, <= 2.0 with 2-bit activations):
+
+* `dnas+qpl` (and `qpl`): `--search-epochs` search epochs, then `--finetune-epochs` QAT;
+* uniform QAT with every layer at the budget's bits, trained for the same total number of
+  epochs (search + fine-tune) with the fine-tune's learning rate;
+* "float + N ep": the float model trained on for those N epochs (same optimizer).
+
+The search's validation split is carved from the training images (the next 2,000 after
+the training subset); every reported accuracy is top-1 on the full test split, which
+chooses nothing. Seconds are wall time on this machine; the cost ratios divide one
+search epoch by one float epoch on the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import keras  # noqa: E402
+from common import accuracy, compile_model, load_splits, train_reference  # noqa: E402
+
+import autoqnn  # noqa: E402
+
+SETTINGS = ((3.0, 4, 2e-4), (2.0, 2, 1e-3))
+"""(average weight bits budget, activation bits, learning rate): the learning rates of
+tools/benchmark.py's W4A4 and W2A2 QAT rows (the search fine-tunes at a tenth of it)."""
+LEARNING_RATE = 1e-3
+
+
+def float_epoch_seconds(model, train):
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    compile_model(copy, LEARNING_RATE)
+    start = time.perf_counter()
+    copy.fit(*train, epochs=1, batch_size=128, verbose=0)
+    return time.perf_counter() - start, copy
+
+
+def run_setting(model, train, val, test, budget, act_bits, lr, args, float_epoch):
+    rows = []
+    total_epochs = args.search_epochs + args.finetune_epochs
+    for strategy in args.strategies:
+        start = time.perf_counter()
+        result = autoqnn.search(model, train, val, strategy=strategy, weight_bits_budget=budget,
+                                activation_bits=act_bits, epochs=args.search_epochs,
+                                finetune_epochs=args.finetune_epochs,
+                                learning_rate=lr, verbose=args.verbose)
+        seconds = time.perf_counter() - start
+        epochs = [h for h in result.history if h["step"] == "search"]
+        rows.append({
+            "method": f"{strategy} <= {budget} bits, A{act_bits}",
+            "top1": round(100 * accuracy(result.model, *test), 2),
+            "weight_bits_avg": round(result.average_weight_bits, 3),
+            "size_bytes": int(result.size_bytes), "seconds": round(seconds, 1),
+            "search_epoch_ratio": round(epochs[0]["seconds"] / float_epoch, 2),
+            "policy": {r.layer: [r.scheme, r.weight_bits] for r in result.policy},
+            "history": result.history,
+        })
+        print(rows[-1]["method"], rows[-1]["top1"], rows[-1]["weight_bits_avg"], flush=True)
+    bits = int(budget)
+    start = time.perf_counter()
+    q = autoqnn.quantize(model, weight_bits=bits, activation_bits=act_bits, input_bits=8,
+                         calibration_data=train[0][:512], fold_batchnorm=False)
+    compile_model(q, lr)
+    q.fit(*train, epochs=total_epochs, batch_size=128, verbose=args.verbose)
+    rows.append({"method": f"uniform W{bits}A{act_bits} QAT ({total_epochs} ep)",
+                 "top1": round(100 * accuracy(q, *test), 2),
+                 "weight_bits_avg": round(q.autoqnn_report.weight_bits_avg, 3),
+                 "size_bytes": int(q.autoqnn_report.size_bytes),
+                 "seconds": round(time.perf_counter() - start, 1)})
+    print(rows[-1]["method"], rows[-1]["top1"], flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--model", nargs="+", default=["cnn", "mobilenet"])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--train-subset", type=int, default=20000)
+    parser.add_argument("--search-epochs", type=int, default=2)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--strategies", nargs="+", default=["dnas+qpl", "qpl"])
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--verbose", type=int, default=0)
+    args = parser.parse_args(argv)
+    train, val, test = load_splits(args.data, args.train_subset, val_size=2000)
+    out = {"command": "python tools/bench_search.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]), "models": {}}
+    for name in args.model:
+        model, _ = train_reference(name, train, epochs=args.epochs)
+        float_epoch, _ = float_epoch_seconds(model, train)
+        entry = {"float_top1": round(100 * accuracy(model, *test), 2),
+                 "float_epoch_seconds": round(float_epoch, 1), "settings": []}
+        total = args.search_epochs + args.finetune_epochs
+        entry["float_plus"] = []
+        for _, _, lr in SETTINGS:
+            copy = keras.models.clone_model(model)
+            copy.set_weights(model.get_weights())
+            compile_model(copy, lr)
+            copy.fit(*train, epochs=total, batch_size=128, verbose=0)
+            entry["float_plus"].append({"method": f"float + {total} ep (lr {lr:g})",
+                                        "top1": round(100 * accuracy(copy, *test), 2)})
+        for budget, act_bits, lr in SETTINGS:
+            entry["settings"].append(run_setting(model, train, val, test, budget, act_bits,
+                                                 lr, args, float_epoch))
+            out["models"][name] = entry
+            if args.json:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
