@@ -19,8 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from common import LOSS, accuracy, compile_model, load_data, train_reference  # noqa: E402
+from common import (  # noqa: E402
+    LOSS,
+    accuracy,
+    compile_model,
+    load_data,
+    reference_parser,
+    train_reference,
+    write_json,
+)
 
 import autoqnn  # noqa: E402
 from autoqnn.models import first_and_last_layers  # noqa: E402
@@ -109,14 +115,9 @@ def bn_qat(model, calib, train, test, epochs, verbose):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--model", nargs="+", default=["cnn", "mobilenet"])
-    parser.add_argument("--epochs", type=int, default=5)
+    parser = reference_parser(__doc__.split("\n")[0])
     parser.add_argument("--qat-epochs", type=int, default=2)
-    parser.add_argument("--train-subset", type=int, default=20000)
     parser.add_argument("--bn-qat", action="store_true", help="also the BN folded/unfolded QAT")
-    parser.add_argument("--json", default=None)
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
     train, test = load_data(args.data, args.train_subset)
@@ -130,9 +131,7 @@ def main(argv=None):
         if args.bn_qat:
             entry["bn_qat"] = bn_qat(model, calib, train, test, args.qat_epochs, args.verbose)
         out["models"][name] = entry
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(out, indent=1))
+        write_json(args.json, out)
     return out
 
 

@@ -20,8 +20,6 @@ search epoch by one float epoch on the same images.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import keras  # noqa: E402
-from common import accuracy, compile_model, load_splits, train_reference  # noqa: E402
+from common import (  # noqa: E402
+    accuracy,
+    compile_model,
+    load_splits,
+    reference_parser,
+    train_reference,
+    write_json,
+)
 
 import autoqnn  # noqa: E402
 
@@ -85,15 +90,10 @@ def run_setting(model, train, val, test, budget, act_bits, lr, args, float_epoch
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--model", nargs="+", default=["cnn", "mobilenet"])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--train-subset", type=int, default=20000)
+    parser = reference_parser(__doc__.split("\n")[0])
     parser.add_argument("--search-epochs", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--strategies", nargs="+", default=["dnas+qpl", "qpl"])
-    parser.add_argument("--json", default=None)
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
     train, val, test = load_splits(args.data, args.train_subset, val_size=2000)
@@ -117,9 +117,7 @@ def main(argv=None):
             entry["settings"].append(run_setting(model, train, val, test, budget, act_bits,
                                                  lr, args, float_epoch))
             out["models"][name] = entry
-            if args.json:
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps(out, indent=1))
+            write_json(args.json, out)
     return out
 
 

@@ -25,8 +25,6 @@ are fixed in this file).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
-from common import accuracy, load_splits, train_reference  # noqa: E402
+from common import accuracy, load_splits, reference_parser, train_reference, write_json  # noqa: E402
 
 import autoqnn  # noqa: E402
 
@@ -106,13 +104,8 @@ def rank_check(model, calib, val, table, policies, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--model", nargs="+", default=["cnn", "mobilenet"])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--train-subset", type=int, default=20000)
+    parser = reference_parser(__doc__.split("\n")[0])
     parser.add_argument("--policies", type=int, default=20)
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     train, val, test = load_splits(args.data, args.train_subset, val_size=2000)
     calib = train[0][:512]
@@ -132,9 +125,7 @@ def main(argv=None):
                   f"{r['top1']:6.2f} %  {r['seconds']:6.1f} s", flush=True)
         print(f"{name:9s} rank check: rho = {entry['rank']['spearman_rho']}", flush=True)
         out["models"][name] = entry
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(out, indent=1))
+        write_json(args.json, out)
     return out
 
 

@@ -80,3 +80,25 @@ def train_reference(model_name, train, epochs=3, cache_dir="runs", seed=0, verbo
     cache.parent.mkdir(parents=True, exist_ok=True)
     model.save(cache)
     return model, seconds
+
+
+def reference_parser(description):
+    """The arguments every multi-model tool shares: data, models, float epochs, subset, JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", default=None, help="npz file (default: ../shared or demo)")
+    parser.add_argument("--model", nargs="+", default=["cnn", "mobilenet"])
+    parser.add_argument("--epochs", type=int, default=5, help="float training epochs")
+    parser.add_argument("--train-subset", type=int, default=20000)
+    parser.add_argument("--json", default=None, help="write the results here")
+    return parser
+
+
+def write_json(path, data):
+    """Writes `data` as indented JSON to `path` (folders created); no-op for None."""
+    import json
+
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=1))
