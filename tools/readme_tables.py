@@ -1,0 +1,118 @@
+"""Prints the README's result tables from the committed JSON under results/.
+
+    python tools/readme_tables.py            # all tables whose JSON exists
+
+Nothing here measures anything: it formats what the benchmark tools wrote, so the
+README's figures can be regenerated and checked against their files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def _load(name):
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def bench_table():
+    rows = []
+    for model in ("cnn", "mobilenet"):
+        data = _load(f"bench_{model}.json")
+        if data is None:
+            continue
+        f = data["float"]
+        rows.append((model, "float", 32, 32, f"{100 * f['accuracy']:.2f}",
+                     f"{f['size_bytes'] / 1024:.1f}", ""))
+        for r in data["runs"]:
+            rows.append((model, r["method"], f"{r['weight_bits_avg']:.2f}", r["activation_bits"],
+                         f"{100 * r['accuracy']:.2f}", f"{r['size_bytes'] / 1024:.1f}",
+                         r["seconds"]))
+    if rows:
+        print(_table(("model", "method", "avg weight bits", "act bits", "top-1 %", "size KiB",
+                      "seconds"), rows))
+
+
+def quantizer_tables():
+    data = _load("quantizer.json")
+    if data is None:
+        return
+    rows, bn = [], []
+    for model, entry in data["models"].items():
+        t = entry["timing"]
+        rows.append((model, f"{t['fixed_bits_ratio']:.2f}x", f"{t['trainable_bits_ratio']:.2f}x",
+                     f"{t['mixture_8_ratio']:.2f}x"))
+        for r in entry.get("bn_qat", []):
+            bn.append((model, entry["float_top1"], r["method"], r["top1_finalized"],
+                       r["qat_seconds"]))
+    print(_table(("model", "fixed bits (<= 1.5x)", "trainable bits (<= 2x)",
+                  "8-candidate mixture (<= 4x)"), rows))
+    print()
+    if bn:
+        print(_table(("model", "float top-1 %", "QAT (2 ep)", "top-1 % (finalized)", "seconds"),
+                     bn))
+
+
+def sensitivity_table():
+    data = _load("sensitivity.json")
+    if data is None:
+        return
+    rows, rank = [], []
+    for model, entry in data["models"].items():
+        for r in entry["uniform"] + entry["search"]:
+            mct = r.get("mct_top1")
+            rows.append((model, entry["float_top1"], r["method"], f"{r['weight_bits_avg']:.2f}",
+                         f"{r['top1']:.2f}", f"{r['size_bytes'] / 1024:.1f}", r["seconds"],
+                         "" if mct is None else mct))
+        rank.append((model, entry["rank"]["spearman_rho"], len(entry["rank"]["policies"])))
+    print(_table(("model", "float %", "method (A8)", "avg w bits", "top-1 %", "KiB", "seconds",
+                  "MCT top-1 % (issue 13)"), rows))
+    print()
+    print(_table(("model", "Spearman rho (predicted distortion vs val top-1)", "policies"),
+                 rank))
+
+
+def search_table():
+    data = _load("search.json")
+    if data is None:
+        return
+    rows = []
+    for model, entry in data["models"].items():
+        for r in entry["float_plus"]:
+            rows.append((model, r["method"], 32, f"{r['top1']:.2f}", "", "", ""))
+        for setting in entry["settings"]:
+            for r in setting:
+                rows.append((model, r["method"], f"{r['weight_bits_avg']:.2f}", f"{r['top1']:.2f}",
+                             f"{r['size_bytes'] / 1024:.1f}", r["seconds"],
+                             r.get("search_epoch_ratio", "")))
+    print(_table(("model", "method", "avg w bits", "top-1 %", "KiB", "seconds",
+                  "search epoch / float epoch"), rows))
+
+
+def tuner_table():
+    data = _load("tuner.json")
+    if data is None:
+        return
+    print(json.dumps({k: v for k, v in data.items() if k != "settings"}, indent=1)[:4000])
+
+
+def main():
+    for fn in (bench_table, quantizer_tables, sensitivity_table, search_table, tuner_table):
+        print(f"\n## {fn.__name__}\n")
+        fn()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
