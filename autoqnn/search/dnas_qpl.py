@@ -72,6 +72,13 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
         val = _arrays(val_data, "val_data")
     calib = calibration_data if calibration_data is not None else x[:512]
     candidates = list(DEFAULT_CANDIDATES if candidates is None else candidates)
+    from autoqnn.schemes import get_scheme
+
+    lowest = min(get_scheme(c).min_bits for c in candidates) if "dnas" in strategy else 2
+    lowest = max(lowest, 2) if "qpl" in strategy else lowest
+    if weight_bits_budget is not None and weight_bits_budget < lowest:
+        raise ValueError(f"weight_bits_budget={weight_bits_budget!r} is below the smallest "
+                         f"achievable average of {lowest} bits for strategy {strategy!r}")
     if weight_bits_budget is not None:
         start_bits = int(np.clip(math.floor(weight_bits_budget) + 1, 2, 8))
     else:

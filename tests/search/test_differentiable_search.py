@@ -83,7 +83,19 @@ def test_checkpoint_resumes_and_a_finished_search_returns_at_once(model, tmp_pat
     del first
 
 
+def test_same_seed_same_policy(model):
+    kwargs = dict(strategy="dnas+qpl", weight_bits_budget=3.0, epochs=1, finetune_epochs=0,
+                  verbose=0, seed=3)
+    first = autoqnn.search(model, (X[:128], Y[:128]), **kwargs)
+    second = autoqnn.search(model, (X[:128], Y[:128]), **kwargs)
+    assert [(r.layer, r.scheme, r.weight_bits) for r in first.policy] == \
+        [(r.layer, r.scheme, r.weight_bits) for r in second.policy]
+
+
 def test_bad_input(model):
+    with pytest.raises(ValueError, match=r"weight_bits_budget=1.5 is below the smallest "
+                                         r"achievable average of 2 bits"):
+        autoqnn.search(model, (X, Y), strategy="qpl", weight_bits_budget=1.5)
     with pytest.raises(ValueError, match=r"strategy='qpl' trains: give train_data"):
         autoqnn.search(model, calibration_data=X, strategy="qpl", weight_bits_budget=3.0)
     with pytest.raises(ValueError, match=r"train_data must be an \(x, y\) pair"):
