@@ -44,6 +44,24 @@ def bench_table():
                       "seconds"), rows))
 
 
+def export_table():
+    rows = []
+    for model in ("cnn", "mobilenet"):
+        data = _load(f"bench_{model}.json")
+        for r in (data or {}).get("export", []):
+            keras_acc = r.get("keras_accuracy")
+            acc = (f"{100 * keras_acc:.2f} -> " if keras_acc is not None and
+                   r["variant"] != "float" else "") + f"{100 * r['tflite_accuracy']:.2f}"
+            diff = r.get("max_logit_diff_steps")
+            rows.append((model, r["variant"], f"{r['bytes']:,}", f"{r['ratio_to_float']:.3f}",
+                         f"{r['latency_ms']:.3f}", f"{r['latency_ratio_to_float']:.2f}", acc,
+                         "" if diff is None else f"{diff:.0f}",
+                         "" if "packed_bytes" not in r else f"{r['packed_bytes']:,}"))
+    if rows:
+        print(_table(("model", "variant", "file bytes", "x float", "latency ms", "x float",
+                      "top-1 Keras -> TFLite", "max logit diff (steps)", ".aqnn bytes"), rows))
+
+
 def quantizer_tables():
     data = _load("quantizer.json")
     if data is None:
@@ -108,7 +126,7 @@ def tuner_table():
 
 
 def main():
-    for fn in (bench_table, quantizer_tables, sensitivity_table, search_table, tuner_table):
+    for fn in (bench_table, export_table, quantizer_tables, sensitivity_table, search_table, tuner_table):
         print(f"\n## {fn.__name__}\n")
         fn()
     return 0
