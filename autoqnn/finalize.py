@@ -45,8 +45,10 @@ def finalize(model, fold_batchnorm: bool = True):
         fold_batchnorm: also fold each BatchNormalization that directly follows
             a quantized Conv/Dense (QAT with `fold_batchnorm=False` trains them
             unfolded) into that layer, as TFLite runs it: the layer's float
-            weights absorb the BN scale and are quantized again (data-derived
-            state such as LSQ steps is re-initialised from the folded weights).
+            weights absorb the BN scale and are quantized again; per-channel
+            learned state (LSQ steps, learned ranges) is scaled with them, so
+            per-channel models keep their function; per-tensor learned state is
+            initialised again from the folded weights.
 
     Returns:
         A new `keras.Model` (the input is not changed) with `autoqnn_report`.
@@ -84,7 +86,11 @@ def finalize(model, fold_batchnorm: bool = True):
                 config["use_bias"] = True
                 weight, bias = fold.fold_batchnorm_weights(layer, bn)
                 values = {fold.folded_weight_name(layer): weight, "bias": bias}
-                after = type(layer).initialize_quantizers
+                factor = fold.batchnorm_factor(bn)
+                folded_attr = fold.folded_weight_name(layer)
+
+                def after(clone, factor=factor, attr=folded_attr):
+                    _rescale_state(clone, attr, factor)
             return Change(type(layer).from_config(config), renames, values, after)
         if id(layer) in folds:  # the BatchNormalization itself
             owner = folds[id(layer)]
@@ -105,6 +111,31 @@ def finalize(model, fold_batchnorm: bool = True):
                if row.status == "float"}
     final.autoqnn_report = quantization_report(final, reasons)
     return final
+
+
+def _rescale_state(layer, attr, factor):
+    """Carries trained per-channel state through a BN fold: the weight's channel c was
+    scaled by `factor[c]`, so a learned LSQ step scales by `|factor[c]|` and a learned
+    range by `factor[c]` (ends swapped where it is negative); per-tensor learned state
+    cannot follow a per-channel scale and is initialised again from the folded weight."""
+    import numpy as np
+
+    quantizer = layer.weight_quantizers[attr]
+    for state in quantizer.states:
+        if "step" in state:
+            step = np.asarray(state["step"])
+            if step.size == factor.size:
+                state["step"].assign(step * np.abs(factor).reshape(step.shape))
+            else:
+                layer.initialize_quantizers()
+        if "min" in state and "max" in state and getattr(state["min"], "trainable", False):
+            lo, hi = np.asarray(state["min"]), np.asarray(state["max"])
+            if lo.size == factor.size:
+                f = factor.reshape(lo.shape)
+                state["min"].assign(np.minimum(lo * f, hi * f))
+                state["max"].assign(np.maximum(lo * f, hi * f))
+            else:
+                layer.initialize_quantizers()
 
 
 def _plan_folds(model) -> dict:

@@ -216,3 +216,18 @@ def test_per_channel_folding_after_training_unfolded_is_exact(tmp_path):
     info = autoqnn.export_tflite(qmodel, tmp_path / "qat.tflite")
     assert "conv/kernel" in info.weight_dtypes
     assert qmodel.autoqnn_report.get("bn").status == "float"
+
+
+def test_folding_keeps_trained_per_channel_lsq_steps():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="fc")(keras.layers.Flatten()(x)))
+    qmodel = autoqnn.quantize(model, scheme="lsq", weight_bits=3, activation_bits=None,
+                              granularity="per_channel", fold_batchnorm=False)
+    qmodel.compile("adam", "mse")
+    qmodel.fit(X, RNG.normal(size=(len(X), 4)), epochs=3, verbose=0)
+    final = autoqnn.finalize(qmodel)
+    np.testing.assert_allclose(final.predict(X, verbose=0), qmodel.predict(X, verbose=0),
+                               atol=1e-4)

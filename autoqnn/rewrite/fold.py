@@ -93,6 +93,13 @@ def fold_batchnorm_weights(layer, bn):
     )
 
 
+def batchnorm_factor(bn) -> np.ndarray:
+    """`gamma / sqrt(var + eps)` per channel: the scale folding puts on each output channel."""
+    var = np.asarray(keras.ops.convert_to_numpy(bn.moving_variance), "float64")
+    gamma = np.asarray(keras.ops.convert_to_numpy(bn.gamma), "float64") if bn.scale else 1.0
+    return np.broadcast_to(gamma / np.sqrt(var + bn.epsilon), var.shape).astype("float32")
+
+
 def folded_weight_name(layer) -> str:
     """Name of the weight that absorbs the BN scale."""
     return _entry(layer)[0]
