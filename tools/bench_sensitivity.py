@@ -38,7 +38,10 @@ import autoqnn  # noqa: E402
 
 RECIPE = autoqnn.PTQConfig(weight_bits=8, activation_bits=8, calibration="max",
                            weight_clipping="mse", bias_correction=True,
-                           calibration_samples=512, scheme="symmetric")
+                           calibration_samples=512)
+"""PTQConfig's defaults (asymmetric grids) plus MSE clipping and bias correction: the recipe
+of the autoqnn rows in issue 13's MCT table. `--scheme symmetric` gives the symmetric-grid
+variant (results/sensitivity_symmetric.json)."""
 MCT_BITS = {"mobilenet": (3.91, 2.94), "cnn": (2.85,)}
 MCT_TOP1 = {("mobilenet", 3.91): 85.96, ("mobilenet", 2.94): 83.74, ("cnn", 4.0): 89.42,
             ("cnn", 2.85): 88.85}
@@ -106,7 +109,11 @@ def rank_check(model, calib, val, table, policies, seed=0):
 def main(argv=None):
     parser = reference_parser(__doc__.split("\n")[0])
     parser.add_argument("--policies", type=int, default=20)
+    parser.add_argument("--scheme", default="asymmetric", choices=("asymmetric", "symmetric"),
+                        help="the PTQ grid of every row")
     args = parser.parse_args(argv)
+    global RECIPE
+    RECIPE = RECIPE.replace(scheme=args.scheme)
     train, val, test = load_splits(args.data, args.train_subset, val_size=2000)
     calib = train[0][:512]
     out = {"command": "python tools/bench_sensitivity.py " + " ".join(

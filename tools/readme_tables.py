@@ -83,9 +83,15 @@ def quantizer_tables():
 
 
 def sensitivity_table():
-    data = _load("sensitivity.json")
-    if data is None:
-        return
+    for name in ("sensitivity.json", "sensitivity_symmetric.json"):
+        data = _load(name)
+        if data is not None:
+            print(f"`results/{name}`:\n")
+            _sensitivity(data)
+            print()
+
+
+def _sensitivity(data):
     rows, rank = [], []
     for model, entry in data["models"].items():
         for r in entry["uniform"] + entry["search"]:
@@ -126,7 +132,8 @@ def tuner_table():
 
 
 def main():
-    for fn in (bench_table, export_table, quantizer_tables, sensitivity_table, search_table, tuner_table):
+    for fn in (bench_table, export_table, quantizer_tables, sensitivity_table, search_table,
+               tuner_table):
         print(f"\n## {fn.__name__}\n")
         fn()
     return 0
