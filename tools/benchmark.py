@@ -83,8 +83,10 @@ def qat_run(model, bits_w, bits_a, calib, train, test, epochs, learning_rate, ve
                          fold_batchnorm=False, config=low_bit_config(model))
     compile_model(q, learning_rate)
     q.fit(*train, epochs=epochs, batch_size=128, verbose=verbose)
-    row = run_row(f"W{bits_w}A{bits_a} QAT {scheme} ({epochs} ep)", q, test,
-                  time.perf_counter() - start, bits_a)
+    seconds = time.perf_counter() - start
+    final = autoqnn.finalize(q)  # BN folded: the deployable model (accuracy and size)
+    row = run_row(f"W{bits_w}A{bits_a} QAT {scheme} ({epochs} ep)", final, test, seconds, bits_a)
+    row["trained_accuracy"] = accuracy(q, *test)  # before the fold (per-channel: the same)
     row["learning_rate"] = learning_rate
     row["fold_batchnorm"] = False
     signed = [layer.name for layer in autoqnn.activation_quantizers(q)
