@@ -12,7 +12,9 @@ For each reference model (the float model of tools/benchmark.py) and each settin
   epochs (search + fine-tune) with the fine-tune's learning rate;
 * "float + N ep": the float model trained on for those N epochs (same optimizer).
 
-The search's validation split is carved from the training images (the next 2,000 after
+`--search-subset N` runs the search, its fine-tune and the compared QAT / float runs on the
+first N training images (the float model is the usual one). The search's validation split
+is carved from the training images (the next 2,000 after
 the training subset); every reported accuracy is top-1 on the full test split, which
 chooses nothing. Seconds are wall time on this machine; the cost ratios divide one
 search epoch by one float epoch on the same images.
@@ -94,14 +96,19 @@ def main(argv=None):
     parser.add_argument("--search-epochs", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--strategies", nargs="+", default=["dnas+qpl", "qpl"])
+    parser.add_argument("--search-subset", type=int, default=None,
+                        help="search, fine-tune and the compared QAT / float runs use only the "
+                             "first N training images (the float model keeps its own)")
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
     train, val, test = load_splits(args.data, args.train_subset, val_size=2000)
+    short = train if args.search_subset is None else (train[0][:args.search_subset],
+                                                     train[1][:args.search_subset])
     out = {"command": "python tools/bench_search.py " + " ".join(
         argv if argv is not None else sys.argv[1:]), "models": {}}
     for name in args.model:
         model, _ = train_reference(name, train, epochs=args.epochs)
-        float_epoch, _ = float_epoch_seconds(model, train)
+        float_epoch, _ = float_epoch_seconds(model, short)
         entry = {"float_top1": round(100 * accuracy(model, *test), 2),
                  "float_epoch_seconds": round(float_epoch, 1), "settings": []}
         total = args.search_epochs + args.finetune_epochs
@@ -110,11 +117,11 @@ def main(argv=None):
             copy = keras.models.clone_model(model)
             copy.set_weights(model.get_weights())
             compile_model(copy, lr)
-            copy.fit(*train, epochs=total, batch_size=128, verbose=0)
+            copy.fit(*short, epochs=total, batch_size=128, verbose=0)
             entry["float_plus"].append({"method": f"float + {total} ep (lr {lr:g})",
                                         "top1": round(100 * accuracy(copy, *test), 2)})
         for budget, act_bits, lr in SETTINGS:
-            entry["settings"].append(run_setting(model, train, val, test, budget, act_bits,
+            entry["settings"].append(run_setting(model, short, val, test, budget, act_bits,
                                                  lr, args, float_epoch))
             out["models"][name] = entry
             write_json(args.json, out)
