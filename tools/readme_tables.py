@@ -128,7 +128,10 @@ def tuner_table():
     data = _load("tuner.json")
     if data is None:
         return
-    print(json.dumps({k: v for k, v in data.items() if k != "settings"}, indent=1)[:4000])
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_tuner import _table  # the tool's own formatting of its report
+
+    print(_table(data))
 
 
 def main():
