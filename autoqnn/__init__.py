@@ -10,7 +10,10 @@ Example:
 """
 
 # First: quiets TensorFlow's start-up log when this process is the command line.
-from autoqnn import _startup  # noqa: F401
+from autoqnn import (
+    _startup,  # noqa: F401
+    search,  # the package, callable: autoqnn.search(...) runs search.search
+)
 from autoqnn.api import quantize
 from autoqnn.config import LayerConfig, QuantizationConfig
 from autoqnn.export import export_packed, export_report, export_tflite, load_packed
@@ -29,7 +32,6 @@ from autoqnn.rewrite.registry import Unsupported, register_handler
 from autoqnn.schemes import Scheme, get_scheme, list_schemes, register_scheme
 from autoqnn.search.ptq_tuner import TuneResult, tune_ptq
 from autoqnn.search.result import SearchResult
-from autoqnn.search.search import search
 from autoqnn.search.space import SearchSpace
 
 __version__ = "0.1.0"

@@ -59,9 +59,9 @@ __all__ = [
 
 
 class _CallablePackage(types.ModuleType):
-    """`autoqnn.search` names both this package and the `search` function. Importers
-    (pytest's importlib mode, for one) may bind the package over the function on
-    `autoqnn`; calling the package then calls the function, so both spellings work."""
+    """`autoqnn.search` is this package and also the entry point: calling the package
+    calls `autoqnn.search.search.search`, so `autoqnn.search(model, ...)` and
+    `autoqnn.search.ptq_tuner`, `autoqnn.search.SearchSpace` all work."""
 
     def __call__(self, *args, **kwargs):
         return search(*args, **kwargs)
