@@ -2,9 +2,10 @@
 
 Example:
     >>> import keras, autoqnn
-    >>> inputs = keras.Input((4,))
-    >>> x = keras.layers.LayerNormalization()(keras.layers.Dense(3)(inputs))
-    >>> qmodel = autoqnn.quantize(keras.Model(inputs, x), weight_bits=4)
+    >>> inputs = keras.Input((4,), name="x")
+    >>> dense = keras.layers.Dense(3, name="dense")(inputs)
+    >>> x = keras.layers.LayerNormalization(name="layer_normalization")(dense)
+    >>> qmodel = autoqnn.quantize(keras.Model(inputs, x), weight_bits=4, activation_bits=None)
     >>> [(r.name, r.status) for r in autoqnn.quantization_report(qmodel) if r.params]
     [('dense', 'quantized'), ('layer_normalization', 'float')]
 """

@@ -3,7 +3,7 @@
 Example:
     >>> import keras
     >>> from autoqnn.walk import is_pointwise, iter_layers
-    >>> inner_in = keras.Input((4, 4, 2))
+    >>> inner_in = keras.Input((4, 4, 2), name="input_layer")
     >>> inner = keras.Model(inner_in, keras.layers.Conv2D(3, 1, name="pw")(inner_in), name="inner")
     >>> outer_in = keras.Input((4, 4, 2))
     >>> model = keras.Model(outer_in, inner(outer_in))
