@@ -135,8 +135,8 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
     over_size = size_budget_bytes is not None and \
         final.autoqnn_report.size_bytes > size_budget_bytes + 1e-6
     if over_bits or over_size:
-        table = measure_sensitivity(final, model, calib, candidate_bits=range(1, 9), caps=caps,
-                                    verbose=0)
+        table = measure_sensitivity(final, model, calib, candidate_bits=range(lowest, 9),
+                                    caps=caps, verbose=0)
         fixed = final.autoqnn_report.size_bytes - sum(
             r.quantized_params * r.weight_bits / 8 for r in final.autoqnn_report
             if r.name in table.values)

@@ -105,3 +105,12 @@ def test_bad_input(model):
     with pytest.raises(ValueError, match=r"strategy must be one of \['sensitivity', 'dnas', "
                                          r"'qpl', 'dnas\+qpl'\], got 'rl'"):
         autoqnn.search(model, (X, Y), strategy="rl", weight_bits_budget=3.0)
+
+
+def test_repair_stays_in_the_searched_bit_range(model):
+    # At a 2.0 budget the repair must reach it without going below QPL's 2-bit floor
+    # (pot, a default candidate, would accept 1 bit).
+    result = autoqnn.search(model, (X, Y), strategy="dnas+qpl", weight_bits_budget=2.0,
+                            epochs=1, finetune_epochs=0, verbose=0)
+    assert min(r.weight_bits for r in result.policy) >= 2
+    assert result.average_weight_bits <= 2.0
