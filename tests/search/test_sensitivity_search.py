@@ -135,7 +135,8 @@ def test_bad_input(cnn):
     with pytest.raises(ValueError, match=r"weight_bits_budget=1.5 is below the smallest "
                                          r"achievable average of 2.0000 bits"):
         autoqnn.search(cnn, calibration_data=X, weight_bits_budget=1.5, verbose=0)
-    with pytest.raises(ValueError, match=r"strategy must be one of \['sensitivity'\], got 'x'"):
+    with pytest.raises(ValueError, match=r"strategy must be one of \['sensitivity', 'dnas', "
+                                         r"'qpl', 'dnas\+qpl'\], got 'x'"):
         autoqnn.search(cnn, calibration_data=X, weight_bits_budget=3, strategy="x")
     with pytest.raises(ValueError, match="give a budget"):
         autoqnn.search(cnn, calibration_data=X)
