@@ -26,13 +26,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from common import (  # noqa: E402
-    LOSS,
     accuracy,
     compile_model,
     load_data,
     reference_parser,
+    step_seconds,
     train_reference,
     write_json,
 )
@@ -47,19 +46,6 @@ MIXTURE = [{"name": "uniform", "bits": 4, "granularity": "per_channel"},
 """The 8 candidates of the mixture timing (one of each family)."""
 
 QAT_SETTINGS = ((4, 2e-4), (2, 1e-3))
-
-
-def step_seconds(model, x, y, steps=20):
-    """Median seconds of one training step (after two warm-up steps)."""
-    model.compile(keras.optimizers.Adam(1e-4), LOSS)
-    for _ in range(2):
-        model.train_on_batch(x, y)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        model.train_on_batch(x, y)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def keep_ends(model, extra=None):

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from common import accuracy, compile_model, load_data, train_reference  # noqa: E402
+from common import accuracy, compile_model, load_data, step_seconds, train_reference  # noqa: E402
 
 import autoqnn  # noqa: E402
 from autoqnn.models import MODELS, first_and_last_layers  # noqa: E402
@@ -113,18 +113,6 @@ def float_continued_run(model, train, test, epochs, learning_rate, verbose):
         "seconds": round(time.perf_counter() - start, 2),
         "learning_rate": learning_rate,
     }
-
-
-def step_seconds(model, x, y, steps=20):
-    """Median seconds of one training step (after warm-up)."""
-    compile_model(model, 1e-4)
-    model.train_on_batch(x, y)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        model.train_on_batch(x, y)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def timing(model, train, calib):
