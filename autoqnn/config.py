@@ -100,21 +100,12 @@ class LayerConfig:
 
     def weight_quantizer_spec(self):
         """The weight `Quantizer` (validated) these settings describe."""
-        from autoqnn.layers.quantizer import Quantizer
-
         options = dict(self.weight_quantizer)
         scheme = None if "candidates" in options else self.weight_scheme()
-        try:
-            if scheme is None:
-                return Quantizer(**options)
-            return Quantizer(scheme=scheme, **options)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"weight_quantizer={self.weight_quantizer!r}: {err}") from None
+        return _quantizer("weight_quantizer", self.weight_quantizer, options, scheme)
 
     def output_quantizer_spec(self, bits=None):
         """Keyword arguments of the output `ActivationQuantizer`, or None (float)."""
-        from autoqnn.layers.quantizer import Quantizer
-
         scheme = self.output_scheme(bits)
         if scheme is None:
             return None
@@ -123,14 +114,7 @@ class LayerConfig:
         if range_axis not in (None, -1):
             raise ValueError(f"activation_quantizer range_axis must be None or -1, got "
                              f"{range_axis!r}")
-        try:
-            if "candidates" in options:
-                quantizer = Quantizer(**options)
-            else:
-                quantizer = Quantizer(scheme=scheme, **options)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"activation_quantizer={self.activation_quantizer!r}: {err}"
-                            ) from None
+        quantizer = _quantizer("activation_quantizer", self.activation_quantizer, options, scheme)
         return {"quantizer": quantizer.get_config(), "range_axis": range_axis}
 
     def output_scheme(self, bits=None):
@@ -147,6 +131,19 @@ class LayerConfig:
 
     def replace(self, **changes) -> LayerConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _quantizer(argument, given, options, scheme):
+    """A `Quantizer` from the `Quantizer` options of a config field (`given`, for messages):
+    a mixture when they name candidates, else `scheme` with those options."""
+    from autoqnn.layers.quantizer import Quantizer
+
+    try:
+        if "candidates" in options:
+            return Quantizer(**options)
+        return Quantizer(scheme=scheme, **options)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{argument}={given!r}: {err}") from None
 
 
 def _build_scheme(argument, name, bits, kind, **options):

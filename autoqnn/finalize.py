@@ -25,11 +25,11 @@ from __future__ import annotations
 from autoqnn.layers.activation import ActivationQuantizer, reset_compiled_functions
 from autoqnn.layers.folded import FoldedBatchNorm
 from autoqnn.layers.quantized import QuantizedWeightsMixin
-from autoqnn.report import quantization_report
+from autoqnn.report import float_reasons, quantization_report
 from autoqnn.rewrite import fold
 from autoqnn.rewrite.clone import Change, clone_quantized
 from autoqnn.rewrite.graph import ModelGraph
-from autoqnn.walk import find_layer, iter_layers
+from autoqnn.walk import find_layer, iter_layers, iter_models
 
 
 def _is_quantized_model(model):
@@ -78,8 +78,9 @@ def finalize(model, fold_batchnorm: bool = True):
                 final, moved = quantizer.finalized()
                 config["weight_quantizers"][attr] = final
                 renames.update(moved)
+            state = {id(v) for q in layer.weight_quantizers.values() for v in q.variables}
             for variable in layer.weights:  # the layer's own weights keep their names
-                if not _is_state_of(variable, layer):
+                if id(variable) not in state:
                     renames.setdefault(variable.name, variable.name)
             values, after = {}, None
             if bn is not None:
@@ -107,9 +108,7 @@ def finalize(model, fold_batchnorm: bool = True):
         return None
 
     final = clone_quantized(model, change)
-    reasons = {row.name: row.reason for row in getattr(model, "autoqnn_report", ())
-               if row.status == "float"}
-    final.autoqnn_report = quantization_report(final, reasons)
+    final.autoqnn_report = quantization_report(final, float_reasons(model))
     return final
 
 
@@ -121,13 +120,14 @@ def _rescale_state(layer, attr, factor):
     import numpy as np
 
     quantizer = layer.weight_quantizers[attr]
+    reinitialise = False
     for state in quantizer.states:
         if "step" in state:
             step = np.asarray(state["step"])
             if step.size == factor.size:
                 state["step"].assign(step * np.abs(factor).reshape(step.shape))
             else:
-                layer.initialize_quantizers()
+                reinitialise = True
         if "min" in state and "max" in state and getattr(state["min"], "trainable", False):
             lo, hi = np.asarray(state["min"]), np.asarray(state["max"])
             if lo.size == factor.size:
@@ -135,55 +135,21 @@ def _rescale_state(layer, attr, factor):
                 state["min"].assign(np.minimum(lo * f, hi * f))
                 state["max"].assign(np.maximum(lo * f, hi * f))
             else:
-                layer.initialize_quantizers()
+                reinitialise = True
+    if reinitialise:
+        layer.initialize_quantizers()
 
 
 def _plan_folds(model) -> dict:
-    """`{id(layer): bn, id(bn): layer}` for each BatchNormalization that directly and
-    only follows a quantized layer it can fold into (every nested model too)."""
-    import keras
-
+    """`fold.plan_folds` over `model` and every nested model, for quantized layers."""
     folds = {}
-    models = [model, *_nested_models(model)]
-    for level in models:
-        graph = ModelGraph(level)
-        for bn in graph.layers:
-            if not isinstance(bn, keras.layers.BatchNormalization):
-                continue
-            producers = graph.producers(bn)
-            if len(producers) != 1 or not isinstance(producers[0], QuantizedWeightsMixin):
-                continue
-            layer = producers[0]
-            if graph.consumers(layer) != [bn] or graph.is_output(layer):
-                continue
-            if len(layer._inbound_nodes) != 1 or len(bn._inbound_nodes) != 1:
-                continue
-            if fold.can_fold(layer, bn) is None:
-                folds[id(layer)] = bn
-                folds[id(bn)] = layer
+    for level in iter_models(model):
+        folds.update(fold.plan_folds(ModelGraph(level),
+                                     lambda layer: isinstance(layer, QuantizedWeightsMixin)))
     return folds
 
 
-def _nested_models(model):
-    import keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield layer
-            yield from _nested_models(layer)
-
-
-def _is_state_of(variable, layer):
-    """True for quantizer state variables (scales, bits, logits), not the layer's weights."""
-    for quantizer in layer.weight_quantizers.values():
-        owned = [v for state in quantizer.states or [] for v in state.values()]
-        owned += [quantizer.bits_variable, quantizer.logits, quantizer.temperature_variable]
-        if any(variable is v for v in owned if v is not None):
-            return True
-    return False
-
-
-def set_bits(model, bits: dict):
+def set_bits(model, bits: dict, *, update_report: bool = True):
     """Sets bits in place: `{layer path or name: bits}`.
 
     A weighted layer's value sets all its quantized weights (or give
@@ -197,6 +163,8 @@ def set_bits(model, bits: dict):
         model: a quantized model.
         bits: `{path: int}` (or `{path: {weight name: int}}`; trainable bits
             take floats).
+        update_report: rebuild `model.autoqnn_report` (a sweep of many
+            probes passes False and rebuilds it once at the end).
 
     Raises:
         KeyError: an unknown layer or weight name.
@@ -222,8 +190,7 @@ def set_bits(model, bits: dict):
                 targets[attr].set_bits(b)
             except (TypeError, ValueError) as err:
                 raise type(err)(f"bits[{key!r}]: {err}") from None
-    for _, layer in [("", model), *iter_layers(model)]:
-        reset_compiled_functions(layer)
-    model.autoqnn_report = quantization_report(
-        model, {row.name: row.reason for row in getattr(model, "autoqnn_report", ())
-                if row.status == "float"})
+    for level in iter_models(model):
+        reset_compiled_functions(level)
+    if update_report:
+        model.autoqnn_report = quantization_report(model, float_reasons(model))

@@ -149,6 +149,13 @@ def _fmt(v):
     return "" if v is None else str(v)
 
 
+def float_reasons(model) -> dict:
+    """`{layer path: reason}` of the float layers in `model.autoqnn_report` (if any), to
+    carry into the report of a model derived from it."""
+    return {row.name: row.reason for row in getattr(model, "autoqnn_report", ())
+            if row.status == "float"}
+
+
 def quantization_report(model, float_reasons: dict | None = None) -> QuantizationReport:
     """Builds the report of a (quantized) model; works on loaded `.keras` models too.
 

@@ -29,6 +29,14 @@ def iter_layers(model, prefix: str = ""):
             yield prefix + layer.name, layer
 
 
+def iter_models(model):
+    """Yields `model` and every model nested in it, outer first."""
+    yield model
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from iter_models(layer)
+
+
 def is_depthwise(layer) -> bool:
     """DepthwiseConv2D or SeparableConv2D."""
     return isinstance(layer, _DEPTHWISE)

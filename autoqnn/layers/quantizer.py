@@ -188,6 +188,14 @@ class Quantizer:
             return float(ops.convert_to_numpy(self.bits_variable))
         return self.scheme.bits
 
+    @property
+    def variables(self) -> list:
+        """Every variable this quantizer created or holds (state, bits, logits, temperature)."""
+        out = [v for state in self.states or [] for v in state.values() if hasattr(v, "assign")]
+        out += [v for v in (self.bits_variable, self.logits, self.temperature_variable)
+                if v is not None]
+        return out
+
     def chosen_index(self) -> int:
         if not self.is_mixture or self.logits is None:
             return 0
@@ -239,14 +247,11 @@ class Quantizer:
             return scheme.quantize(value, state, channel_axis=self.channel_axis, bits=bits,
                                    training=training)
 
-        def at(bits):
-            return at_bits(x, bits)
-
         if not self.trainable_bits:
-            return at(None)
+            return at_bits(x, None)
         low, high = self._bounds(scheme)
         if low == high:
-            return at(low)
+            return at_bits(x, low)
         b = ops.clip(ops.cast(self.bits_variable, x.dtype), float(low), float(high))
         lower = ops.minimum(ops.floor(ops.stop_gradient(b)), float(high - 1))
         frac = b - lower

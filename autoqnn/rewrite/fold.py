@@ -59,6 +59,28 @@ def can_fold(layer, bn) -> str | None:
     return None
 
 
+def plan_folds(graph, accept) -> dict:
+    """`{id(bn): layer, id(layer): bn}` for each BatchNormalization of `graph` (a
+    `ModelGraph`) that directly and only follows a layer it can fold into, that layer
+    accepted by `accept(layer)`. Shared layers and model outputs keep their BN."""
+    folds = {}
+    for bn in graph.layers:
+        if not isinstance(bn, keras.layers.BatchNormalization):
+            continue
+        producers = graph.producers(bn)
+        if len(producers) != 1:
+            continue
+        layer = producers[0]
+        if graph.consumers(layer) != [bn] or graph.is_output(layer):
+            continue
+        if len(layer._inbound_nodes) != 1 or len(bn._inbound_nodes) != 1:
+            continue
+        if accept(layer) and can_fold(layer, bn) is None:
+            folds[id(bn)] = layer
+            folds[id(layer)] = bn
+    return folds
+
+
 def fold_batchnorm_weights(layer, bn):
     """Folded `(weight, bias)` as numpy arrays for `layer` followed by `bn`.
 

@@ -107,23 +107,7 @@ class _Rewriter:
         """`{id(bn): layer, id(layer): bn}` for each BN folded into its producer."""
         if not self.config.fold_batchnorm:
             return {}
-        folds = {}
-        for bn in graph.layers:
-            if not isinstance(bn, keras.layers.BatchNormalization):
-                continue
-            producers = graph.producers(bn)
-            if len(producers) != 1:
-                continue
-            layer = producers[0]
-            if graph.consumers(layer) != [bn] or graph.is_output(layer):
-                continue
-            if len(layer._inbound_nodes) != 1 or len(bn._inbound_nodes) != 1:
-                continue  # shared layers keep their BN
-            if not self.layer_config(layer).quantize or fold.can_fold(layer, bn) is not None:
-                continue
-            folds[id(bn)] = layer
-            folds[id(layer)] = bn
-        return folds
+        return fold.plan_folds(graph, lambda layer: self.layer_config(layer).quantize)
 
     def _owner(self, graph, layer):
         """The compute layer heading the fused chain that ends at `layer`."""

@@ -44,6 +44,14 @@ def policy_cost(policy: dict, params: dict) -> tuple[float, float]:
     return (bits / total if total else 0.0), bits / 8.0
 
 
+def fixed_bytes(report, paths=None) -> float:
+    """The report's size less the weight bytes of the quantized layers in `paths` (None:
+    every quantized layer): the part of the size a policy over those layers cannot change."""
+    return report.size_bytes - sum(r.quantized_params * r.weight_bits / 8 for r in report
+                                   if r.status == "quantized" and (paths is None or
+                                                                   r.name in paths))
+
+
 def solve_policy(values: dict, params: dict, *, weight_bits_budget=None, size_budget_bytes=None,
                  fixed_bytes: float = 0.0, pinned_params: int = 0, pinned_bit_params: float = 0.0
                  ) -> dict:

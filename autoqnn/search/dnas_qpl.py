@@ -61,7 +61,7 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
     from autoqnn.api import quantize
     from autoqnn.finalize import finalize, set_bits
     from autoqnn.report import quantization_report
-    from autoqnn.search.budget import solve_policy
+    from autoqnn.search.budget import fixed_bytes, solve_policy
     from autoqnn.search.sensitivity import measure_sensitivity
 
     x, y = _arrays(train_data, "train_data")
@@ -106,14 +106,12 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
                               activation_bits=act_bits, input_bits=8, calibration_data=calib,
                               fold_batchnorm=False, config={**overrides, **_pin(config)})
         history = []
-    report = quantization_report(searchable)
-    fixed_bytes = report.size_bytes - sum(r.quantized_params * r.weight_bits / 8
-                                          for r in report if r.status == "quantized")
+    unsearched = fixed_bytes(quantization_report(searchable))
     if size_budget_bytes is not None:
-        budget_cost, size = (size_budget_bytes - fixed_bytes) * 8, True
+        budget_cost, size = (size_budget_bytes - unsearched) * 8, True
         if budget_cost <= 0:
             raise ValueError(f"size_budget_bytes={size_budget_bytes!r} is below the "
-                             f"{fixed_bytes:.0f} bytes of the model's unsearched part")
+                             f"{unsearched:.0f} bytes of the model's unsearched part")
     else:
         budget_cost, size = weight_bits_budget, False
     loop = DifferentiableSearch(searchable, (x, y), val, budget_cost=budget_cost, size=size,
@@ -127,21 +125,17 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
             save_checkpoint(checkpoint_dir, searchable, history)
     final = finalize(searchable)
     table = None
-    rows = [r for r in final.autoqnn_report if r.status == "quantized"]
-    caps = {r.name: r.weight_bits for r in rows}
-    total = sum(r.quantized_params for r in rows)
-    average = sum(r.quantized_params * r.weight_bits for r in rows) / max(total, 1)
+    caps = {r.name: r.weight_bits for r in final.autoqnn_report if r.status == "quantized"}
+    average = final.autoqnn_report.weight_bits_avg
     over_bits = weight_bits_budget is not None and average > weight_bits_budget + 1e-9
     over_size = size_budget_bytes is not None and \
         final.autoqnn_report.size_bytes > size_budget_bytes + 1e-6
     if over_bits or over_size:
         table = measure_sensitivity(final, model, calib, candidate_bits=range(lowest, 9),
                                     caps=caps, verbose=0)
-        fixed = final.autoqnn_report.size_bytes - sum(
-            r.quantized_params * r.weight_bits / 8 for r in final.autoqnn_report
-            if r.name in table.values)
         policy = solve_policy(table.values, table.params, weight_bits_budget=weight_bits_budget,
-                              size_budget_bytes=size_budget_bytes, fixed_bytes=fixed)
+                              size_budget_bytes=size_budget_bytes,
+                              fixed_bytes=fixed_bytes(final.autoqnn_report, table.values))
         set_bits(final, policy)
         history.append({"step": "repair", "from_average_bits": average,
                         "changed": {p: [caps[p], b] for p, b in policy.items() if b != caps[p]}})

@@ -37,7 +37,7 @@ import numpy as np
 
 from autoqnn.layers.activation import ActivationQuantizer
 from autoqnn.ptq.config import PTQConfig
-from autoqnn.search.budget import solve_policy
+from autoqnn.search.budget import fixed_bytes, solve_policy
 from autoqnn.search.result import PolicyRow, SearchResult
 from autoqnn.search.sensitivity import METRICS, SensitivityTable, measure_sensitivity
 from autoqnn.walk import iter_layers
@@ -199,7 +199,6 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
 
         pinned |= set(select_layers(model, ptq.keep_layers))
     report = start_model.autoqnn_report
-    rows = {row.name: row for row in report}
     pinned_rows = [r for r in report if r.name in pinned and r.status == "quantized"]
     pinned_params = sum(r.quantized_params for r in pinned_rows)
     pinned_bit_params = sum(r.quantized_params * r.weight_bits for r in pinned_rows)
@@ -221,14 +220,13 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
                     "probes": sum(len(c) - 1 for c in table.candidates.values()),
                     "seconds": round(table.seconds, 3), "metric": metric})
     searched = list(table.layers)
-    fixed_bytes = report.size_bytes - sum(rows[p].quantized_params * rows[p].weight_bits / 8
-                                          for p in searched)
     solve_start = time.perf_counter()
     if weight_bits_budget is not None or size_budget_bytes is not None:
         policy = solve_policy({p: table.values[p] for p in searched},
                               {p: table.params[p] for p in searched},
                               weight_bits_budget=weight_bits_budget,
-                              size_budget_bytes=size_budget_bytes, fixed_bytes=fixed_bytes,
+                              size_budget_bytes=size_budget_bytes,
+                              fixed_bytes=fixed_bytes(report, searched),
                               pinned_params=pinned_params, pinned_bit_params=pinned_bit_params)
     else:
         policy = {p: top for p in searched}
@@ -238,15 +236,20 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
     final = build({p: {"weight_bits": b} for p, b in policy.items()})
     memory = _fit_memory(final, memory_budget_bytes, candidate_activation_bits, data, ptq,
                          num_samples, history)
-    result_rows = [PolicyRow(r.name, r.scheme, r.weight_bits, activation_bits,
-                             r.quantized_params, r.quantized_params * r.weight_bits / 8)
-                   for r in final.autoqnn_report if r.status == "quantized"]
-    budget = {k: v for k, v in (("weight_bits_budget", weight_bits_budget),
-                                ("size_budget_bytes", size_budget_bytes),
-                                ("memory_budget_bytes", memory_budget_bytes)) if v is not None}
-    result = SearchResult(final, result_rows, history, strategy,
-                          time.perf_counter() - start, final.autoqnn_report.size_bytes,
-                          memory, budget, table)
+    budget = {"weight_bits_budget": weight_bits_budget, "size_budget_bytes": size_budget_bytes,
+              "memory_budget_bytes": memory_budget_bytes}
+    return _result(final, history, strategy, start, memory, budget, table, activation_bits)
+
+
+def _result(final, history, strategy, start, memory, budget, table, activation_bits):
+    """The `SearchResult` of a searched model (its report gives the policy rows)."""
+    report = final.autoqnn_report
+    rows = [PolicyRow(r.name, r.scheme, r.weight_bits, activation_bits, r.quantized_params,
+                      r.quantized_params * r.weight_bits / 8)
+            for r in report if r.status == "quantized"]
+    result = SearchResult(final, rows, history, strategy, time.perf_counter() - start,
+                          report.size_bytes, memory,
+                          {k: v for k, v in budget.items() if v is not None}, table)
     final.autoqnn_search = result
     return result
 
@@ -282,18 +285,11 @@ def _differentiable(model, train_data, val_data, args) -> SearchResult:
                          data, None, args["num_samples"], history)
     from autoqnn.report import quantization_report
 
-    report = quantization_report(final)
-    final.autoqnn_report = report
-    rows = [PolicyRow(r.name, r.scheme, r.weight_bits, args["activation_bits"],
-                      r.quantized_params, r.quantized_params * r.weight_bits / 8)
-            for r in report if r.status == "quantized"]
+    final.autoqnn_report = quantization_report(final)  # a checkpointed model has none
     budget = {k: args[k] for k in ("weight_bits_budget", "size_budget_bytes",
-                                   "memory_budget_bytes") if args[k] is not None}
-    result = SearchResult(final, rows, history, args["strategy"],
-                          time.perf_counter() - args["start"], report.size_bytes, memory,
-                          budget, table)
-    final.autoqnn_search = result
-    return result
+                                   "memory_budget_bytes")}
+    return _result(final, history, args["strategy"], args["start"], memory, budget, table,
+                   args["activation_bits"])
 
 
 def _fit_memory(model, budget, candidates, data, ptq, num_samples, history) -> float:

@@ -45,6 +45,7 @@ import numpy as np
 from autoqnn.data import iterate_batches
 from autoqnn.finalize import set_bits
 from autoqnn.layers.quantized import QuantizedWeightsMixin
+from autoqnn.report import float_reasons, quantization_report
 from autoqnn.walk import iter_layers
 
 METRICS = ("kl", "mse")
@@ -169,7 +170,7 @@ def measure_sensitivity(qmodel, float_model, data, candidate_bits=(2, 3, 4, 8), 
         if not bits:
             raise ValueError(f"candidate_bits {tuple(candidate_bits)} are all outside the bit "
                              f"range of layer {path!r}'s scheme")
-    set_bits(qmodel, {path: candidates[path][-1] for path, _ in layers})
+    set_bits(qmodel, {path: candidates[path][-1] for path, _ in layers}, update_report=False)
     if refine is not None:
         for _, layer in layers:
             refine(layer)
@@ -182,15 +183,16 @@ def measure_sensitivity(qmodel, float_model, data, candidate_bits=(2, 3, 4, 8), 
         top = candidates[path][-1]
         values[path] = {top: 0.0}
         for bits in candidates[path][:-1]:
-            set_bits(qmodel, {path: bits})
+            set_bits(qmodel, {path: bits}, update_report=False)
             if refine is not None:
                 refine(layer)
             values[path][bits] = distortion(reference, _outputs(qmodel, batches), metric) - start_d
             if bar is not None:
                 bar.add(1)
-        set_bits(qmodel, {path: top})
+        set_bits(qmodel, {path: top}, update_report=False)
         if refine is not None:
             refine(layer)
+    qmodel.autoqnn_report = quantization_report(qmodel, float_reasons(qmodel))
     params = {path: int(sum(np.prod(getattr(layer, attr).shape)
                             for attr in layer.weight_quantizers)) for path, layer in layers}
     return SensitivityTable([p for p, _ in layers], candidates, values, params, metric,
