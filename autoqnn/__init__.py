@@ -18,6 +18,7 @@ from autoqnn.api import quantize
 from autoqnn.config import LayerConfig, QuantizationConfig
 from autoqnn.export import export_packed, export_report, export_tflite, load_packed
 from autoqnn.finalize import finalize, set_bits
+from autoqnn.finetune import finetune
 from autoqnn.layers import ActivationQuantizer, Quantizer
 from autoqnn.ptq import (
     Observer,
@@ -33,6 +34,7 @@ from autoqnn.schemes import Scheme, get_scheme, list_schemes, register_scheme
 from autoqnn.search.ptq_tuner import TuneResult, tune_ptq
 from autoqnn.search.result import SearchResult
 from autoqnn.search.space import SearchSpace
+from autoqnn.shift_add import adder_report, shift_add_forward
 
 __version__ = "0.1.0"
 
@@ -52,11 +54,13 @@ __all__ = [
     "Unsupported",
     "__version__",
     "activation_quantizers",
+    "adder_report",
     "calibrate",
     "export_packed",
     "export_report",
     "export_tflite",
     "finalize",
+    "finetune",
     "get_scheme",
     "list_calibration_methods",
     "list_schemes",
@@ -68,5 +72,6 @@ __all__ = [
     "register_scheme",
     "search",
     "set_bits",
+    "shift_add_forward",
     "tune_ptq",
 ]

@@ -25,7 +25,8 @@ files and `fit` carry it), and a bits specification:
 `autoqnn.finalize` turns trainable bits into rounded ints and a mixture into
 its argmax candidate. `expected_bits()` is the differentiable bits a cost
 loss uses; `sqnr_weight > 0` adds the quantization-noise term
-`w * sum((x - q)^2) / sum(x^2)` (1/SQNR) to the layer's losses in training.
+`w * 10 * log10(sum((x - q)^2) / sum(x^2))` (minus w times the SQNR in dB)
+to the layer's losses in training.
 
 Example:
     >>> import numpy as np, keras
@@ -68,7 +69,7 @@ class Quantizer:
         initial_bits: starting value of a trainable bitwidth (default: the
             scheme's bits).
         temperature: starting softmax temperature of a mixture.
-        sqnr_weight: weight of the 1/SQNR loss added in training (0: none).
+        sqnr_weight: weight of the SQNR loss (−SQNR in dB) added in training (0: none).
     """
 
     def __init__(self, scheme=None, *, candidates=None, trainable_bits=False,
@@ -264,9 +265,11 @@ class Quantizer:
         return q0 + frac * (q1 - q0)
 
     def noise_loss(self, x, q):
-        """`sqnr_weight * sum((x - q)^2) / sum(x^2)`, the 1/SQNR term."""
-        signal = ops.sum(ops.square(x)) + 1e-12
-        return self.sqnr_weight * ops.sum(ops.square(x - q)) / signal
+        """`sqnr_weight * 10 * log10(sum((x - q)^2) / sum(x^2))`: minus the weighted SQNR
+        in dB (a relative floor of 1e-8 on the noise keeps it finite)."""
+        signal = ops.sum(ops.square(ops.stop_gradient(x))) + 1e-12
+        noise = ops.sum(ops.square(x - q)) + 1e-8 * signal
+        return self.sqnr_weight * (10.0 / math.log(10.0)) * ops.log(noise / signal)
 
     # --- data-dependent state -----------------------------------------------------------
 

@@ -181,9 +181,16 @@ def test_sqnr_loss_is_added_in_training_only():
     assert not layer.losses
     layer(x, training=True)
     q = np.asarray(layer.quantized_weight("kernel"))
-    expected = 0.5 * np.sum((W - q) ** 2) / np.sum(W ** 2)
+    expected = 0.5 * 10 * np.log10(np.sum((W - q) ** 2) / np.sum(W ** 2))
     assert len(layer.losses) == 1
     np.testing.assert_allclose(float(layer.losses[0]), expected, rtol=1e-5)
+
+
+def test_sqnr_loss_golden_value():
+    # x = [3, 4]: signal 25; q = [3, 3.5]: noise 0.25; SQNR = 100 = 20 dB.
+    q = Quantizer("uniform", sqnr_weight=0.1)
+    loss = q.noise_loss(np.array([3.0, 4.0], "float32"), np.array([3.0, 3.5], "float32"))
+    np.testing.assert_allclose(float(loss), -0.1 * 20.0, rtol=1e-5)
 
 
 def test_activation_quantizer_per_channel_range_and_learned_range():
