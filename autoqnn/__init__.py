@@ -16,7 +16,13 @@ from autoqnn import (
 )
 from autoqnn.api import quantize
 from autoqnn.config import LayerConfig, QuantizationConfig
-from autoqnn.export import export_packed, export_report, export_tflite, load_packed
+from autoqnn.export import (
+    export_packed,
+    export_report,
+    export_tflite,
+    load_packed,
+    per_tensor_activations,
+)
 from autoqnn.finalize import finalize, set_bits
 from autoqnn.finetune import finetune
 from autoqnn.layers import ActivationQuantizer, Quantizer
@@ -65,6 +71,7 @@ __all__ = [
     "list_calibration_methods",
     "list_schemes",
     "load_packed",
+    "per_tensor_activations",
     "quantization_report",
     "quantize",
     "register_handler",

@@ -110,7 +110,9 @@ class LayerConfig:
         if scheme is None:
             return None
         options = dict(self.activation_quantizer)
-        range_axis = options.pop("range_axis", None)
+        # A per-channel activation scheme (acd) gets one range per channel by default.
+        per_channel = scheme.needs_range and scheme.granularity == "per_channel"
+        range_axis = options.pop("range_axis", -1 if per_channel else None)
         if range_axis not in (None, -1):
             raise ValueError(f"activation_quantizer range_axis must be None or -1, got "
                              f"{range_axis!r}")

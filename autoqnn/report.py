@@ -181,7 +181,10 @@ def _layer_row(layer, name, reasons):
     cls = type(layer).__name__
     if isinstance(layer, ActivationQuantizer):
         rng = layer.get_range()
-        if rng:
+        if rng and layer.range_axis is not None:
+            note = (f"per-channel ranges ({len(rng[0])} channels) within "
+                    f"[{float(rng[0].min()):.4g}, {float(rng[1].max()):.4g}]")
+        elif rng:
             note = f"range [{rng[0]:.4g}, {rng[1]:.4g}]"
         elif layer.is_calibrated:  # range-free schemes (PACT, LSQ)
             note = ""

@@ -3,10 +3,12 @@
 * `export_tflite(model, path)`: int8 graph (int4 weights where LiteRT runs them).
 * `export_packed(model, path)` / `load_packed(path)`: weights at their true bit width.
 * `export_report(model)`: per layer bits, bytes and TFLite dtype.
+* `per_tensor_activations(model, data)`: per-channel activation ranges made per-tensor.
 """
 
 from autoqnn.export.lowering import ExportError
 from autoqnn.export.packed import PackedExport, PackedFormatError, export_packed, load_packed
+from autoqnn.export.per_tensor import per_tensor_activations
 from autoqnn.export.report import ExportReport, ExportRow, export_report
 from autoqnn.export.tflite import TFLiteExport, export_tflite, run_tflite
 
@@ -21,5 +23,6 @@ __all__ = [
     "export_report",
     "export_tflite",
     "load_packed",
+    "per_tensor_activations",
     "run_tflite",
 ]

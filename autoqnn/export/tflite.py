@@ -120,7 +120,8 @@ def plan_model(model, *, int4=True, inexact="error"):
     if per_channel:
         raise ExportError(
             f"activation quantizers {per_channel} have per-channel ranges, which TFLite "
-            "activations cannot carry (one scale per tensor)"
+            "activations cannot carry (one scale per tensor); convert them first: model = "
+            "autoqnn.per_tensor_activations(model, calibration_data)"
         )
     uncalibrated = [path for path, layer in act_layers if not layer.is_calibrated]
     if uncalibrated:

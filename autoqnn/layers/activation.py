@@ -191,8 +191,12 @@ class ActivationQuantizer(keras.layers.Layer):
             elif not self._calibrated:
                 return inputs
         outputs = self.quantizer(inputs, training=training)
-        if training and self.quantizer.sqnr_weight:
-            self.add_loss(self.quantizer.noise_loss(inputs, outputs))
+        if training:
+            if self.quantizer.sqnr_weight:
+                self.add_loss(self.quantizer.noise_loss(inputs, outputs))
+            decay = self.quantizer.regularization_loss()
+            if decay is not None:
+                self.add_loss(decay)
         return outputs
 
     def _update_range(self, inputs):

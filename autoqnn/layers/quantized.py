@@ -106,8 +106,12 @@ class QuantizedWeightsMixin:
         if quantizer is None or attr in self.frozen_weights:
             return weight
         q = quantizer(weight, training=bool(training))
-        if training and quantizer.sqnr_weight:
-            self.add_loss(quantizer.noise_loss(weight, q))
+        if training:
+            if quantizer.sqnr_weight:
+                self.add_loss(quantizer.noise_loss(weight, q))
+            decay = quantizer.regularization_loss()
+            if decay is not None:
+                self.add_loss(decay)
         return q
 
     def _bias_and_activation(self, outputs):
@@ -257,11 +261,12 @@ class QuantEmbedding(QuantizedWeightsMixin, keras.layers.Embedding):
 
 
 def weight_statistics(values, channel_axis, scheme) -> dict:
-    """`{"min", "max", "mean_abs"}` of a weight, per channel when `scheme` is."""
+    """`{"min", "max", "mean_abs", "mean_square"}` of a weight, per channel when `scheme` is."""
     axis = scheme.channel_axis(channel_axis)
     axes = qops.reduce_axes(values.ndim, axis)
     stats = {"min": values.min(axis=axes), "max": values.max(axis=axes),
-             "mean_abs": np.abs(values).mean(axis=axes)}
+             "mean_abs": np.abs(values).mean(axis=axes),
+             "mean_square": np.square(values).mean(axis=axes)}
     return stats
 
 

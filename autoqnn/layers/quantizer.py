@@ -271,6 +271,16 @@ class Quantizer:
         noise = ops.sum(ops.square(x - q)) + 1e-8 * signal
         return self.sqnr_weight * (10.0 / math.log(10.0)) * ops.log(noise / signal)
 
+    def regularization_loss(self):
+        """The schemes' own training losses on their state (e.g. ACD's clipping-value
+        decay), mixture-weighted; None when no candidate has one."""
+        terms = []
+        for i, (scheme, state) in enumerate(zip(self.candidates, self.states or [])):
+            term = scheme.regularization(state)
+            if term is not None:
+                terms.append(term * self.mixture_weights()[i] if self.is_mixture else term)
+        return sum(terms[1:], terms[0]) if terms else None
+
     # --- data-dependent state -----------------------------------------------------------
 
     def initialize(self, stats: dict):

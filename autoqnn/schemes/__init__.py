@@ -9,6 +9,7 @@ Example:
     ['lsq', 'minifloat', 'pact', 'uniform']
 """
 
+from autoqnn.schemes.acd import ACDScheme
 from autoqnn.schemes.apot import APoTScheme
 from autoqnn.schemes.asd import ASDScheme
 from autoqnn.schemes.base import (
@@ -36,6 +37,7 @@ from autoqnn.schemes.zoomq import ZoomQScheme
 
 __all__ = [
     "GRANULARITIES",
+    "ACDScheme",
     "APoTScheme",
     "ASDScheme",
     "BinaryScheme",

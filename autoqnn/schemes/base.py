@@ -196,6 +196,14 @@ class Scheme(abc.ABC):
         """
         del state, stats
 
+    def regularization(self, state: dict):
+        """A training loss on the scheme's state (e.g. a decay of learned clips), or None.
+
+        The layer adds it to its losses in training (default: none).
+        """
+        del state
+        return None
+
     def is_initialized(self, state: dict) -> bool:
         """Whether data-dependent state was set (True for schemes without any)."""
         del state

@@ -10,7 +10,7 @@ from autoqnn.schemes.base import _REGISTRY
 
 from .scheme_strategies import weight_arrays
 
-STATELESS = [n for n in list_schemes("weight") if n != "lsq"]
+STATELESS = [n for n in list_schemes("weight") if n not in ("lsq", "acd")]  # learned state
 
 # q(-x) = -q(x) exactly, for x without zeros (sign(0) is +1 in binary and pot).
 # Left out: zoomq (its bins run from min to max, so -x swaps the bin edges and

@@ -21,6 +21,7 @@ PER_TENSOR_ONLY = {"pact"}
 
 # Non-default options per scheme: the config round trip must keep them.
 OPTIONS = {
+    "acd": {"bits": 3, "upper_decay": 1e-3, "lower_decay": 0.0},
     "apot": {"bits": 5, "base_bits": 3},
     "asd": {"bits": 6, "digits": 1},
     "esb": {"bits": 6, "exponent_bits": 3, "mean_shift": False},
@@ -34,9 +35,9 @@ OPTIONS = {
 
 def test_expected_schemes_are_registered():
     expected = {"pot", "apot", "asd", "binary", "ternary", "vecq", "ml2q", "zoomq", "clipq"}
-    expected |= {"resq", "esb", "lsq", "pact", "minifloat", "uniform"}
+    expected |= {"resq", "esb", "lsq", "pact", "minifloat", "uniform", "acd"}
     assert expected <= set(ALL)
-    assert set(ACTIVATION) == {"lsq", "minifloat", "pact", "uniform"}
+    assert set(ACTIVATION) == {"acd", "lsq", "minifloat", "pact", "uniform"}
     assert "pact" not in WEIGHT
 
 
