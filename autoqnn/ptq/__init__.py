@@ -1,5 +1,6 @@
-"""Post-training quantization: observers, weight clipping, bias correction, PTQConfig."""
+"""Post-training quantization: observers, weight clipping, AdaRound, bias correction, PTQConfig."""
 
+from autoqnn.ptq.adaround import adaround
 from autoqnn.ptq.apply import apply_ptq, quantization_config, select_layers
 from autoqnn.ptq.calibrate import (
     MinMaxObserver,
@@ -27,6 +28,7 @@ __all__ = [
     "PTQConfig",
     "PercentileObserver",
     "activation_quantizers",
+    "adaround",
     "apply_ptq",
     "calibrate",
     "correct_biases",

@@ -5,6 +5,14 @@ Options are `PTQConfig` fields; each value is validated by building a
 the trial log and the history file agree). Configurations are indexed in
 grid order (the last option varies fastest).
 
+Any field is an option, e.g. `{"rounding": ["nearest", "adaround"]}`
+(learned rounding, `autoqnn.ptq.adaround`). `DEFAULT_SPACE` leaves rounding
+out: AdaRound costs seconds per layer in every trial it is on (the
+reference cnn: about 30 s per trial, against 1-2 s for the other
+options), which would double a default tune for a gain that is largest at
+3-4 weight bits; add it (or fix it with `fixed={"rounding": "adaround"}`)
+for low-bit tunes.
+
 Example:
     >>> from autoqnn.search.space import SearchSpace
     >>> options = {"calibration": ["max", "kl"], "granularity": ["per_tensor", "per_channel"]}
