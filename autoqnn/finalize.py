@@ -107,6 +107,18 @@ def finalize(model, fold_batchnorm: bool = True):
             return Change(ActivationQuantizer.from_config(config), renames)
         return None
 
+    per_tensor = [layer.name for _, layer in iter_layers(model)
+                  if id(layer) in folds and isinstance(layer, QuantizedWeightsMixin)
+                  and any(q.scheme.granularity == "per_tensor"
+                          for q in layer.weight_quantizers.values())]
+    if per_tensor:
+        import warnings
+
+        warnings.warn(f"folding BatchNorm into per-tensor quantized weights of {per_tensor} "
+                      "changes their quantized values (one scale cannot follow per-channel BN "
+                      "scales), so the folded model differs from the trained one; train "
+                      "per-tensor models with fold_batchnorm=True, or use per-channel weights",
+                      stacklevel=2)
     final = clone_quantized(model, change)
     final.autoqnn_report = quantization_report(final, float_reasons(model))
     return final

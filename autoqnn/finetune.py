@@ -13,10 +13,13 @@ right; `finetune` makes sure it is:
    what keeps a W4A4 run converging at a learning rate where float training
    converges (tested over several seeds).
 3. **BatchNorm.** A model quantized with `fold_batchnorm=False` trains its
-   BatchNorms with batch statistics; they are frozen (moving statistics,
-   no gamma/beta updates) for the last epochs (`freeze_batchnorm_after`,
-   default: after 70 % of the epochs) so the quantization ranges and the
-   statistics the model will be folded with agree, as in Jacob et al. 2018.
+   BatchNorms with batch statistics. After each epoch their moving
+   statistics are re-estimated on `calibration_samples` training inputs
+   with the current quantized weights (`reestimate_batchnorm`), and for the
+   last epochs (`freeze_batchnorm_after`, default: after 70 % of the
+   epochs) they are frozen (moving statistics, no gamma/beta updates), so
+   the statistics the model is evaluated and folded with are those it
+   trained with (Jacob et al. 2018; Nagel et al. 2022).
 4. **Knowledge distillation** from a float `teacher` (Hinton et al. 2015):
    loss = (1 − α) · task loss + α · τ² · KL(softmax(t/τ) ‖ softmax(s/τ)),
    α = `distill_weight` (0.5), τ = `temperature` (2.0). Choices, not taken
@@ -199,6 +202,41 @@ def _batchnorms(model):
             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
 
 
+def reestimate_batchnorm(model, inputs, batch_size: int = 128) -> int:
+    """Sets the moving statistics of the model's trainable BatchNorms to the average batch
+    statistics over `inputs`, as the model computes them now (quantized weights included).
+
+    During QAT the weights move every step, so the moving averages lag the network they
+    are used with at inference; re-estimating them closes that gap (Nagel et al. 2022,
+    "Overcoming oscillations in QAT", BN re-estimation). Nothing else changes: activation
+    quantizer ranges touched by the training-mode passes are restored.
+
+    Returns:
+        The number of BatchNorm layers re-estimated.
+    """
+    from autoqnn.ptq.calibrate import activation_quantizers
+
+    bns = _batchnorms(model)
+    if not bns:
+        return 0
+    saved = [(v, v.numpy()) for q in activation_quantizers(model) for v in q.weights]
+    momenta = [bn.momentum for bn in bns]
+    try:
+        n = len(inputs[0]) if isinstance(inputs, (list, tuple)) else len(inputs)
+        for k, start in enumerate(range(0, n, batch_size)):
+            for bn in bns:
+                bn.momentum = k / (k + 1.0)  # running mean of the batch statistics
+            batch = [a[start:start + batch_size] for a in inputs] \
+                if isinstance(inputs, (list, tuple)) else inputs[start:start + batch_size]
+            model(batch, training=True)
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        for variable, value in saved:
+            variable.assign(value)
+    return len(bns)
+
+
 def finetune(qmodel, train_data, epochs: int = 3, *, val_data=None, teacher=None,
              sqnr_weight: float = 0.0, learning_rate: float | None = None,
              batch_size: int = 128, loss=None, distill_weight: float = 0.5,
@@ -224,7 +262,7 @@ def finetune(qmodel, train_data, epochs: int = 3, *, val_data=None, teacher=None
             frozen (default: 70 % of `epochs`, rounded up, for 2 epochs or
             more; 0: frozen throughout; `epochs` or more: never).
         calibration_samples: training inputs used to calibrate quantizers
-            that have no range yet.
+            that have no range yet and to re-estimate BatchNorm statistics.
         restore_best: with `val_data`, end on the best validation epoch.
         verbose: 0 silent, 1 a progress bar per epoch.
 
@@ -303,6 +341,8 @@ def finetune(qmodel, train_data, epochs: int = 3, *, val_data=None, teacher=None
             history["loss"].append(float(record.history["loss"][-1]))
             history["learning_rate"].append(float(ops.convert_to_numpy(
                 optimizer.learning_rate)))
+            if epoch < freeze_batchnorm_after:
+                reestimate_batchnorm(qmodel, sample, batch_size)
             if val is not None:
                 vx, vy = val
                 out = ops.convert_to_tensor(qmodel.predict(vx, batch_size=256, verbose=0))

@@ -8,10 +8,12 @@ first 20k training images), one run measures:
 
 - **QAT** at W4A4 and W2A2, `autoqnn.finetune` for `--qat-epochs` epochs, each with and
   without distillation from the float model:
-  * `per-tensor`: uniform weights and activations, one range per tensor;
-  * `per-channel`: uniform per-channel weights, per-tensor activations;
+  * `per-tensor`: uniform weights and activations, one range per tensor (BatchNorm
+    folded while training: a per-tensor grid cannot follow a later fold);
+  * `per-channel`: uniform per-channel weights, per-tensor activations (BatchNorm unfolded);
   * `acd+sqnr`: ACD (SAWB-initialised learned per-channel weight clips, learned per-channel
-    activation clips with asymmetric decay) and the SQNR term (`--sqnr-weight`). Its
+    activation clips with asymmetric decay, started from MSE calibration; BatchNorm
+    unfolded) and the SQNR term (`--sqnr-weight`). Its
     accuracy is given as trained (per-channel activation ranges) and after
     `per_tensor_activations` (recalibrated per-tensor ranges, what TFLite runs).
   The first and last weighted layers stay at 8 bits in every QAT row (as in benchmark.py).
@@ -59,13 +61,17 @@ def keep_ends(model):
 
 
 def quantize_for(method, model, bits, calib):
+    """Per-channel weights train with BatchNorm unfolded (folding afterwards is exact);
+    per-tensor weights train folded (a per-tensor grid cannot follow a later fold). ACD
+    clips start from MSE calibration (better than max on the validation split at W2A2)."""
     common = dict(weight_bits=bits, activation_bits=bits, input_bits=8, calibration_data=calib,
-                  fold_batchnorm=False, config=keep_ends(model))
+                  config=keep_ends(model))
     if method == "per-tensor":
-        return autoqnn.quantize(model, granularity="per_tensor", **common)
+        return autoqnn.quantize(model, granularity="per_tensor", fold_batchnorm=True, **common)
     if method == "per-channel":
-        return autoqnn.quantize(model, granularity="per_channel", **common)
-    return autoqnn.quantize(model, scheme="acd", activation_scheme="acd", **common)
+        return autoqnn.quantize(model, granularity="per_channel", fold_batchnorm=False, **common)
+    return autoqnn.quantize(model, scheme="acd", activation_scheme="acd", fold_batchnorm=False,
+                            calibration_method="mse", **common)
 
 
 def float_row(model, train, val, test, epochs, learning_rate, batch_size=128):

@@ -15,7 +15,6 @@ import numpy as np
 from autoqnn.search.differentiable import (
     DEFAULT_CANDIDATES,
     DifferentiableSearch,
-    _accuracy,
     _loss_fn,
     load_checkpoint,
     save_checkpoint,
@@ -60,6 +59,7 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
     """Returns `(final model, history, sensitivity table or None)`; see the module doc."""
     from autoqnn.api import quantize
     from autoqnn.finalize import finalize, set_bits
+    from autoqnn.finetune import finetune
     from autoqnn.report import quantization_report
     from autoqnn.search.budget import fixed_bytes, solve_policy
     from autoqnn.search.sensitivity import measure_sensitivity
@@ -140,14 +140,17 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
         history.append({"step": "repair", "from_average_bits": average,
                         "changed": {p: [caps[p], b] for p, b in policy.items() if b != caps[p]}})
     if finetune_epochs:
-        final.compile(keras.optimizers.Adam(learning_rate * 0.1), _loss_fn(model, loss))
+        # The QAT driver: warm-up + cosine schedule, distillation from the float model,
+        # the best validation epoch kept.
+        start = time.perf_counter()
+        tuned = finetune(final, (x, y), epochs=finetune_epochs, val_data=val, teacher=model,
+                         learning_rate=learning_rate * 0.1, batch_size=batch_size,
+                         loss=_loss_fn(model, loss), verbose=verbose)
+        seconds = round((time.perf_counter() - start) / finetune_epochs, 2)
         for epoch in range(finetune_epochs):
-            start = time.perf_counter()
-            fit = final.fit(x, y, batch_size=batch_size, epochs=1, verbose=verbose)
             history.append({"step": "finetune", "epoch": epoch + 1,
-                            "task_loss": float(fit.history["loss"][-1]),
-                            "seconds": round(time.perf_counter() - start, 2),
-                            "val_accuracy": _accuracy(final, val)})
+                            "loss": tuned["loss"][epoch], "seconds": seconds,
+                            "val_accuracy": tuned["val_accuracy"][epoch]})
     history.append({"step": "done"})
     if checkpoint_dir is not None:
         final.save(Path(checkpoint_dir) / "final.keras")
