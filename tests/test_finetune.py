@@ -143,3 +143,25 @@ def test_bad_models_teacher_and_data():
     with pytest.raises(ValueError, match="same positive number of inputs and labels, got 32 "
                                          "and 31"):
         finetune(qmodel, (x, y[:-1]), verbose=0)
+
+
+def test_reestimate_batchnorm_sets_the_average_batch_statistics():
+    from autoqnn.finetune import reestimate_batchnorm
+
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h))
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 8, 8, 1), dtype=np.float32)
+    qmodel = autoqnn.quantize(keras.Model(inputs, outputs), weight_bits=4, activation_bits=8,
+                              fold_batchnorm=False, calibration_data=x)
+    ranges = [np.array(v) for q in autoqnn.activation_quantizers(qmodel) for v in q.weights]
+    assert reestimate_batchnorm(qmodel, x, batch_size=16) == 1
+    conv = qmodel.get_layer("conv")
+    features = keras.Model(qmodel.inputs, conv.output)(x).numpy().reshape(4, -1, 4)
+    batch_means = features.mean(axis=1).mean(axis=0)  # average over the 4 batches of 16
+    np.testing.assert_allclose(np.array(qmodel.get_layer("bn").moving_mean), batch_means,
+                               rtol=1e-4, atol=1e-6)
+    after = [np.array(v) for q in autoqnn.activation_quantizers(qmodel) for v in q.weights]
+    assert all(np.array_equal(a, b) for a, b in zip(ranges, after))  # ranges restored
