@@ -158,7 +158,8 @@ def run_search(space: SearchSpace, evaluate, strategy="xgboost", max_trials: int
         features: `(len(space), F)` cost-model features (xgboost).
         prior: `(features, scores)` transfer rows, or None.
         done: `{index: accuracy or None}` already evaluated (resume).
-        executor: see `autoqnn.search.executor.get_executor`.
+        executor: see `autoqnn.search.executor.get_executor`; one made here
+            (from "ray" or an int) is closed at the end.
         float_accuracy: the reference the scores are relative to.
         on_trial: `fn(index, Outcome)` called as each trial finishes.
         stop: `fn(results) -> bool`, checked after each round; True ends the search.
@@ -170,7 +171,18 @@ def run_search(space: SearchSpace, evaluate, strategy="xgboost", max_trials: int
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise ValueError(f"max_trials must be a positive int, got {max_trials!r}")
     strategy = get_strategy(strategy)
+    owned = isinstance(executor, (str, int))  # made here ("ray", threads): closed here
     executor = get_executor(executor)
+    try:
+        return _search_loop(space, evaluate, strategy, max_trials, seed, features, prior,
+                            done, executor, float_accuracy, on_trial, stop, verbose)
+    finally:
+        if owned:
+            executor.close()
+
+
+def _search_loop(space, evaluate, strategy, max_trials, seed, features, prior, done, executor,
+                 float_accuracy, on_trial, stop, verbose):
     results = dict(done or {})
     state = SearchState(space, {i: None if a is None else _score(a, float_accuracy)
                                 for i, a in results.items()}, features, seed=seed)
@@ -231,8 +243,13 @@ def tune_ptq(model, calibration_data, val_data, space=None, max_trials: int = 20
         seed: the search seed.
         fixed: options shared by every configuration when `space` is a dict
             or None, e.g. `{"weight_bits": 4}`.
-        executor: None (serial), an int (threads), or an `Executor`; the
-            evaluations must then be thread-safe (a custom `metric` may not be).
+        executor: None (serial), an int (threads: the evaluations must then
+            be thread-safe, a custom `metric` may not be), "ray" (a local Ray
+            instance, one worker per CPU; `pip install autoqnn[distributed]`),
+            or an `Executor` such as `RayExecutor(address=...)`. With Ray the
+            evaluation (model, data, `metric`) is pickled and shipped once to
+            every worker; trials still land in `history` in this process, so a
+            Ray run resumes like a serial one.
         metric: `fn(quantized model) -> float`, higher is better; default
             top-1 accuracy on `val_data`.
         transfer: use other models' trials in `history` (xgboost).

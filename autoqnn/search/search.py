@@ -42,9 +42,10 @@ from autoqnn.search.result import PolicyRow, SearchResult
 from autoqnn.search.sensitivity import METRICS, SensitivityTable, measure_sensitivity
 from autoqnn.walk import iter_layers
 
-STRATEGIES = ("sensitivity", "dnas", "qpl", "dnas+qpl")
-"""Strategies `search` runs: retrain-free sensitivity mixed precision, and the
-differentiable ones (`autoqnn.search.dnas_qpl`)."""
+STRATEGIES = ("sensitivity", "dnas", "qpl", "dnas+qpl", "rl")
+"""Strategies `search` runs: retrain-free sensitivity mixed precision, the
+differentiable ones (`autoqnn.search.dnas_qpl`) and HAQ-style reinforcement
+learning (`autoqnn.search.rl`)."""
 DEFAULT_CANDIDATE_BITS = (2, 3, 4, 8)
 DEFAULT_ACTIVATION_CANDIDATES = (8, 6, 4, 2)
 
@@ -76,6 +77,31 @@ def _pinned_paths(model, config) -> set:
             if layer.weights and qc.matching_selectors(layer.name, type(layer), path)}
 
 
+def pinned_paths(model, config, ptq=None) -> set:
+    """The layers outside the search: those `config` selects and `ptq.keep_layers`."""
+    pinned = _pinned_paths(model, config)
+    if ptq is not None and ptq.keep_layers:
+        from autoqnn.ptq.apply import select_layers
+
+        pinned |= set(select_layers(model, ptq.keep_layers))
+    return pinned
+
+
+def build_quantized(model, data, weight_overrides, *, config, ptq, scheme, bits,
+                    activation_bits, granularity, num_samples):
+    """The PTQ path of the search: `quantize` calibrated on `data`, every searched layer
+    at `bits` unless `weight_overrides` says otherwise, the user's `config` on top."""
+    from autoqnn.api import quantize
+
+    overrides = {**weight_overrides, **(config or {})}
+    if ptq is not None:
+        return quantize(model, calibration_data=data, config=overrides,
+                        ptq=ptq.replace(weight_bits=bits))
+    return quantize(model, scheme=scheme, weight_bits=bits, activation_bits=activation_bits,
+                    granularity=granularity, calibration_data=data, config=overrides,
+                    calibration_samples=num_samples)
+
+
 def _memory(model) -> dict:
     """`{activation quantizer path: (elements per sample, bits)}`."""
     out = {}
@@ -97,17 +123,22 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
            config: dict | None = None, metric: str = "kl", num_samples: int | None = 512,
            checkpoint_dir=None, seed: int = 0, verbose: int = 1, candidates=None,
            epochs: int = 3, finetune_epochs: int = 3, loss=None, batch_size: int = 128,
-           learning_rate: float = 1e-3, precision_weight: float = 1.0) -> SearchResult:
+           learning_rate: float = 1e-3, precision_weight: float = 1.0, episodes: int = 30,
+           rl_finetune_steps: int = 0, rl_config=None, executor=None) -> SearchResult:
     """Searches per-layer weight bits (and, for a memory budget, activation bits).
 
     Args:
         model: the trained float Keras model (not changed).
         train_data: training data as `fit` takes it; its inputs calibrate when
             `calibration_data` is not given (the labels are not used here).
-        val_data: unused by "sensitivity" (accepted for the other strategies).
-        strategy: "sensitivity" (retrain-free), or the differentiable "dnas"
+        val_data: unused by "sensitivity" (accepted for the other strategies);
+            "rl" rewards its top-1 accuracy (default: the last 10 % of a
+            labelled `train_data`).
+        strategy: "sensitivity" (retrain-free), the differentiable "dnas"
             (a scheme per layer), "qpl" (learned bits per layer) and
-            "dnas+qpl" (both), which train on `train_data` / `val_data`.
+            "dnas+qpl" (both), which train on `train_data` / `val_data`, or
+            "rl" (a DDPG agent picks each layer's bits over `episodes`
+            retrain-free episodes, `autoqnn.search.rl`).
         calibration_data: inputs (no labels needed), e.g. a few hundred images.
         weight_bits_budget: parameter-weighted average weight bits to stay under.
         size_budget_bytes: model size (as the report counts it) to stay under.
@@ -125,16 +156,28 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
         metric: "kl" (classifier logits) or "mse" (other outputs).
         num_samples: calibration images used for the sensitivities.
         checkpoint_dir: keep the sensitivity table there; a search with the
-            same model, data size and settings reuses it.
-        seed: seeds the differentiable strategies ("sensitivity" is deterministic).
+            same model, data size and settings reuses it ("rl": the agent,
+            replay buffer, random state and history after every episode; a
+            longer run resumes a shorter one).
+        seed: seeds the differentiable and "rl" strategies ("sensitivity" is
+            deterministic).
         verbose: 1 shows progress (probes, epochs).
         candidates: DNAS candidate schemes (default
             `autoqnn.search.differentiable.DEFAULT_CANDIDATES`).
         epochs, finetune_epochs: search epochs and QAT epochs of the derived
-            model (differentiable strategies).
+            model (differentiable strategies; "rl" fine-tunes its final model
+            for `finetune_epochs` when `train_data` has labels).
         loss: task loss (default: the model's, else sparse categorical CE).
         batch_size, learning_rate: training settings.
         precision_weight: lambda of the precision loss.
+        episodes: "rl" episodes (default 30, the first `episodes // 3`
+            random warm-up).
+        rl_finetune_steps: "rl": distillation steps on `train_data` before
+            each episode's accuracy (0: retrain-free, the default).
+        rl_config: "rl" agent and reward settings, an `RLConfig` or a dict
+            (HAQ's defaults).
+        executor: "rl" only: evaluate episodes in batches on an `Executor`,
+            e.g. "ray" (`pip install autoqnn[distributed]`); None: serially.
 
     Returns:
         A `SearchResult` (`result.model` is quantized and calibrated).
@@ -143,7 +186,6 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
         ValueError: unknown strategy or metric, no budget, a budget no policy
             meets (the message states the achievable minimum), no data, bad bits.
     """
-    from autoqnn.api import quantize
     from autoqnn.rewrite.qag import check_model
 
     start = time.perf_counter()
@@ -172,6 +214,10 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
         raise ValueError(f"candidate_bits {candidate_bits} include {tuple(outside)}, outside the "
                          f"range [{scheme_cls.min_bits}, {scheme_cls.max_bits}] of scheme "
                          f"{scheme!r}")
+    if executor is not None and strategy != "rl":
+        raise ValueError(f"executor= is used by strategy='rl' only, got strategy={strategy!r}")
+    if strategy == "rl":  # calibrates on train_data's or val_data's inputs by default
+        return _rl(model, train_data, val_data, locals())
     data = calibration_data if calibration_data is not None else _inputs_of(train_data)
     if data is None:
         raise ValueError("search needs calibration_data= (inputs, no labels) or train_data=")
@@ -184,20 +230,12 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
     history = []
 
     def build(weight_overrides):
-        overrides = {**weight_overrides, **(config or {})}
-        if ptq is not None:
-            return quantize(model, calibration_data=data, config=overrides,
-                            ptq=ptq.replace(weight_bits=top))
-        return quantize(model, scheme=scheme, weight_bits=top, activation_bits=activation_bits,
-                        granularity=granularity, calibration_data=data, config=overrides,
-                        calibration_samples=num_samples)
+        return build_quantized(model, data, weight_overrides, config=config, ptq=ptq,
+                               scheme=scheme, bits=top, activation_bits=activation_bits,
+                               granularity=granularity, num_samples=num_samples)
 
     start_model = build({})
-    pinned = _pinned_paths(model, config)
-    if ptq is not None and ptq.keep_layers:
-        from autoqnn.ptq.apply import select_layers
-
-        pinned |= set(select_layers(model, ptq.keep_layers))
+    pinned = pinned_paths(model, config, ptq)
     report = start_model.autoqnn_report
     pinned_rows = [r for r in report if r.name in pinned and r.status == "quantized"]
     pinned_params = sum(r.quantized_params for r in pinned_rows)
@@ -289,6 +327,29 @@ def _differentiable(model, train_data, val_data, args) -> SearchResult:
     budget = {k: args[k] for k in ("weight_bits_budget", "size_budget_bytes",
                                    "memory_budget_bytes")}
     return _result(final, history, args["strategy"], args["start"], memory, budget, table,
+                   args["activation_bits"])
+
+
+def _rl(model, train_data, val_data, args) -> SearchResult:
+    from autoqnn.search import rl
+
+    names = ("calibration_data", "weight_bits_budget", "size_budget_bytes",
+             "memory_budget_bytes", "candidate_bits", "activation_bits",
+             "candidate_activation_bits", "scheme", "granularity", "config", "num_samples",
+             "checkpoint_dir", "seed", "verbose", "episodes", "rl_config", "rl_finetune_steps",
+             "finetune_epochs", "loss", "batch_size", "learning_rate", "executor")
+    ptq = args["ptq"]
+    if ptq is not None:
+        ptq = PTQConfig.from_dict(ptq).replace(activation_bits=args["activation_bits"])
+    final, history = rl.run(model, train_data, val_data, ptq=ptq,
+                            **{name: args[name] for name in names})
+    from autoqnn.report import quantization_report
+
+    final.autoqnn_report = quantization_report(final)  # a checkpointed model has none
+    budget = {k: args[k] for k in ("weight_bits_budget", "size_budget_bytes",
+                                   "memory_budget_bytes")}
+    memory = _fit_memory(final, None, args["candidate_activation_bits"], None, None, None, [])
+    return _result(final, history, "rl", args["start"], memory, budget, None,
                    args["activation_bits"])
 
 

@@ -1,0 +1,241 @@
+"""A small DDPG agent written with Keras: the learner of the "rl" search strategy.
+
+Deep deterministic policy gradient (Lillicrap et al. 2016) with the settings
+HAQ uses for its bit-width agent (`../shared/REFERENCES.md`, "HAQ / Jung RL"):
+
+* actor `mu(s)`: state -> 300 -> 300 -> 1, ReLU, sigmoid output (an action
+  in [0, 1]); critic `Q(s, a)`: [state, action] -> 300 -> 300 -> 1, ReLU;
+  the output layers start uniform in +-3e-3, the hidden ones Glorot, all
+  seeded from `seed` (no global random state is touched);
+* Adam, learning rates 1e-4 (actor) and 1e-3 (critic); target networks
+  follow with soft updates `theta' <- tau * theta + (1 - tau) * theta'`,
+  tau = 0.01;
+* critic target `y = (r - baseline) + discount * (1 - terminal) * Q'(s', mu'(s'))`
+  with discount 1, where `baseline` is a moving average of the sampled
+  batches' mean reward (`baseline += baseline_decay * (mean - baseline)`,
+  decay 0.5): the critic learns rewards relative to the recent average;
+* exploration: a truncated normal around `mu(s)` on [0, 1] with the caller's
+  sigma (the strategy decays it per episode);
+* a uniform replay buffer (`ReplayBuffer`).
+
+`get_state` / `set_state` carry everything (network and target weights, both
+optimizers' slots, the buffer, the baseline) as numpy arrays, so a search
+checkpoint resumes the agent exactly.
+
+Example:
+    >>> import numpy as np
+    >>> from autoqnn.search.ddpg import DDPG
+    >>> agent = DDPG(state_dim=3, hidden=(16, 16), batch_size=4, seed=0)
+    >>> rng = np.random.default_rng(0)
+    >>> a = agent.act(np.zeros(3, "float32"), sigma=0.5, rng=rng)
+    >>> 0.0 <= a <= 1.0
+    True
+    >>> for _ in range(8):
+    ...     agent.observe(rng.random(3), rng.random(), 1.0, rng.random(3), False)
+    >>> sorted(agent.update(rng))
+    ['actor_loss', 'critic_loss']
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from scipy.stats import truncnorm
+
+
+class ReplayBuffer:
+    """A ring buffer of transitions `(state, action, reward, next state, terminal)`.
+
+    Args:
+        capacity: transitions kept (the oldest are overwritten).
+        state_dim: length of a state vector.
+
+    Example:
+        >>> import numpy as np
+        >>> buffer = ReplayBuffer(capacity=2, state_dim=1)
+        >>> for i in range(3):
+        ...     buffer.add([i], 0.5, float(i), [i + 1], i == 2)
+        >>> len(buffer), sorted(buffer.rewards[:len(buffer)].tolist())
+        (2, [1.0, 2.0])
+    """
+
+    FIELDS = ("states", "actions", "rewards", "next_states", "terminals")
+
+    def __init__(self, capacity: int, state_dim: int):
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+        self.capacity = capacity
+        self.states = np.zeros((capacity, state_dim), "float32")
+        self.actions = np.zeros((capacity, 1), "float32")
+        self.rewards = np.zeros((capacity,), "float32")
+        self.next_states = np.zeros((capacity, state_dim), "float32")
+        self.terminals = np.zeros((capacity,), "float32")
+        self.size = 0
+        self.position = 0
+
+    def __len__(self):
+        return self.size
+
+    def add(self, state, action, reward, next_state, terminal):
+        i = self.position
+        self.states[i] = state
+        self.actions[i] = action
+        self.rewards[i] = reward
+        self.next_states[i] = next_state
+        self.terminals[i] = float(terminal)
+        self.position = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple:
+        """`batch_size` transitions drawn uniformly with replacement (as arrays)."""
+        if not self.size:
+            raise ValueError("the replay buffer is empty")
+        index = rng.integers(0, self.size, batch_size)
+        return tuple(getattr(self, name)[index] for name in self.FIELDS)
+
+    def get_state(self) -> dict:
+        return {**{name: getattr(self, name).copy() for name in self.FIELDS},
+                "size": np.array(self.size), "position": np.array(self.position)}
+
+    def set_state(self, state: dict):
+        for name in self.FIELDS:
+            getattr(self, name)[...] = state[name]
+        self.size = int(state["size"])
+        self.position = int(state["position"])
+
+
+def _mlp(inputs, hidden, seed, output_activation, name):
+    x = inputs
+    for i, units in enumerate(hidden):
+        x = keras.layers.Dense(units, activation="relu", name=f"{name}_h{i}",
+                               kernel_initializer=keras.initializers.GlorotUniform(seed + i))(x)
+    out = keras.layers.Dense(1, activation=output_activation, name=f"{name}_out",
+                             kernel_initializer=keras.initializers.RandomUniform(
+                                 -3e-3, 3e-3, seed=seed + len(hidden)))(x)
+    return out
+
+
+class DDPG:
+    """The agent (see the module docstring).
+
+    Args:
+        state_dim: length of a state vector.
+        hidden: hidden layer widths of both networks.
+        actor_lr, critic_lr: Adam learning rates.
+        tau: soft-update rate of the target networks, in (0, 1].
+        discount: the return's discount, in [0, 1].
+        batch_size: transitions per update.
+        replay_size: replay buffer capacity.
+        baseline_decay: rate of the moving-average reward baseline, in (0, 1].
+        seed: seeds the initial weights.
+    """
+
+    def __init__(self, state_dim: int, *, hidden=(300, 300), actor_lr: float = 1e-4,
+                 critic_lr: float = 1e-3, tau: float = 0.01, discount: float = 1.0,
+                 batch_size: int = 64, replay_size: int = 2000, baseline_decay: float = 0.5,
+                 seed: int = 0):
+        if not 0.0 < tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {tau!r}")
+        if not 0.0 <= discount <= 1.0:
+            raise ValueError(f"discount must be in [0, 1], got {discount!r}")
+        self.state_dim, self.tau, self.discount = int(state_dim), float(tau), float(discount)
+        self.batch_size, self.baseline_decay = int(batch_size), float(baseline_decay)
+        hidden = tuple(int(h) for h in hidden)
+        seed = int(seed) * 100
+        self.actor = self._actor(hidden, seed, "actor")
+        self.target_actor = self._actor(hidden, seed, "target_actor")
+        self.critic = self._critic(hidden, seed + 50, "critic")
+        self.target_critic = self._critic(hidden, seed + 50, "target_critic")
+        self.target_actor.set_weights(self.actor.get_weights())
+        self.target_critic.set_weights(self.critic.get_weights())
+        self.actor_optimizer = keras.optimizers.Adam(actor_lr)
+        self.critic_optimizer = keras.optimizers.Adam(critic_lr)
+        self.actor_optimizer.build(self.actor.trainable_variables)
+        self.critic_optimizer.build(self.critic.trainable_variables)
+        self.buffer = ReplayBuffer(int(replay_size), self.state_dim)
+        self.baseline = None
+        self._train_step = tf.function(self._step, reduce_retracing=True)
+
+    def _actor(self, hidden, seed, name):
+        state = keras.Input((self.state_dim,))
+        return keras.Model(state, _mlp(state, hidden, seed, "sigmoid", name), name=name)
+
+    def _critic(self, hidden, seed, name):
+        state, action = keras.Input((self.state_dim,)), keras.Input((1,))
+        joined = keras.layers.Concatenate()([state, action])
+        return keras.Model([state, action], _mlp(joined, hidden, seed, None, name), name=name)
+
+    def act(self, state, sigma: float = 0.0, rng: np.random.Generator | None = None) -> float:
+        """The action in [0, 1] for `state`: `mu(s)`, plus truncated-normal noise of `sigma`."""
+        mean = float(self.actor(np.asarray(state, "float32")[None], training=False)[0, 0])
+        if sigma <= 0:
+            return float(np.clip(mean, 0.0, 1.0))
+        low, high = (0.0 - mean) / sigma, (1.0 - mean) / sigma
+        return float(np.clip(truncnorm.rvs(low, high, loc=mean, scale=sigma, random_state=rng),
+                             0.0, 1.0))
+
+    def observe(self, state, action, reward, next_state, terminal):
+        """Stores one transition."""
+        self.buffer.add(state, action, reward, next_state, terminal)
+
+    def _step(self, states, actions, rewards, next_states, terminals):
+        next_q = self.target_critic([next_states, self.target_actor(next_states)])[:, 0]
+        target = rewards + self.discount * (1.0 - terminals) * next_q
+        with tf.GradientTape() as tape:
+            q = self.critic([states, actions], training=True)[:, 0]
+            critic_loss = tf.reduce_mean(tf.square(target - q))
+        grads = tape.gradient(critic_loss, self.critic.trainable_variables)
+        self.critic_optimizer.apply_gradients(zip(grads, self.critic.trainable_variables))
+        with tf.GradientTape() as tape:
+            actor_loss = -tf.reduce_mean(self.critic([states, self.actor(states, training=True)]))
+        grads = tape.gradient(actor_loss, self.actor.trainable_variables)
+        self.actor_optimizer.apply_gradients(zip(grads, self.actor.trainable_variables))
+        for target_net, net in ((self.target_actor, self.actor),
+                                (self.target_critic, self.critic)):
+            for t, s in zip(target_net.weights, net.weights):
+                t.assign(self.tau * s + (1.0 - self.tau) * t)
+        return critic_loss, actor_loss
+
+    def update(self, rng: np.random.Generator) -> dict:
+        """One gradient step of critic and actor on a sampled batch, then the soft update."""
+        states, actions, rewards, next_states, terminals = self.buffer.sample(self.batch_size, rng)
+        mean = float(np.mean(rewards))
+        self.baseline = mean if self.baseline is None else \
+            self.baseline + self.baseline_decay * (mean - self.baseline)
+        critic_loss, actor_loss = self._train_step(states, actions, rewards - self.baseline,
+                                                   next_states, terminals)
+        return {"critic_loss": float(critic_loss), "actor_loss": float(actor_loss)}
+
+    def soft_update(self, tau: float | None = None):
+        """`target <- tau * online + (1 - tau) * target` for both networks (numpy)."""
+        tau = self.tau if tau is None else float(tau)
+        for target_net, net in ((self.target_actor, self.actor),
+                                (self.target_critic, self.critic)):
+            target_net.set_weights([tau * s + (1.0 - tau) * t for t, s in
+                                    zip(target_net.get_weights(), net.get_weights())])
+
+    def _variables(self):
+        return {"actor": self.actor.weights, "target_actor": self.target_actor.weights,
+                "critic": self.critic.weights, "target_critic": self.target_critic.weights,
+                "actor_optimizer": self.actor_optimizer.variables,
+                "critic_optimizer": self.critic_optimizer.variables}
+
+    def get_state(self) -> dict:
+        """Everything the agent has learnt, as `{name: numpy array}`."""
+        state = {f"{group}/{i}": keras.ops.convert_to_numpy(v)
+                 for group, variables in self._variables().items()
+                 for i, v in enumerate(variables)}
+        state.update({f"buffer/{k}": v for k, v in self.buffer.get_state().items()})
+        state["baseline"] = np.array(np.nan if self.baseline is None else self.baseline)
+        return state
+
+    def set_state(self, state: dict):
+        """Restores `get_state()`'s arrays (same architecture)."""
+        for group, variables in self._variables().items():
+            for i, v in enumerate(variables):
+                v.assign(state[f"{group}/{i}"])
+        self.buffer.set_state({k[len("buffer/"):]: v for k, v in state.items()
+                               if k.startswith("buffer/")})
+        baseline = float(state["baseline"])
+        self.baseline = None if np.isnan(baseline) else baseline

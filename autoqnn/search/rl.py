@@ -1,0 +1,571 @@
+"""The "rl" strategy of `autoqnn.search`: HAQ-style DDPG over per-layer weight bits.
+
+A DDPG agent (`autoqnn.search.ddpg`) walks the searchable quantized layers (the
+set the "sensitivity" strategy searches; layers `config=` selects are pinned)
+and picks one action a in [0, 1] per layer (HAQ, Wang et al. 2019, with the
+parameter-count prior of Jung, KAIST 2021; `../shared/REFERENCES.md`).
+
+* **State** of layer l (10 values, each min-max normalised over the layers):
+  layer index, kind (conv 1 / dense 0), depthwise flag, input and output
+  channels, kernel size (product of the spatial kernel dims), stride, input
+  spatial size (h * w), #params_l, **#params_l / sum #params** (Jung's prior),
+  plus the previous layer's action (already in [0, 1]).
+* **Action -> bits**: the layer's candidate bits `c_0 < ... < c_{K-1}`
+  (`candidate_bits` its scheme accepts), `bits = c_k` with
+  `k = min(floor(a * K), K - 1)`: HAQ's `round(a (b_max - b_min + 1) + b_min - 0.5)`
+  on the candidate index, i.e. HAQ's rule exactly for contiguous candidates.
+* **Budget** (after the last layer; HAQ's rule, not the exact solver): while
+  the policy is over `weight_bits_budget` and/or `size_budget_bytes` (counted
+  as `autoqnn.search.budget` counts them, pinned layers included), walk the
+  layers from the last to the first, lowering each by one candidate, until it
+  holds. The agent's own actions are what it learns from; the environment's
+  lowering is part of the dynamics. `memory_budget_bytes` lowers activation
+  bits (as the other strategies do) on the model the episodes are measured
+  on and on the final model.
+* **Reward**: `0.1 * (acc_q - acc_float)` with accuracies in percent (HAQ),
+  plus Jung's parameter-weighted bit term, written here as
+  `- bits_weight * (b_avg - b_lo) / (b_hi - b_lo)` with `b_avg = sum_l
+  (#params_l / sum #params) * bits_l` over the searched layers, `b_lo, b_hi`
+  the smallest and largest candidate and `bits_weight = 0.1` (the whole bit
+  range weighs as much as one point of accuracy: under a binding budget it
+  breaks ties toward smaller models). acc_q is the top-1 validation accuracy
+  of the calibrated model (retrain-free; `rl_finetune_steps > 0` first trains
+  that many distillation steps from the episode's start weights).
+* **Episodes**: `episodes` (default 30); the first `warmup_episodes` (default
+  `episodes // 3`: 10 of 30) take uniform random actions and do not train;
+  then actions are `mu(s)` plus truncated-normal noise with
+  `sigma = 0.5 * 0.99 ** (episode - warmup)`. Every transition of an episode
+  is stored with the episode's reward (HAQ) and, after the warm-up, each
+  episode is followed by one update per layer.
+* **One model**: the model is quantized and calibrated once at the largest
+  candidate bits; every episode applies its policy with `autoqnn.set_bits`
+  (no re-clone). The best-reward policy over all episodes wins; the final
+  model is quantized at it with the sensitivity strategy's PTQ path, then
+  fine-tuned for `finetune_epochs` with `autoqnn.finetune` (distilled from the
+  float model) when labelled `train_data` is given.
+* **Executors**: episodes are evaluated in batches of `executor.max_workers`
+  (`executor="ray"`: one Ray worker per CPU, each with its own quantized
+  model). Within a batch the agent acts with the same weights (each episode
+  its own noise) and learns after the batch; with one worker (the default)
+  this is HAQ's sequential loop. Warm-up batches are fully independent, so
+  they gain the most. The same seed and the same number of workers give the
+  same policy (on CPU).
+* **Checkpoint**: with `checkpoint_dir`, after every batch the agent (weights,
+  target networks, optimizer slots, replay buffer, baseline), the random
+  generator's state and the history go to one `rl_<key>.npz` (key: a digest of
+  the model, data and settings; not of `episodes`), so a longer run resumes
+  where a shorter one stopped; a finished search loads its final model.
+
+Example:
+    >>> import keras, numpy as np, autoqnn
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(96, 8)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
+    >>> inputs = keras.Input((8,))
+    >>> h = keras.layers.Dense(16, activation="relu", name="a")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2, name="b")(h))
+    >>> result = autoqnn.search(model, val_data=(x, y), calibration_data=x, strategy="rl",
+    ...                         episodes=3, weight_bits_budget=3.0, verbose=0,
+    ...                         rl_config={"hidden": (16, 16)})
+    >>> result.average_weight_bits <= 3.0
+    True
+    >>> [h["episode"] for h in result.history if h["step"] == "episode"]
+    [0, 1, 2]
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+STATE_FEATURES = ("index", "conv", "depthwise", "in_channels", "out_channels", "kernel",
+                  "stride", "input_size", "params", "params_share", "previous_action")
+
+
+@dataclasses.dataclass
+class RLConfig:
+    """Agent and reward settings of the "rl" strategy (defaults: HAQ's).
+
+    Attributes:
+        warmup_episodes: random-action episodes first (None: `episodes // 3`).
+        bits_weight: weight of the parameter-weighted bit term of the reward.
+        hidden: hidden widths of actor and critic.
+        actor_lr, critic_lr: Adam learning rates.
+        tau: soft target update rate.
+        discount: return discount.
+        batch_size: transitions per update.
+        replay_episodes: replay capacity in episodes (x layers transitions).
+        sigma, sigma_decay: exploration noise `sigma * sigma_decay ** (episode - warmup)`.
+        baseline_decay: rate of the moving-average reward baseline.
+    """
+
+    warmup_episodes: int | None = None
+    bits_weight: float = 0.1
+    hidden: tuple = (300, 300)
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    tau: float = 0.01
+    discount: float = 1.0
+    batch_size: int = 64
+    replay_episodes: int = 128
+    sigma: float = 0.5
+    sigma_decay: float = 0.99
+    baseline_decay: float = 0.5
+
+    def __post_init__(self):
+        self.hidden = tuple(self.hidden)
+        if self.warmup_episodes is not None and (
+                isinstance(self.warmup_episodes, bool) or not isinstance(self.warmup_episodes, int)
+                or self.warmup_episodes < 0):
+            raise ValueError(f"warmup_episodes must be an int >= 0 or None, got "
+                             f"{self.warmup_episodes!r}")
+        for name in ("batch_size", "replay_episodes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+                                  for h in self.hidden):
+            raise ValueError(f"hidden must be a non-empty tuple of positive ints, got "
+                             f"{self.hidden!r}")
+        for name, low, high in (("bits_weight", 0, math.inf), ("actor_lr", 0, math.inf),
+                                ("critic_lr", 0, math.inf), ("tau", 0, 1), ("discount", 0, 1),
+                                ("sigma", 0, math.inf), ("sigma_decay", 0, 1),
+                                ("baseline_decay", 0, 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not low <= value <= high:
+                raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+
+    @classmethod
+    def from_value(cls, value) -> RLConfig:
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise ValueError(f"rl_config has unknown keys {sorted(unknown)}")
+            return cls(**value)
+        raise ValueError(f"rl_config must be None, a dict or an RLConfig, got {value!r}")
+
+
+def layer_features(layers) -> np.ndarray:
+    """Raw `(L, 10)` state features of `[(path, layer)]` (`STATE_FEATURES` less the action)."""
+    rows = []
+    for index, (_, layer) in enumerate(layers):
+        attr = next(iter(layer.weight_quantizers))
+        shape = tuple(getattr(layer, attr).shape)
+        depthwise = "Depthwise" in type(layer).__name__ or attr == "depthwise_kernel"
+        c_in = shape[-2] if len(shape) >= 2 else 1
+        c_out = shape[-1]
+        if depthwise:
+            c_out = shape[-2] * shape[-1]
+            if hasattr(layer, "pointwise_kernel"):
+                c_out = layer.pointwise_kernel.shape[-1]
+        conv = len(shape) >= 3
+        kernel = int(np.prod(shape[:-2])) if conv else 1
+        stride = max(getattr(layer, "strides", (1,)) or (1,)) if conv else 1
+        try:
+            in_shape = tuple(layer.input.shape)
+            size = int(np.prod(in_shape[1:-1])) if conv and None not in in_shape[1:-1] else 1
+        except (AttributeError, ValueError):  # a layer called more than once
+            size = 0
+        params = sum(int(np.prod(getattr(layer, a).shape)) for a in layer.weight_quantizers)
+        rows.append([index, float(conv), float(depthwise), c_in, c_out, kernel, stride, size,
+                     params, 0.0])
+    features = np.array(rows, "float64")
+    features[:, 9] = features[:, 8] / max(features[:, 8].sum(), 1.0)
+    return features
+
+
+def normalise(features: np.ndarray) -> np.ndarray:
+    """Min-max normalises each column over the layers (a constant column becomes 0)."""
+    low, high = features.min(axis=0), features.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    return ((features - low) / span).astype("float32")
+
+
+def action_index(action: float, count: int) -> int:
+    """The candidate index of an action in [0, 1]: `min(floor(a * K), K - 1)`."""
+    return int(min(max(math.floor(float(action) * count), 0), count - 1))
+
+
+def enforce_budget(indices, fits) -> list:
+    """HAQ's rule: lower one candidate at a time from the last layer backwards
+    (repeating the walk) until `fits(indices)`; the all-smallest policy must fit."""
+    indices = list(indices)
+    while not fits(indices):
+        lowered = False
+        for layer in reversed(range(len(indices))):
+            if indices[layer] > 0:
+                indices[layer] -= 1
+                lowered = True
+                if fits(indices):
+                    return indices
+        if not lowered:
+            raise ValueError("no policy fits the budget")  # the caller checked this first
+    return indices
+
+
+class EpisodeEvaluator:
+    """Measures a policy `{path: bits}`: top-1 validation accuracy of the calibrated model.
+
+    The quantized model is built (and calibrated) on the first call in each
+    process and kept; policies are applied in place with `set_bits`. Pickles
+    without that model (a Ray worker builds its own).
+    """
+
+    def __init__(self, model, calibration, val, build_kwargs, memory, finetune):
+        self.model, self.calibration, self.val = model, calibration, val
+        self.build_kwargs, self.memory, self.finetune = build_kwargs, memory, finetune
+        self.qmodel = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["qmodel"] = None
+        return state
+
+    def ensure_built(self):
+        if self.qmodel is None:
+            from autoqnn.search.search import _fit_memory, build_quantized
+
+            qmodel = build_quantized(self.model, self.calibration, {}, **self.build_kwargs)
+            if self.memory["budget"] is not None:
+                _fit_memory(qmodel, self.memory["budget"], self.memory["candidates"],
+                            self.calibration, self.build_kwargs["ptq"],
+                            self.build_kwargs["num_samples"], [])
+            self._start = qmodel.get_weights()
+            self._current = {}
+            self.qmodel = qmodel
+        return self.qmodel
+
+    def __call__(self, policy: dict) -> dict:
+        from autoqnn.finalize import set_bits
+        from autoqnn.search.ptq_tuner import top1_accuracy
+        from autoqnn.walk import find_layer
+
+        qmodel = self.ensure_built()
+        steps = self.finetune["steps"]
+        if steps:
+            qmodel.set_weights(self._start)
+            self._current = {}
+        changed = {p: int(b) for p, b in policy.items() if self._current.get(p) != int(b)}
+        set_bits(qmodel, changed, update_report=False)
+        ptq = self.build_kwargs["ptq"]
+        if ptq is not None and ptq.weight_clipping == "mse" and changed:
+            from autoqnn.ptq.weights import search_weight_clips
+
+            search_weight_clips(qmodel, layers=[find_layer(qmodel, p)[1] for p in changed])
+        self._current.update(changed)
+        if steps:
+            from autoqnn.finetune import finetune
+
+            x, y = self.finetune["data"]
+            keras.utils.set_random_seed(self.finetune["seed"])
+            finetune(qmodel, (x, y), epochs=1, teacher=self.model, loss=self.finetune["loss"],
+                     batch_size=self.finetune["batch_size"], verbose=0, restore_best=False,
+                     learning_rate=self.finetune["learning_rate"])
+        return {"accuracy": top1_accuracy(qmodel, self.val)}
+
+
+def _digest(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=repr).encode())
+    return digest.hexdigest()[:16]
+
+
+def _save(path: Path, state: dict, agent_state: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, state_json=np.array(json.dumps(state)), **agent_state)
+    os.replace(tmp, path)
+
+
+def _load(path: Path):
+    if not path.is_file():
+        return None, None
+    with np.load(path, allow_pickle=False) as data:
+        state = json.loads(str(data["state_json"]))
+        agent_state = {k: data[k] for k in data.files if k != "state_json"}
+    return state, agent_state
+
+
+class RLSearch:
+    """The episode loop (see the module docstring); `search(strategy="rl")` drives it."""
+
+    def __init__(self, evaluator, layers, candidates, fits, costs, *, config: RLConfig,
+                 episodes: int, float_accuracy: float, seed: int, executor, checkpoint=None,
+                 verbose: int = 0):
+        from autoqnn.search.ddpg import DDPG
+
+        self.evaluator, self.layers, self.candidates = evaluator, layers, candidates
+        self.fits, self.costs, self.config, self.episodes = fits, costs, config, episodes
+        self.float_accuracy, self.executor, self.checkpoint = float_accuracy, executor, checkpoint
+        self.verbose = verbose
+        self.warmup = episodes // 3 if config.warmup_episodes is None else config.warmup_episodes
+        self.static = normalise(layer_features(layers))
+        bits = [b for c in candidates for b in c]
+        self.bits_range = (min(bits), max(bits))
+        self.agent = DDPG(self.static.shape[1] + 1, hidden=config.hidden,
+                          actor_lr=config.actor_lr, critic_lr=config.critic_lr, tau=config.tau,
+                          discount=config.discount, batch_size=config.batch_size,
+                          replay_size=config.replay_episodes * len(layers),
+                          baseline_decay=config.baseline_decay, seed=seed)
+        self.rng = np.random.default_rng(seed)
+        self.history = [{"step": "start", "float_accuracy": float_accuracy,
+                         "layers": len(layers), "warmup_episodes": self.warmup}]
+        self.done = 0
+        if checkpoint is not None:
+            state, agent_state = _load(checkpoint)
+            if state is not None:
+                self.history, self.done = state["history"], state["episodes_done"]
+                self.warmup = state["warmup_episodes"]
+                self.rng.bit_generator.state = state["rng"]
+                self.agent.set_state(agent_state)
+
+    def _states(self, actions):
+        previous = np.concatenate([[0.0], actions[:-1]]).astype("float32")[:, None]
+        return np.concatenate([self.static, previous], axis=1)
+
+    def _rollout(self, episode):
+        warm = episode < self.warmup
+        sigma = 0.0 if warm else self.config.sigma * self.config.sigma_decay ** (
+            episode - self.warmup)
+        actions, previous = [], 0.0
+        for layer in range(len(self.layers)):
+            state = np.append(self.static[layer], np.float32(previous))
+            a = self.rng.uniform() if warm else self.agent.act(state, sigma, self.rng)
+            actions.append(float(a))
+            previous = a
+        chosen = [action_index(a, len(c)) for a, c in zip(actions, self.candidates)]
+        indices = enforce_budget(chosen, self.fits)
+        policy = {p: int(c[i]) for (p, _), c, i in zip(self.layers, self.candidates, indices)}
+        return np.array(actions, "float32"), policy, sigma
+
+    def reward(self, accuracy, policy) -> float:
+        params = self.costs["params"]
+        average = sum(params[p] * b for p, b in policy.items()) / sum(params.values())
+        lo, hi = self.bits_range
+        term = (average - lo) / (hi - lo) if hi > lo else 0.0
+        return 0.1 * 100.0 * (accuracy - self.float_accuracy) - self.config.bits_weight * term
+
+    def run(self) -> list:
+        """Runs the episodes not done yet; returns the history."""
+        bar = keras.utils.Progbar(self.episodes, unit_name="episode", stateful_metrics=[
+            "reward", "accuracy", "best_reward"]) if self.verbose else None
+        if bar is not None and self.done:
+            bar.update(min(self.done, self.episodes))
+        while self.done < self.episodes:
+            batch = list(range(self.done, min(self.done + max(1, self.executor.max_workers),
+                                              self.episodes)))
+            start = time.perf_counter()
+            rollouts = [self._rollout(e) for e in batch]
+            outcomes = self.executor.map(self.evaluator, [r[1] for r in rollouts])
+            for episode, (actions, policy, sigma), outcome in zip(batch, rollouts, outcomes):
+                if outcome.error is not None:
+                    raise RuntimeError(f"rl episode {episode} failed: {outcome.error}")
+                accuracy = float(outcome.value["accuracy"])
+                reward = self.reward(accuracy, policy)
+                average, size = self.costs["measure"](policy)
+                self.history.append({
+                    "step": "episode", "episode": episode, "reward": reward,
+                    "accuracy": accuracy, "average_bits": average, "size_bytes": size,
+                    "warmup": episode < self.warmup, "sigma": sigma, "policy": policy,
+                    "seconds": round(outcome.seconds, 4)})
+                states = self._states(actions)
+                last = len(actions) - 1
+                for t in range(len(actions)):
+                    following = states[t + 1] if t < last else states[t]
+                    self.agent.observe(states[t], actions[t], reward, following, t == last)
+                if episode >= self.warmup:
+                    for _ in range(len(actions)):
+                        self.agent.update(self.rng)
+            self.done += len(batch)
+            self.history[-1]["batch_seconds"] = round(time.perf_counter() - start, 3)
+            if self.checkpoint is not None:
+                _save(self.checkpoint, {"history": self.history, "episodes_done": self.done,
+                                        "warmup_episodes": self.warmup,
+                                        "rng": self.rng.bit_generator.state},
+                      self.agent.get_state())
+            if bar is not None:
+                best = max(h["reward"] for h in self.history if h["step"] == "episode")
+                bar.update(self.done, [("reward", reward), ("accuracy", accuracy),
+                                       ("best_reward", best)])
+        return self.history
+
+    def best(self) -> dict:
+        """The best-reward episode among the first `episodes` (the earliest on ties)."""
+        episodes = [h for h in self.history if h["step"] == "episode"][:self.episodes]
+        return max(episodes, key=lambda h: (h["reward"], -h["episode"]))
+
+
+def _labelled(data):
+    """`(x, y)` arrays of labelled data, else None."""
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        from autoqnn.search.dnas_qpl import _arrays
+
+        return _arrays(data, "train_data")
+    return None
+
+
+def run(model, train_data, val_data, *, calibration_data, weight_bits_budget, size_budget_bytes,
+        memory_budget_bytes, candidate_bits, activation_bits, candidate_activation_bits, scheme,
+        granularity, ptq, config, num_samples, checkpoint_dir, seed, verbose, episodes,
+        rl_config, rl_finetune_steps, finetune_epochs, loss, batch_size, learning_rate,
+        executor):
+    """Returns `(final model, history)`; see the module docstring."""
+    from autoqnn.search.budget import fixed_bytes, solve_policy
+    from autoqnn.search.differentiable import _loss_fn
+    from autoqnn.search.dnas_qpl import _arrays
+    from autoqnn.search.executor import FuturesExecutor, get_executor
+    from autoqnn.search.ptq_tuner import top1_accuracy
+    from autoqnn.search.search import _fit_memory, build_quantized, pinned_paths
+    from autoqnn.search.sensitivity import layer_candidates, searchable_layers
+
+    for name, value, low in (("episodes", episodes, 1), ("batch_size", batch_size, 1),
+                             ("rl_finetune_steps", rl_finetune_steps, 0),
+                             ("finetune_epochs", finetune_epochs, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            kind = "a positive int" if low else "an int >= 0"
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
+    config_rl = RLConfig.from_value(rl_config)
+    if weight_bits_budget is None and size_budget_bytes is None:
+        raise ValueError("strategy='rl' searches weights: give weight_bits_budget= or "
+                         "size_budget_bytes= (memory_budget_bytes= alone is the activation "
+                         "side: strategy='sensitivity')")
+    train = _labelled(train_data)
+    if val_data is not None:
+        val = _arrays(val_data, "val_data")
+    elif train is not None:  # carve the last 10 % of the training data
+        cut = max(1, len(train[0]) // 10)
+        train, val = (train[0][:-cut], train[1][:-cut]), (train[0][-cut:], train[1][-cut:])
+    else:
+        raise ValueError("strategy='rl' rewards validation accuracy: give val_data=(x, y) or "
+                         "labelled train_data=(x, y)")
+    if calibration_data is not None:
+        calibration = calibration_data
+    elif train is not None:
+        calibration = train[0]
+    elif isinstance(train_data, np.ndarray):
+        calibration = train_data
+    else:
+        calibration = val[0]
+    executor_arg = executor
+    build_kwargs = {"config": config, "ptq": ptq, "scheme": scheme, "bits": candidate_bits[-1],
+                    "activation_bits": activation_bits, "granularity": granularity,
+                    "num_samples": num_samples}
+    steps = rl_finetune_steps if train is not None else 0
+    if rl_finetune_steps and train is None:
+        raise ValueError("rl_finetune_steps > 0 trains: give labelled train_data=(x, y)")
+    finetune = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate * 0.1,
+                "loss": _loss_fn(model, loss), "seed": seed,
+                "data": None if not steps else (train[0][:steps * batch_size],
+                                                train[1][:steps * batch_size])}
+    evaluator = EpisodeEvaluator(model, calibration, val, build_kwargs,
+                                 {"budget": memory_budget_bytes,
+                                  "candidates": candidate_activation_bits}, finetune)
+    qmodel = evaluator.ensure_built()
+    pinned = pinned_paths(model, config, ptq)
+    report = qmodel.autoqnn_report
+    layers = [(p, layer) for p, layer in searchable_layers(qmodel) if p not in pinned]
+    if not layers:
+        raise ValueError(f"model {model.name!r} has no quantized weighted layer to search")
+    candidates = [layer_candidates(layer, candidate_bits) for _, layer in layers]
+    for (path, _), bits in zip(layers, candidates):
+        if not bits:
+            raise ValueError(f"candidate_bits {tuple(candidate_bits)} are all outside the bit "
+                             f"range of layer {path!r}'s scheme")
+    params = {p: int(sum(np.prod(getattr(layer, a).shape) for a in layer.weight_quantizers))
+              for p, layer in layers}
+    pinned_rows = [r for r in report if r.name in pinned and r.status == "quantized"]
+    pinned_params = sum(r.quantized_params for r in pinned_rows)
+    pinned_bit_params = sum(r.quantized_params * r.weight_bits for r in pinned_rows)
+    fixed = fixed_bytes(report, params)
+    # The same checks and messages as the exact solver (a budget below the minimum).
+    solve_policy({p: dict.fromkeys(c, 0.0) for (p, _), c in zip(layers, candidates)}, params,
+                 weight_bits_budget=weight_bits_budget, size_budget_bytes=size_budget_bytes,
+                 fixed_bytes=fixed, pinned_params=pinned_params,
+                 pinned_bit_params=pinned_bit_params)
+    paths = [p for p, _ in layers]
+    total_params = sum(params.values()) + pinned_params
+
+    def measure(policy):
+        bit_params = sum(params[p] * b for p, b in policy.items())
+        return (bit_params + pinned_bit_params) / total_params, fixed + bit_params / 8
+
+    def fits(indices):
+        average, size = measure({p: c[i] for p, c, i in zip(paths, candidates, indices)})
+        return (weight_bits_budget is None or average <= weight_bits_budget + 1e-9) and \
+            (size_budget_bytes is None or size <= size_budget_bytes + 1e-6)
+
+    float_accuracy = top1_accuracy(model, val)
+    key = _digest(model.get_weights(), np.asarray(val[0])[:4096], np.asarray(val[1])[:4096],
+                  [weight_bits_budget, size_budget_bytes, memory_budget_bytes,
+                   list(candidate_bits), activation_bits, list(candidate_activation_bits), scheme,
+                   granularity, None if ptq is None else ptq.to_dict(), config, num_samples,
+                   seed, dataclasses.asdict(config_rl), steps, paths])
+    checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir) / f"rl_{key}.npz"
+    final_path = None if checkpoint_dir is None else \
+        Path(checkpoint_dir) / f"rl_{key}_e{episodes}_f{finetune_epochs}.keras"
+    if final_path is not None and final_path.is_file() and \
+            final_path.with_suffix(".json").is_file():
+        return keras.models.load_model(final_path), json.loads(
+            final_path.with_suffix(".json").read_text())
+    executor = get_executor(executor_arg)
+    if executor.max_workers > 1 and isinstance(executor, FuturesExecutor) and \
+            isinstance(executor.pool, concurrent.futures.ThreadPoolExecutor):
+        if isinstance(executor_arg, int):
+            executor.close()
+        raise ValueError("strategy='rl' evaluates episodes on one quantized model per worker "
+                         "process: use executor=None, 'ray' or a process pool (threads would "
+                         "share the model)")
+    loop = RLSearch(evaluator, layers, candidates, fits,
+                    {"params": params, "measure": measure}, config=config_rl,
+                    episodes=episodes, float_accuracy=float_accuracy, seed=seed,
+                    executor=executor, checkpoint=checkpoint, verbose=verbose)
+    try:
+        history = loop.run()
+    finally:
+        if isinstance(executor_arg, (str, int)):
+            executor.close()
+    best = loop.best()
+    history = list(history)
+    final = build_quantized(model, calibration,
+                            {p: {"weight_bits": b} for p, b in best["policy"].items()},
+                            **build_kwargs)
+    _fit_memory(final, memory_budget_bytes, candidate_activation_bits, calibration, ptq,
+                num_samples, history)
+    history.append({"step": "best", "episode": best["episode"], "reward": best["reward"],
+                    "episode_accuracy": best["accuracy"], "policy": best["policy"],
+                    "val_accuracy": top1_accuracy(final, val)})
+    if finetune_epochs and train is not None:
+        from autoqnn.finetune import finetune as run_finetune
+
+        keras.utils.set_random_seed(seed)
+        start = time.perf_counter()
+        tuned = run_finetune(final, train, epochs=finetune_epochs, val_data=val, teacher=model,
+                             learning_rate=learning_rate * 0.1, batch_size=batch_size,
+                             loss=_loss_fn(model, loss), verbose=verbose)
+        seconds = round((time.perf_counter() - start) / finetune_epochs, 2)
+        for epoch in range(finetune_epochs):
+            history.append({"step": "finetune", "epoch": epoch + 1,
+                            "loss": tuned["loss"][epoch], "seconds": seconds,
+                            "val_accuracy": tuned["val_accuracy"][epoch]})
+    history.append({"step": "done"})
+    if final_path is not None:
+        final.save(final_path)
+        final_path.with_suffix(".json").write_text(json.dumps(history, indent=1))
+    return final, history
