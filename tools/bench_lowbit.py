@@ -15,7 +15,8 @@ first 20k training images), one run measures:
     activation clips with asymmetric decay, started from MSE calibration; BatchNorm
     unfolded) and the SQNR term (`--sqnr-weight`). Its
     accuracy is given as trained (per-channel activation ranges) and after
-    `per_tensor_activations` (recalibrated per-tensor ranges, what TFLite runs).
+    `per_tensor_activations` (recalibrated per-tensor ranges at the same bits, and at 8
+    bits: what TFLite can run).
   The first and last weighted layers stay at 8 bits in every QAT row (as in benchmark.py).
   A "float + N ep" row trains the float model the same epochs with the same optimizer
   (`autoqnn.finetune.qat_optimizer`, same learning rate, best validation epoch kept).
@@ -112,6 +113,8 @@ def qat_row(method, distill, model, bits, train, val, test, calib, epochs, sqnr_
     if method == "acd+sqnr":
         flat = autoqnn.per_tensor_activations(final, calibration_data=calib)
         row["accuracy_per_tensor_activations"] = accuracy(flat, *test)
+        int8 = autoqnn.per_tensor_activations(final, calibration_data=calib, bits=8)
+        row["accuracy_per_tensor_int8_activations"] = accuracy(int8, *test)
         row["sqnr_weight"] = sqnr_weight
     return row
 

@@ -134,9 +134,46 @@ def tuner_table():
     print(_table(data))
 
 
+def lowbit_tables():
+    """QAT variants (results/lowbit_qat_w*.json) and PTQ rows (results/lowbit_ptq.json)."""
+    qat = []
+    for name in ("lowbit_qat_w2.json", "lowbit_qat_w4.json"):
+        data = _load(name)
+        for model, result in (data or {}).get("models", {}).items():
+            floats = {r["method"]: r for r in result["rows"] if r["bits"] == 32}
+            for r in result["rows"]:
+                if r["bits"] == 32 or "distill" not in r:
+                    continue
+                ref = next((f for f in floats.values()
+                            if f"lr {r['learning_rate']:g})" in f["method"]), None)
+                gap = "" if ref is None else f"{100 * (ref['accuracy'] - r['accuracy']):.2f}"
+                flat = r.get("accuracy_per_tensor_activations")
+                qat.append((model, r["method"], f"{100 * r['accuracy']:.2f}",
+                            "" if flat is None else f"{100 * flat:.2f}",
+                            "" if ref is None else f"{100 * ref['accuracy']:.2f}", gap,
+                            r["seconds"]))
+    if qat:
+        print(_table(("model", "QAT (5 ep)", "top-1 %", "per-tensor acts %",
+                      "float + 5 ep %", "gap", "seconds"), qat))
+    data = _load("lowbit_ptq.json")
+    rows = []
+    for model, result in (data or {}).get("models", {}).items():
+        for r in result["rows"]:
+            if "distill" in r or r["bits"] == 32:
+                continue
+            rows.append((model, r["method"], f"{100 * r['accuracy']:.2f}",
+                         f"{100 * (result['float_accuracy'] - r['accuracy']):.2f}",
+                         f"{r['size_bytes'] / 1024:.1f}" if "size_bytes" in r else "",
+                         r.get("adders_per_sample", ""), r.get("digits_per_weight", ""),
+                         r.get("calibration_seconds", r.get("seconds", ""))))
+    if rows:
+        print(_table(("model", "PTQ", "top-1 %", "gap to float", "KiB", "adders / sample",
+                      "digits / weight", "seconds"), rows))
+
+
 def main():
     for fn in (bench_table, export_table, quantizer_tables, sensitivity_table, search_table,
-               tuner_table):
+               tuner_table, lowbit_tables):
         print(f"\n## {fn.__name__}\n")
         fn()
     return 0

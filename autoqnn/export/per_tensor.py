@@ -42,7 +42,7 @@ from autoqnn.schemes import get_scheme, serialize_scheme
 
 
 def per_tensor_activations(model, calibration_data=None, method: str = "mse",
-                           num_samples: int | None = 512):
+                           num_samples: int | None = 512, bits: int | None = None):
     """A copy of `model` whose per-channel activation ranges are per-tensor (see the module doc).
 
     Args:
@@ -51,6 +51,9 @@ def per_tensor_activations(model, calibration_data=None, method: str = "mse",
             (None: the union of the channel ranges).
         method: the calibration observer with data.
         num_samples: calibration samples.
+        bits: bits of the new per-tensor quantizers (None: the same bits; 8 gives
+            TFLite's own int8 activations, a finer grid than the per-channel one at
+            low bits, so closer to the trained model but not the same function).
 
     Returns:
         A new model (the input is unchanged) with `autoqnn_report`; the
@@ -62,6 +65,9 @@ def per_tensor_activations(model, calibration_data=None, method: str = "mse",
     from autoqnn.ptq.calibrate import activation_quantizers, calibrate
     from autoqnn.report import float_reasons, quantization_report
 
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int)
+                             or not 2 <= bits <= 16):
+        raise ValueError(f"bits must be an int in [2, 16] or None, got {bits!r}")
     converted, clones = [], set()
 
     def change(path, layer):
@@ -73,7 +79,8 @@ def per_tensor_activations(model, calibration_data=None, method: str = "mse",
         rng = layer.get_range()
         if rng is None:
             raise ValueError(f"activation quantizer {path!r} is not calibrated")
-        scheme = get_scheme("uniform", bits=int(layer.quantizer.scheme.bits), symmetric=False)
+        new_bits = int(layer.quantizer.scheme.bits) if bits is None else bits
+        scheme = get_scheme("uniform", bits=new_bits, symmetric=False)
         config = layer.get_config()
         for key in ("quantizer", "scheme", "range_axis"):
             config.pop(key, None)

@@ -115,6 +115,16 @@ def test_per_tensor_activations_export_to_tflite(data, tmp_path, with_data):
     assert steps.max() <= 1.0 + 1e-4 and steps.mean() <= 0.3
 
 
+def test_per_tensor_activations_at_8_bits_and_bad_bits(data):
+    x, _ = data
+    qmodel = autoqnn.quantize(_model(), scheme="acd", activation_scheme="acd", weight_bits=2,
+                              activation_bits=2, calibration_data=x)
+    int8 = autoqnn.per_tensor_activations(qmodel, bits=8)
+    assert {q.bits for q in autoqnn.activation_quantizers(int8)} == {8}
+    with pytest.raises(ValueError, match="bits must be an int in \\[2, 16\\] or None, got 1"):
+        autoqnn.per_tensor_activations(qmodel, bits=1)
+
+
 def test_bad_decay():
     with pytest.raises(ValueError, match="upper_decay must be a number >= 0, got -1"):
         ACDScheme(upper_decay=-1)
