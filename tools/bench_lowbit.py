@@ -16,7 +16,9 @@ first 20k training images), one run measures:
     unfolded) and the SQNR term (`--sqnr-weight`). Its
     accuracy is given as trained (per-channel activation ranges) and after
     `per_tensor_activations` (recalibrated per-tensor ranges at the same bits, and at 8
-    bits: what TFLite can run).
+    bits: what TFLite can run);
+  * `acd-pt+sqnr`: the same with one learned activation clip pair per tensor (ACD's decay
+    and SQNR term), which TFLite runs as trained.
   The first and last weighted layers stay at 8 bits in every QAT row (as in benchmark.py).
   A "float + N ep" row trains the float model the same epochs with the same optimizer
   (`autoqnn.finetune.qat_optimizer`, same learning rate, best validation epoch kept).
@@ -53,7 +55,7 @@ from autoqnn.models import first_and_last_layers  # noqa: E402
 
 LEARNING_RATES = {4: 2e-4, 2: 1e-3}
 """Peak learning rate per bits (benchmark.py's QAT settings)."""
-METHODS = ("per-tensor", "per-channel", "acd+sqnr")
+METHODS = ("per-tensor", "per-channel", "acd+sqnr", "acd-pt+sqnr")
 
 
 def keep_ends(model):
@@ -71,8 +73,9 @@ def quantize_for(method, model, bits, calib):
         return autoqnn.quantize(model, granularity="per_tensor", fold_batchnorm=True, **common)
     if method == "per-channel":
         return autoqnn.quantize(model, granularity="per_channel", fold_batchnorm=False, **common)
+    options = {"granularity": "per_tensor"} if method == "acd-pt+sqnr" else None
     return autoqnn.quantize(model, scheme="acd", activation_scheme="acd", fold_batchnorm=False,
-                            calibration_method="mse", **common)
+                            calibration_method="mse", activation_options=options, **common)
 
 
 def float_row(model, train, val, test, epochs, learning_rate, batch_size=128):
@@ -99,7 +102,7 @@ def qat_row(method, distill, model, bits, train, val, test, calib, epochs, sqnr_
     q = quantize_for(method, model, bits, calib)
     history = autoqnn.finetune(q, train, epochs=epochs, val_data=val,
                                teacher=model if distill else None,
-                               sqnr_weight=sqnr_weight if method == "acd+sqnr" else 0.0,
+                               sqnr_weight=sqnr_weight if "sqnr" in method else 0.0,
                                learning_rate=LEARNING_RATES[bits], verbose=0)
     seconds = time.perf_counter() - start
     final = autoqnn.finalize(q)
@@ -115,6 +118,7 @@ def qat_row(method, distill, model, bits, train, val, test, calib, epochs, sqnr_
         row["accuracy_per_tensor_activations"] = accuracy(flat, *test)
         int8 = autoqnn.per_tensor_activations(final, calibration_data=calib, bits=8)
         row["accuracy_per_tensor_int8_activations"] = accuracy(int8, *test)
+    if "sqnr" in method:
         row["sqnr_weight"] = sqnr_weight
     return row
 
