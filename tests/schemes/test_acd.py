@@ -115,6 +115,22 @@ def test_per_tensor_activations_export_to_tflite(data, tmp_path, with_data):
     assert steps.max() <= 1.0 + 1e-4 and steps.mean() <= 0.3
 
 
+def test_acd_with_per_tensor_activation_clips_exports_as_trained(data, tmp_path):
+    x, y = data
+    qmodel = autoqnn.quantize(_model(), scheme="acd", activation_scheme="acd", weight_bits=4,
+                              activation_bits=4, calibration_data=x, fold_batchnorm=False,
+                              activation_options={"granularity": "per_tensor"})
+    assert all(q.range_axis is None and q.learns_range
+               for q in autoqnn.activation_quantizers(qmodel))
+    autoqnn.finetune(qmodel, (x, y), epochs=1, batch_size=16, sqnr_weight=0.02, verbose=0)
+    final = autoqnn.finalize(qmodel)
+    info = autoqnn.export_tflite(final, tmp_path / "acd_pt.tflite")
+    expected = final.predict(x, verbose=0)
+    lo, hi = autoqnn.activation_quantizers(final)[-1].get_range()
+    steps = np.abs(run_tflite(info.path, x) - expected) / ((hi - lo) / 15)
+    assert steps.max() <= 1.0 + 1e-4
+
+
 def test_per_tensor_activations_at_8_bits_and_bad_bits(data):
     x, _ = data
     qmodel = autoqnn.quantize(_model(), scheme="acd", activation_scheme="acd", weight_bits=2,
