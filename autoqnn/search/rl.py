@@ -32,7 +32,9 @@ parameter-count prior of Jung, KAIST 2021; `../shared/REFERENCES.md`).
   of the calibrated model (retrain-free; `rl_finetune_steps > 0` first trains
   that many distillation steps from the episode's start weights).
 * **Episodes**: `episodes` (default 30); the first `warmup_episodes` (default
-  `episodes // 3`: 10 of 30) take uniform random actions and do not train;
+  10, a fixed count so that a run of k episodes is the start of a run of N,
+  and a resumed search is the search run at once; with `episodes <= 10` the
+  search is a random search) take uniform random actions and do not train;
   then actions are `mu(s)` plus truncated-normal noise with
   `sigma = 0.5 * 0.99 ** (episode - warmup)`. Every transition of an episode
   is stored with the episode's reward (HAQ) and, after the warm-up, each
@@ -65,7 +67,7 @@ Example:
     >>> model = keras.Model(inputs, keras.layers.Dense(2, name="b")(h))
     >>> result = autoqnn.search(model, val_data=(x, y), calibration_data=x, strategy="rl",
     ...                         episodes=3, weight_bits_budget=3.0, verbose=0,
-    ...                         rl_config={"hidden": (16, 16)})
+    ...                         rl_config={"hidden": (16, 16), "warmup_episodes": 1})
     >>> result.average_weight_bits <= 3.0
     True
     >>> [h["episode"] for h in result.history if h["step"] == "episode"]
@@ -95,7 +97,7 @@ class RLConfig:
     """Agent and reward settings of the "rl" strategy (defaults: HAQ's).
 
     Attributes:
-        warmup_episodes: random-action episodes first (None: `episodes // 3`).
+        warmup_episodes: random-action episodes first (not trained on).
         bits_weight: weight of the parameter-weighted bit term of the reward.
         hidden: hidden widths of actor and critic.
         actor_lr, critic_lr: Adam learning rates.
@@ -107,7 +109,7 @@ class RLConfig:
         baseline_decay: rate of the moving-average reward baseline.
     """
 
-    warmup_episodes: int | None = None
+    warmup_episodes: int = 10
     bits_weight: float = 0.1
     hidden: tuple = (300, 300)
     actor_lr: float = 1e-4
@@ -122,11 +124,9 @@ class RLConfig:
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden)
-        if self.warmup_episodes is not None and (
-                isinstance(self.warmup_episodes, bool) or not isinstance(self.warmup_episodes, int)
-                or self.warmup_episodes < 0):
-            raise ValueError(f"warmup_episodes must be an int >= 0 or None, got "
-                             f"{self.warmup_episodes!r}")
+        if isinstance(self.warmup_episodes, bool) or not isinstance(self.warmup_episodes, int) \
+                or self.warmup_episodes < 0:
+            raise ValueError(f"warmup_episodes must be an int >= 0, got {self.warmup_episodes!r}")
         for name in ("batch_size", "replay_episodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -315,7 +315,7 @@ class RLSearch:
         self.fits, self.costs, self.config, self.episodes = fits, costs, config, episodes
         self.float_accuracy, self.executor, self.checkpoint = float_accuracy, executor, checkpoint
         self.verbose = verbose
-        self.warmup = episodes // 3 if config.warmup_episodes is None else config.warmup_episodes
+        self.warmup = config.warmup_episodes
         self.static = normalise(layer_features(layers))
         bits = [b for c in candidates for b in c]
         self.bits_range = (min(bits), max(bits))

@@ -170,8 +170,8 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
         loss: task loss (default: the model's, else sparse categorical CE).
         batch_size, learning_rate: training settings.
         precision_weight: lambda of the precision loss.
-        episodes: "rl" episodes (default 30, the first `episodes // 3`
-            random warm-up).
+        episodes: "rl" episodes (default 30, the first 10 random warm-up:
+            `rl_config={"warmup_episodes": ...}`).
         rl_finetune_steps: "rl": distillation steps on `train_data` before
             each episode's accuracy (0: retrain-free, the default).
         rl_config: "rl" agent and reward settings, an `RLConfig` or a dict
