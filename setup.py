@@ -24,6 +24,7 @@ setup(
         "test": ["pytest", "hypothesis", "ruff", "matplotlib"],
         "notebooks": ["matplotlib", "jupyter", "nbconvert"],
         "bench": ["matplotlib"],
+        "distributed": ["ray"],
     },
     entry_points={"console_scripts": ["autoqnn=autoqnn.cli:main"]},
     classifiers=[

@@ -4,6 +4,7 @@ Example:
     $ autoqnn demo                     # train, quantize W8A8 and W4A4 on the bundled subset
     $ autoqnn quantize model.keras -o q.keras --weight-bits 4 --data calib.npz
     $ autoqnn search model.keras --data calib.npz --budget 3.0 -o mixed.keras
+    $ autoqnn search model.keras --data val.npz --budget 3.0 --strategy rl --episodes 30 -o rl.keras
     $ autoqnn info q.keras
     $ autoqnn export q.keras --tflite q.tflite --packed q.aqnn
 """
@@ -40,6 +41,24 @@ def _load_inputs(path, model):
     if x.ndim == expected - 1:
         x = x[..., None]
     return x.astype("float32")
+
+
+def _load_labels(path, count):
+    """The labels beside `_load_inputs`' arrays: y_calib, y, y_train or y_test."""
+    import numpy as np
+
+    with np.load(path) as data:
+        for x_key, y_key in (("x_calib", "y_calib"), ("x", "y"), ("x_train", "y_train"),
+                             ("x_test", "y_test")):
+            if x_key in data.files:
+                if y_key not in data.files:
+                    raise SystemExit(f"error: --strategy rl needs labels: {str(path)!r} has "
+                                     f"{x_key} but no {y_key}")
+                labels = data[y_key]
+                break
+    if len(labels) != count:
+        raise SystemExit(f"error: {str(path)!r} has {count} inputs but {len(labels)} labels")
+    return labels.astype("int64")
 
 
 def _load_model(path):
@@ -98,6 +117,12 @@ def cmd_search(args):
     data = _load_inputs(args.data, model)
     if args.budget is None and args.size_budget is None and args.memory_budget is None:
         raise SystemExit("error: give --budget BITS, --size-budget BYTES or --memory-budget BYTES")
+    extra = {}
+    if args.strategy == "rl":  # rewarded by accuracy: the labels of the same arrays
+        extra = {"val_data": (data, _load_labels(args.data, len(data))),
+                 "episodes": args.episodes, "finetune_epochs": 0}
+        if args.executor:
+            extra["executor"] = args.executor
     result = autoqnn.search(
         model,
         calibration_data=data,
@@ -109,6 +134,7 @@ def cmd_search(args):
         activation_bits=None if args.activation_bits == 0 else args.activation_bits,
         num_samples=args.calibration_samples,
         verbose=args.verbose,
+        **extra,
     )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     result.model.save(args.output)
@@ -203,7 +229,11 @@ def build_parser():
     search.add_argument("-o", "--output", required=True)
     search.add_argument("--data", help=".npz with calibration inputs (x_calib, x, x_train or "
                         "x_test)")
-    search.add_argument("--strategy", default="sensitivity")
+    search.add_argument("--strategy", default="sensitivity",
+                        help="sensitivity (default) or rl (needs labels in --data)")
+    search.add_argument("--episodes", type=int, default=30, help="rl episodes")
+    search.add_argument("--executor", choices=["ray"], default=None,
+                        help="rl: evaluate episodes on a local Ray instance")
     search.add_argument("--budget", type=float, help="average weight bits")
     search.add_argument("--size-budget", type=float, help="model bytes")
     search.add_argument("--memory-budget", type=float, help="largest activation, bytes")

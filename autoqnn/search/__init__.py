@@ -1,5 +1,6 @@
-"""Search: `autoqnn.search` (per-layer mixed precision under a budget), the PTQ tuner
-(XGBoost cost model, Quantune) and its baselines."""
+"""Search: `autoqnn.search` (per-layer mixed precision under a budget: sensitivity,
+DNAS/QPL, RL), the PTQ tuner (XGBoost cost model, Quantune), its baselines and the
+executors that run trials (serial, threads, Ray)."""
 
 import sys
 import types
@@ -9,12 +10,14 @@ from autoqnn.search.executor import (
     Executor,
     FuturesExecutor,
     Outcome,
+    RayExecutor,
     SerialExecutor,
     ThreadExecutor,
 )
 from autoqnn.search.features import model_descriptors
 from autoqnn.search.ptq_tuner import Trial, TuneResult, read_history, run_search, tune_ptq
 from autoqnn.search.result import PolicyRow, SearchResult
+from autoqnn.search.rl import RLConfig
 from autoqnn.search.search import search
 from autoqnn.search.sensitivity import SensitivityTable, measure_sensitivity
 from autoqnn.search.space import DEFAULT_SPACE, SearchSpace
@@ -36,7 +39,9 @@ __all__ = [
     "GridStrategy",
     "Outcome",
     "PolicyRow",
+    "RLConfig",
     "RandomStrategy",
+    "RayExecutor",
     "SearchResult",
     "SearchSpace",
     "SearchState",

@@ -6,6 +6,7 @@ tests: starting a worker costs seconds (TensorFlow's import).
 
 import json
 import os
+import sys
 
 import keras
 import numpy as np
@@ -14,8 +15,6 @@ import pytest
 import autoqnn
 from autoqnn.search import SerialExecutor, read_history
 from autoqnn.search.executor import RayExecutor, get_executor
-
-ray = pytest.importorskip("ray")
 
 SPACE = {"granularity": ["per_tensor", "per_channel"],
          "scheme": ["symmetric", "asymmetric"], "calibration": ["max", "mse"]}
@@ -26,6 +25,7 @@ Y = (X[:, :3].sum(axis=1) > 0).astype("int64") + (X[:, 3] > 1).astype("int64")
 
 @pytest.fixture(scope="module")
 def executor():
+    ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     executor = RayExecutor(num_workers=2)
     yield executor
@@ -55,7 +55,16 @@ def test_outcomes_in_order_with_errors(executor):
     assert len(pids) == 2 and os.getpid() not in pids
 
 
+def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(ImportError, match=r"pip install autoqnn\[distributed\]"):
+        get_executor("ray")
+    with pytest.raises(ImportError, match=r"pip install autoqnn\[distributed\]"):
+        RayExecutor()
+
+
 def test_get_executor_ray_uses_the_running_instance(executor):
+    ray = pytest.importorskip("ray")
     made = get_executor("ray")
     try:
         assert isinstance(made, RayExecutor) and made.max_workers == 2
