@@ -103,8 +103,8 @@ def test_bad_input(model):
     with pytest.raises(ValueError, match="epochs must be a positive int, got 0"):
         autoqnn.search(model, (X, Y), strategy="dnas", weight_bits_budget=3.0, epochs=0)
     with pytest.raises(ValueError, match=r"strategy must be one of \['sensitivity', 'dnas', "
-                                         r"'qpl', 'dnas\+qpl'\], got 'rl'"):
-        autoqnn.search(model, (X, Y), strategy="rl", weight_bits_budget=3.0)
+                                         r"'qpl', 'dnas\+qpl'.*\], got 'annealing'"):
+        autoqnn.search(model, (X, Y), strategy="annealing", weight_bits_budget=3.0)
 
 
 def test_repair_stays_in_the_searched_bit_range(model):
