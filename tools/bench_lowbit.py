@@ -80,6 +80,7 @@ def quantize_for(method, model, bits, calib):
 
 def float_row(model, train, val, test, epochs, learning_rate, batch_size=128):
     """The float model trained `epochs` more with finetune's optimizer, best val epoch kept."""
+    keras.utils.set_random_seed(0)
     start = time.perf_counter()
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
@@ -98,6 +99,7 @@ def float_row(model, train, val, test, epochs, learning_rate, batch_size=128):
 
 
 def qat_row(method, distill, model, bits, train, val, test, calib, epochs, sqnr_weight):
+    keras.utils.set_random_seed(0)  # same shuffles for every row (runs differ by a few %)
     start = time.perf_counter()
     q = quantize_for(method, model, bits, calib)
     history = autoqnn.finetune(q, train, epochs=epochs, val_data=val,
