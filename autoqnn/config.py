@@ -35,6 +35,7 @@ LAYER_FIELDS = (
     "activation_options",
     "weight_quantizer",
     "activation_quantizer",
+    "attention_activations",
 )
 
 
@@ -58,6 +59,11 @@ class LayerConfig:
             `scheme`), `{"sqnr_weight": 0.1}`.
         activation_quantizer: the same for the output activations, plus
             `{"range_axis": -1}` (per-channel ranges).
+        attention_activations: for a MultiHeadAttention (or subclass):
+            also quantize the projected query, key and value and the
+            attention probabilities at `activation_bits`, so both attention
+            matmuls take quantized operands (default False: they run in
+            float; the projections' inputs are quantized either way).
     """
 
     quantize: bool = True
@@ -70,10 +76,14 @@ class LayerConfig:
     activation_options: dict = dataclasses.field(default_factory=dict)
     weight_quantizer: dict = dataclasses.field(default_factory=dict)
     activation_quantizer: dict = dataclasses.field(default_factory=dict)
+    attention_activations: bool = False
 
     def __post_init__(self):
         if not isinstance(self.quantize, bool):
             raise TypeError(f"quantize must be a bool, got {self.quantize!r}")
+        if not isinstance(self.attention_activations, bool):
+            raise TypeError(f"attention_activations must be a bool, got "
+                            f"{self.attention_activations!r}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(
                 f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}"
@@ -264,10 +274,14 @@ class QuantizationConfig:
                 by_regex.append(selector)
         return by_class + by_regex + by_name
 
-    def for_layer(self, layer_name: str, layer_class, layer_path: str | None = None
-                  ) -> LayerConfig:
-        """The resolved `LayerConfig` of one layer (`layer_path`: its path in nested models)."""
-        config = self.default_layer_config()
+    def for_layer(self, layer_name: str, layer_class, layer_path: str | None = None,
+                  base: LayerConfig | None = None) -> LayerConfig:
+        """The resolved `LayerConfig` of one layer (`layer_path`: its path in nested models).
+
+        `base` (default: the model-wide defaults) is what the overrides apply to: a
+        sublayer of a composite layer starts from its parent's resolved config.
+        """
+        config = self.default_layer_config() if base is None else base
         for selector in self.matching_selectors(layer_name, layer_class, layer_path):
             value = self.overrides[selector]
             if value is None or value is False:

@@ -4,13 +4,47 @@ Example:
     >>> from autoqnn.models import build_model
     >>> build_model("cnn").count_params() > 0
     True
+    >>> 100_000 < build_model("vit").count_params() < 300_000
+    True
 """
 
 from __future__ import annotations
 
 import keras
 
-MODELS = ("cnn", "mobilenet")
+MODELS = ("cnn", "mobilenet", "vit")
+
+
+@keras.saving.register_keras_serializable(package="autoqnn")
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a learned embedding of each token's position to a `(batch, tokens, dim)` input.
+
+    The table is an `Embedding` sublayer, so QAG quantizes it as the sublayer of a
+    composite layer.
+
+    Args:
+        num_positions: number of tokens.
+        dim: embedding size (the input's last axis).
+    """
+
+    def __init__(self, num_positions, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.num_positions = int(num_positions)
+        self.dim = int(dim)
+        self.table = keras.layers.Embedding(self.num_positions, self.dim, name="table")
+
+    def build(self, input_shape):
+        self.table.build((self.num_positions,))
+
+    def call(self, inputs):
+        positions = keras.ops.arange(self.num_positions, dtype="int32")
+        return inputs + keras.ops.expand_dims(self.table(positions), 0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "num_positions": self.num_positions, "dim": self.dim}
 
 
 def build_cnn(input_shape=(28, 28, 1), num_classes=10) -> keras.Model:
@@ -59,9 +93,38 @@ def build_mobilenet(input_shape=(28, 28, 1), num_classes=10) -> keras.Model:
     return keras.Model(inputs, outputs, name="mobilenet")
 
 
+def build_vit(input_shape=(28, 28, 1), num_classes=10, *, patch_size=4, dim=64, depth=3,
+              heads=4, mlp_dim=256) -> keras.Model:
+    """The reference `vit`: a small vision transformer (about 155k parameters).
+
+    Patch embedding (Conv `patch_size`x`patch_size`, stride `patch_size`: 7x7 = 49
+    tokens of `dim`), a learned position embedding, `depth` pre-norm encoder blocks
+    (LayerNorm, MultiHeadAttention(`heads`), residual Add; LayerNorm, Dense(`mlp_dim`,
+    gelu), Dense(`dim`), residual Add), a final LayerNorm, global average pooling and
+    a Dense logits head.
+    """
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Conv2D(dim, patch_size, strides=patch_size, name="patch_embed")(inputs)
+    tokens = (input_shape[0] // patch_size) * (input_shape[1] // patch_size)
+    x = keras.layers.Reshape((tokens, dim), name="tokens")(x)
+    x = PositionEmbedding(tokens, dim, name="pos_embed")(x)
+    for i in range(1, depth + 1):
+        y = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln1")(x)
+        y = keras.layers.MultiHeadAttention(heads, dim // heads, name=f"block{i}_mha")(y, y)
+        x = keras.layers.Add(name=f"block{i}_add1")([x, y])
+        y = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln2")(x)
+        y = keras.layers.Dense(mlp_dim, activation="gelu", name=f"block{i}_mlp1")(y)
+        y = keras.layers.Dense(dim, name=f"block{i}_mlp2")(y)
+        x = keras.layers.Add(name=f"block{i}_add2")([x, y])
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
+    x = keras.layers.GlobalAveragePooling1D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="vit")
+
+
 def build_model(name: str, input_shape=(28, 28, 1), num_classes=10) -> keras.Model:
-    """Builds a reference model by name ("cnn" or "mobilenet")."""
-    builders = {"cnn": build_cnn, "mobilenet": build_mobilenet}
+    """Builds a reference model by name (one of `MODELS`: "cnn", "mobilenet", "vit")."""
+    builders = {"cnn": build_cnn, "mobilenet": build_mobilenet, "vit": build_vit}
     if name not in builders:
         raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
     return builders[name](input_shape, num_classes)
@@ -72,6 +135,7 @@ def first_and_last_layers(model) -> tuple[str, str]:
     weighted = [
         layer.name
         for layer in model.layers
-        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+        if layer.weights and not isinstance(
+            layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization))
     ]
     return weighted[0], weighted[-1]

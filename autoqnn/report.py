@@ -1,5 +1,12 @@
 """The per-layer quantization report: what is quantized, how, and what stayed float.
 
+Composite layers (a MultiHeadAttention, a keras-hub block, a user layer with
+Dense/Conv sublayers) have a row of their own ("composite" when quantized,
+counting only the weights that are not in a sublayer) followed by one row per
+sublayer, named by path ("encoder/self_attention_layer/query"). Float
+sublayers say why they stay float (LayerNorm, Softmax and activations run in
+float; their outputs are quantized only when an override asks).
+
 Example:
     >>> import keras, autoqnn
     >>> inputs = keras.Input((4,), name="x")
@@ -15,11 +22,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import keras
 import numpy as np
 
 from autoqnn.layers.activation import ActivationQuantizer
+from autoqnn.layers.composite import QuantizedComposite
 from autoqnn.layers.folded import FoldedBatchNorm
-from autoqnn.walk import iter_layers
+from autoqnn.walk import iter_layers, own_weights
 
 
 @dataclasses.dataclass
@@ -32,7 +41,8 @@ class LayerReport:
         status: "quantized" (weights quantized), "float" (weights kept
             float: see `reason`), "activation" (an activation quantizer),
             "folded" (a BatchNormalization folded into the previous layer),
-            or "no weights".
+            "composite" (a layer whose sublayers, the next rows, are
+            quantized), or "no weights".
         scheme: weight (or activation) scheme name.
         weight_bits: bits of the quantized weights.
         granularity: per_tensor / per_channel.
@@ -145,6 +155,43 @@ class QuantizationReport:
     __repr__ = __str__
 
 
+_FLOAT_FUNCTIONS = (
+    (keras.layers.LayerNormalization, "normalization"),
+    (keras.layers.GroupNormalization, "normalization"),
+    (keras.layers.UnitNormalization, "normalization"),
+    (keras.layers.BatchNormalization, "normalization"),
+    (keras.layers.Softmax, "softmax"),
+    (keras.layers.Activation, "activation"),
+)
+
+
+def _no_handler(layer) -> str:
+    base = getattr(layer, "_autoqnn_base", None) or type(layer)
+    return f"no quantization handler for {base.__name__}"
+
+
+def _sublayer_note(row, layer, parent):
+    """The reason a float sublayer of a composite layer stays float (unless the rewrite
+    recorded another): normalization, softmax and activations run in float."""
+    kind = next((k for cls, k in _FLOAT_FUNCTIONS if isinstance(layer, cls)), None)
+    if kind is None or row.status not in ("float", "no weights") or row.reason not in (
+            "", _no_handler(layer)):
+        return row
+    base = getattr(layer, "_autoqnn_base", None) or type(layer)
+    what = {"normalization": f"{base.__name__} runs in float",
+            "softmax": "softmax runs in float",
+            "activation": "the activation runs in float"}[kind]
+    if isinstance(layer, QuantizedComposite) and layer.output_aq is not None:
+        note = f"{what}; its output is quantized (output_aq)"
+    else:
+        note = f"{what}, its output stays float (an override setting activation_bits on it " \
+               "quantizes it)"
+        if kind == "softmax" and isinstance(parent, keras.layers.MultiHeadAttention):
+            note = f"{what} (attention_activations=True quantizes the attention probabilities)"
+    row.reason = f"{row.reason}: {note}" if row.reason else note
+    return row
+
+
 def _fmt(v):
     return "" if v is None else str(v)
 
@@ -153,7 +200,7 @@ def float_reasons(model) -> dict:
     """`{layer path: reason}` of the float layers in `model.autoqnn_report` (if any), to
     carry into the report of a model derived from it."""
     return {row.name: row.reason for row in getattr(model, "autoqnn_report", ())
-            if row.status == "float"}
+            if row.status == "float" or (row.status == "no weights" and row.reason)}
 
 
 def quantization_report(model, float_reasons: dict | None = None) -> QuantizationReport:
@@ -168,9 +215,15 @@ def quantization_report(model, float_reasons: dict | None = None) -> Quantizatio
         A `QuantizationReport`.
     """
     float_reasons = float_reasons or {}
-    return QuantizationReport(
-        _layer_row(layer, path, float_reasons) for path, layer in iter_layers(model)
-    )
+    layers = dict(iter_layers(model))
+    rows = []
+    for path, layer in layers.items():
+        parent = layers.get(path.rsplit("/", 1)[0]) if "/" in path else None
+        row = _layer_row(layer, path, float_reasons)
+        if isinstance(parent, keras.layers.Layer) and not isinstance(parent, keras.Model):
+            row = _sublayer_note(row, layer, parent)
+        rows.append(row)
+    return QuantizationReport(rows)
 
 
 def _count(variable):
@@ -199,7 +252,7 @@ def _layer_row(layer, name, reasons):
             reason=note,
         )
     quantizers = getattr(layer, "weight_quantizers", None)
-    weights = layer.weights
+    weights = own_weights(layer)
     params = sum(_count(v) for v in weights)
     if quantizers:
         quantized = {id(getattr(layer, attr)): q for attr, q in quantizers.items()}
@@ -234,12 +287,19 @@ def _layer_row(layer, name, reasons):
             size_bytes=size,
             reason="; ".join(notes),
         )
+    if isinstance(layer, QuantizedComposite) and layer.replaced_sublayers:
+        names = [sub.name for sub in layer.replaced_sublayers.values()]
+        note = f"quantized sublayers: {', '.join(names)}"
+        if getattr(layer, "attention_aq", None):
+            note += "; attention activations quantized (query, key, value, probabilities)"
+        return LayerReport(name, cls, "composite", params=params, size_bytes=params * 4.0,
+                           reason=note)
     if isinstance(layer, FoldedBatchNorm):
         return LayerReport(
             name, cls, "folded", reason=f"BatchNormalization folded into {layer.folded_into}"
         )
     if params:
-        reason = reasons.get(name, reasons.get(layer.name, f"no quantization handler for {cls}"))
+        reason = reasons.get(name, reasons.get(layer.name, _no_handler(layer)))
         return LayerReport(
             name, cls, "float", params=params, size_bytes=params * 4.0, reason=reason
         )

@@ -1,4 +1,11 @@
-"""Walking a model's layers (nested models flattened) and naming layer kinds.
+"""Walking a model's layers (nested models and composite layers flattened) and naming
+layer kinds.
+
+`iter_layers` yields every layer of a model with its path: a nested model's
+layers as "outer/inner", and after a layer that owns sublayers (a
+MultiHeadAttention, a keras-hub block, a user's composite layer, a quantized
+layer's input quantizer) its sublayers as "layer/sublayer", recursively.
+`own_weights(layer)` are a layer's weights less those of its sublayers.
 
 Example:
     >>> import keras
@@ -21,12 +28,37 @@ _DEPTHWISE = (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
 
 
 def iter_layers(model, prefix: str = ""):
-    """Yields `(path, layer)` for every layer, nested models flattened ("outer/inner")."""
+    """Yields `(path, layer)` for every layer, nested models flattened ("outer/inner"),
+    each layer followed by its sublayers ("mha/query")."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             yield from iter_layers(layer, prefix + layer.name + "/")
         else:
             yield prefix + layer.name, layer
+            yield from iter_sublayers(layer, prefix + layer.name + "/")
+
+
+def sublayers(layer) -> list:
+    """The layers a (non-model) layer tracks directly, in tracking order."""
+    if isinstance(layer, keras.Model) or not isinstance(layer, keras.layers.Layer):
+        return []
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def iter_sublayers(layer, prefix: str):
+    """Yields `(path, sublayer)` for the sublayers of `layer`, recursively."""
+    for sub in sublayers(layer):
+        if isinstance(sub, keras.Model):
+            yield from iter_layers(sub, prefix + sub.name + "/")
+        else:
+            yield prefix + sub.name, sub
+            yield from iter_sublayers(sub, prefix + sub.name + "/")
+
+
+def own_weights(layer) -> list:
+    """`layer.weights` less the weights of its sublayers."""
+    inner = {id(v) for sub in sublayers(layer) for v in sub.weights}
+    return [v for v in layer.weights if id(v) not in inner]
 
 
 def iter_models(model):

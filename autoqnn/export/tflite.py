@@ -11,7 +11,18 @@ ops that the TFLite converter turns into int8 kernels:
 * activation ranges are the calibrated / trained ranges of the model's
   `ActivationQuantizer`s (sub-8-bit grids keep their clamp);
 * per-channel Dense kernels are exported as a 1x1 CONV_2D (the converter
-  rejects per-channel fake-quant through FULLY_CONNECTED's kernel transpose).
+  rejects per-channel fake-quant through FULLY_CONNECTED's kernel transpose),
+  and so are EinsumDense kernels whose equation is a matmul in disguise (the
+  projections of MultiHeadAttention: "abc,cde->abde", "abcd,cde->abe"), with
+  the kernel flattened to 2-D (the converter's einsum lowering reshapes a
+  per-channel kernel onto the wrong quantized axis).
+
+Attention models: the projections export as integer convolutions; the
+attention core (the query-key and probability-value batch matmuls, the
+softmax) has int8 ranges in the model only with `attention_activations=True`
+(`autoqnn.rewrite.composite`). Where a tensor has no range, the converter
+needs `representative_data=` to calibrate it, and `export_tflite` says which
+layers stay float otherwise.
 
 Example:
     >>> import os, tempfile, keras, numpy as np, autoqnn
@@ -38,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from autoqnn.data import iterate_batches
+from autoqnn.export.grid import embed_in_int_grid
 from autoqnn.export.lowering import (
     ExportError,
     WeightPlan,
@@ -47,7 +59,8 @@ from autoqnn.export.lowering import (
     plan_weights,
     quantized_layers,
 )
-from autoqnn.layers.quantized import QuantDense
+from autoqnn.layers.composite import QuantizedComposite
+from autoqnn.layers.quantized import QuantDense, QuantEinsumDense
 from autoqnn.rewrite.clone import clone_quantized
 
 
@@ -160,6 +173,70 @@ def _dense_as_conv(layer, plan: WeightPlan):
     return call
 
 
+def einsum_as_matmul(equation: str):
+    """`(free axes, contracted axes)` of the input when an EinsumDense equation is a
+    matmul of the input's trailing axes with the kernel's leading ones, else None."""
+    if "." in equation or "->" not in equation or equation.count(",") != 1:
+        return None
+    lhs, rest = equation.split(",")
+    kernel, out = rest.split("->")
+    contracted = [c for c in kernel if c in lhs and c not in out]
+    kernel_out = [c for c in kernel if c not in lhs]
+    free = [c for c in lhs if c not in kernel]
+    if (kernel != "".join(contracted + kernel_out) or lhs != "".join(free + contracted)
+            or out != "".join(free + kernel_out) or not contracted):
+        return None
+    return len(free), len(contracted)
+
+
+def _einsum_as_conv(layer, plan: WeightPlan):
+    """`call` of a QuantEinsumDense as a 1x1 conv on its flattened kernel (see the doc)."""
+    _free, n_contracted = einsum_as_matmul(layer.equation)
+    shape = plan.values.shape
+    rows, cols = int(np.prod(shape[:n_contracted])), int(np.prod(shape[n_contracted:]))
+    flat = plan.values.reshape(rows, cols)
+    axis = -1 if plan.channel_axis is not None else None
+    flat_plan = dataclasses.replace(plan, values=flat, grid=embed_in_int_grid(flat, axis),
+                                    channel_axis=axis)
+    if flat_plan.grid is None and plan.grid is not None:
+        raise ExportError(f"internal error: the flattened kernel of {plan.layer!r} lost its grid")
+
+    def call(inputs, training=None):
+        del training
+        kernel = flat_plan.fake_quant(shape=(1, 1, rows, cols))
+        lead = tf.shape(inputs)[:len(inputs.shape) - n_contracted]
+        x = tf.reshape(inputs, (-1, 1, 1, rows))
+        y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
+        y = tf.reshape(y, tf.concat([lead, list(shape[n_contracted:])], axis=0))
+        return layer._bias_and_activation(y)
+
+    return call
+
+
+def _layer_norm_call(layer):
+    """`call` of a LayerNormalization as `(x - mean) * rsqrt(var + eps) * gamma + beta`:
+    Keras computes `x * inv - mean * inv`, whose NEG has no int8 TFLite kernel."""
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+
+    def call(inputs, *args, **kwargs):
+        del args, kwargs
+        rank = len(inputs.shape)
+        axis = sorted(a % rank for a in axes)
+        shape = [1] * rank
+        for a in axis:
+            shape[a] = inputs.shape[a]
+        centered = inputs - tf.reduce_mean(inputs, axis=axis, keepdims=True)
+        variance = tf.reduce_mean(centered * centered, axis=axis, keepdims=True)
+        outputs = centered * tf.math.rsqrt(variance + layer.epsilon)
+        if layer.gamma is not None:
+            outputs = outputs * tf.reshape(layer.gamma, shape)
+        if layer.beta is not None:
+            outputs = outputs + tf.reshape(layer.beta, shape)
+        return outputs
+
+    return call
+
+
 def _representative(model, data):
     def gen():
         for batch in iterate_batches(model, data, batch_size=1, num_samples=200,
@@ -189,6 +266,14 @@ def convert(model, weight_plans, activation_plans, *, representative_data=None, 
         (layers[p.layer], _dense_as_conv(layers[p.layer], p))
         for p in weight_plans
         if isinstance(layers[p.layer], QuantDense) and p.channel_axis is not None
+    ] + [
+        (layers[p.layer], _einsum_as_conv(layers[p.layer], p))
+        for p in weight_plans
+        if isinstance(layers[p.layer], QuantEinsumDense)
+        and einsum_as_matmul(layers[p.layer].equation) is not None
+    ] + [
+        (layer, _layer_norm_call(layer)) for layer in layers.values()
+        if isinstance(layer, keras.layers.LayerNormalization) and not layer.rms_scaling
     ]
     with tempfile.TemporaryDirectory(prefix="autoqnn_export_") as tmp:
         saved = os.path.join(tmp, "saved_model")
@@ -223,6 +308,29 @@ def convert(model, weight_plans, activation_plans, *, representative_data=None, 
                 f"{detail[-400:]}. Keep such layers out of the model, or pass "
                 "representative_data= to calibrate layers without a quantized range"
             ) from None
+
+
+def _float_hint(model) -> str:
+    """Why a model with normalization or attention layers has tensors without a range."""
+    layers = [layer for _, layer in iter_layers(model)]
+    hints = []
+    if any(isinstance(layer, keras.layers.LayerNormalization) for layer in layers):
+        hints.append("LayerNormalization's mean, variance and rsqrt")
+    attention = [layer for layer in layers if isinstance(layer, keras.layers.MultiHeadAttention)]
+    if any(not getattr(layer, "attention_aq", None) for layer in attention):
+        hints.append("the attention core of MultiHeadAttention (query/key/value, scores, "
+                     "softmax; config={MultiHeadAttention: {'attention_activations': True}} "
+                     "quantizes its matmul operands)")
+    elif attention:
+        hints.append("the attention scores and the softmax input")
+    if any(isinstance(layer, QuantizedComposite) and not isinstance(
+            layer, keras.layers.MultiHeadAttention) for layer in layers):
+        hints.append("float sublayers inside composite layers")
+    if not hints:
+        return ""
+    return (". In this model, " + "; ".join(hints) + " compute on tensors that have no int8 "
+            "range in the model (TFLite needs one per tensor); representative_data= lets the "
+            "converter calibrate them")
 
 
 def float_operators(flatbuffer: bytes) -> list[tuple[str, str]]:
@@ -291,6 +399,7 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True, int4=T
             f"layers {names or [t for _o, t in float_ops][:5]} have no int8 range and stay float "
             f"(ops {ops}), so the graph is not full-integer; quantize them (or keep them out of "
             "the model), or pass representative_data= to let the converter calibrate them"
+            + _float_hint(model)
         )
     try:
         path.write_bytes(flatbuffer)

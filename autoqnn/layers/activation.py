@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -181,6 +183,9 @@ class ActivationQuantizer(keras.layers.Layer):
             self._calibrated = float(ops.convert_to_numpy(self.range_observed)) > 0
 
     def call(self, inputs, training=False):
+        observer = _INPUT_OBSERVERS.get(id(self)) if _INPUT_OBSERVERS else None
+        if observer is not None:
+            observer(ops.convert_to_numpy(inputs))
         if self.needs_range:
             if training:
                 # The range follows the batches from the first training step on (a
@@ -223,6 +228,28 @@ class ActivationQuantizer(keras.layers.Layer):
         if self.range_axis is not None:
             config["range_axis"] = self.range_axis
         return config
+
+
+_INPUT_OBSERVERS: dict = {}
+
+
+@contextlib.contextmanager
+def observing_inputs(observers: dict):
+    """While active, each listed quantizer hands the values reaching it to its callback.
+
+    For quantizers that are not nodes of a model's graph (those inside composite
+    layers, `autoqnn.layers.composite`): calibration runs the model eagerly in
+    this context to observe them. Nothing is recorded in traced (compiled) calls.
+
+    Args:
+        observers: `{id(activation quantizer): callback(numpy array)}`.
+    """
+    _INPUT_OBSERVERS.update(observers)
+    try:
+        yield
+    finally:
+        for key in observers:
+            _INPUT_OBSERVERS.pop(key, None)
 
 
 def _activation_schemes():

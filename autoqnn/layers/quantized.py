@@ -25,6 +25,7 @@ import numpy as np
 from keras import ops
 
 from autoqnn import ops as qops
+from autoqnn.layers.activation import ActivationQuantizer
 from autoqnn.layers.quantizer import Quantizer
 
 QUANTIZED_LAYERS: dict[type, type] = {}
@@ -55,13 +56,26 @@ class QuantizedWeightsMixin:
             `autoqnn.load_packed` for schemes whose scale is a statistic of
             the weights, e.g. pot, so re-quantizing the levels would move
             them). Empty by default; clear it to re-quantize on each call.
+        input_quantizer: None, or the `ActivationQuantizer` arguments of a
+            quantizer applied to the layer's first input (a sublayer named
+            "input_aq"). QAG gives one to the quantized sublayers of
+            composite layers (`autoqnn.layers.composite`), whose inputs are
+            not graph edges it could quantize; top-level layers get their
+            inputs quantized by the graph instead.
         **kwargs: the Keras layer's own arguments.
     """
 
     weight_channel_axes: dict = {"kernel": -1}
 
-    def __init__(self, *args, weight_quantizers=None, frozen_weights=(), **kwargs):
+    def __init__(self, *args, weight_quantizers=None, frozen_weights=(), input_quantizer=None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.input_quantizer = None
+        if input_quantizer is not None:
+            if not isinstance(input_quantizer, dict):
+                raise TypeError("input_quantizer must be a dict of ActivationQuantizer "
+                                f"arguments or None, got {input_quantizer!r}")
+            self.input_quantizer = ActivationQuantizer(name="input_aq", **input_quantizer)
         self.frozen_weights = [str(name) for name in frozen_weights]
         weight_quantizers = dict(weight_quantizers or {})
         unknown = set(weight_quantizers) - set(self.weight_channel_axes)
@@ -84,6 +98,16 @@ class QuantizedWeightsMixin:
         for attr, quantizer in self.weight_quantizers.items():
             var = getattr(self, attr)
             quantizer.build(self, attr, tuple(var.shape), self.weight_channel_axes[attr])
+        if self.input_quantizer is not None and not self.input_quantizer.built:
+            self.input_quantizer.build(input_shape)
+
+    def __call__(self, *args, **kwargs):
+        if self.input_quantizer is not None:
+            if args:
+                args = (self.input_quantizer(args[0]),) + args[1:]
+            elif "inputs" in kwargs:
+                kwargs["inputs"] = self.input_quantizer(kwargs["inputs"])
+        return super().__call__(*args, **kwargs)
 
     @property
     def quantizer_state(self) -> dict:
@@ -143,6 +167,10 @@ class QuantizedWeightsMixin:
         }
         if self.frozen_weights:
             config["frozen_weights"] = list(self.frozen_weights)
+        if self.input_quantizer is not None:
+            aq = self.input_quantizer.get_config()
+            aq.pop("name", None)
+            config["input_quantizer"] = aq
         return config
 
 

@@ -23,8 +23,12 @@ import keras
 import numpy as np
 
 from autoqnn.data import iterate_batches
-from autoqnn.layers.activation import ActivationQuantizer, reset_compiled_functions
-from autoqnn.walk import iter_layers
+from autoqnn.layers.activation import (
+    ActivationQuantizer,
+    observing_inputs,
+    reset_compiled_functions,
+)
+from autoqnn.walk import iter_layers, iter_sublayers
 
 _OBSERVERS: dict[str, type] = {}
 
@@ -145,29 +149,36 @@ def observe(model, batches, statistics: dict):
     """One calibration pass: feeds `batches` through `model` and hands the values
     reaching each activation quantizer of `statistics` (`{id(layer): TensorStatistics}`)
     to its statistics. Probe models output those values, nested models are
-    observed with the values reaching them; no layer is modified."""
-    targets, nested = [], []
+    observed with the values reaching them, quantizers inside composite layers
+    (not graph nodes) while the probe runs eagerly; no layer is modified."""
+    targets, nested, internal = [], [], []
     for layer, inputs in _graph_nodes(model):
         if isinstance(layer, ActivationQuantizer) and id(layer) in statistics:
             targets.append((layer, inputs[0]))
         elif isinstance(layer, keras.Model) and any(
                 id(q) in statistics for q in activation_quantizers(layer)):
             nested.append((layer, inputs))
+        elif isinstance(layer, keras.layers.Layer):
+            internal += [q for _, q in iter_sublayers(layer, "")
+                         if isinstance(q, ActivationQuantizer) and id(q) in statistics]
     outputs = [t for _, t in targets] + [t for _, ts in nested for t in ts]
+    if internal:  # run the whole model, so every composite layer is called
+        outputs += list(model.outputs)
     if not outputs:
         return
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     probe = keras.Model(inputs, outputs)
     nested_values = [[] for _ in nested]
-    for batch in batches:
-        values = probe(batch, training=False)
-        values = [values] if len(outputs) == 1 else list(values)
-        for (layer, _), v in zip(targets, values[:len(targets)]):
-            statistics[id(layer)].update(keras.ops.convert_to_numpy(v))
-        rest = values[len(targets):]
-        for i, (_, tensors) in enumerate(nested):
-            taken, rest = rest[:len(tensors)], rest[len(tensors):]
-            nested_values[i].append([keras.ops.convert_to_numpy(v) for v in taken])
+    with observing_inputs({id(q): statistics[id(q)].update for q in internal}):
+        for batch in batches:
+            values = probe(batch, training=False)
+            values = [values] if len(outputs) == 1 else list(values)
+            for (layer, _), v in zip(targets, values[:len(targets)]):
+                statistics[id(layer)].update(keras.ops.convert_to_numpy(v))
+            rest = values[len(targets):]
+            for i, (_, tensors) in enumerate(nested):
+                taken, rest = rest[:len(tensors)], rest[len(tensors):]
+                nested_values[i].append([keras.ops.convert_to_numpy(v) for v in taken])
     for (inner, _), recorded in zip(nested, nested_values):
         inner_batches = [b[0] if len(b) == 1 else b for b in recorded]
         observe(inner, inner_batches, statistics)

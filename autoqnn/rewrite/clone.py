@@ -17,6 +17,8 @@ import keras
 from keras import tree
 
 from autoqnn.layers.activation import ActivationQuantizer
+from autoqnn.layers.composite import QuantizedComposite, get_slot, quantized_composite
+from autoqnn.rewrite.composite import copy_in_order, sync_quantizer_flags
 
 
 @dataclasses.dataclass
@@ -44,6 +46,10 @@ def clone_quantized(model, change=None, prefix: str = ""):
             except Exception:  # stateless ops without a usable config can be shared
                 return layer
         changed = change(prefix + layer.name, layer) if change is not None else None
+        if changed is None and isinstance(layer, QuantizedComposite):
+            clone, copy = clone_composite(layer, change, prefix + layer.name)
+            pairs.append((layer, clone, copy))
+            return clone
         if changed is None:
             clone = layer.__class__.from_config(layer.get_config())
             pairs.append((layer, clone, None))
@@ -65,6 +71,9 @@ def clone_quantized(model, change=None, prefix: str = ""):
     for original, clone, changed in pairs:
         if changed == "model":
             continue
+        if callable(changed):  # a composite's copier
+            changed(original, clone)
+            continue
         if changed is None:
             _copy_variables(original, clone, {}, strict=True)
         else:
@@ -77,6 +86,65 @@ def clone_quantized(model, change=None, prefix: str = ""):
         if isinstance(clone, ActivationQuantizer):
             _ = clone.is_calibrated  # syncs the layer's flag with its variables
     return new_model
+
+
+def clone_composite(layer, change, path):
+    """`(unbuilt clone of a quantized composite layer, copier(original, built clone))`:
+    each replaced sublayer and own activation quantizer rebuilt as `change` says."""
+    plans = {}  # slot key -> (original sublayer, new sublayer, Change | copier | None)
+    for key, sub in layer.replaced_sublayers.items():
+        sub_path = f"{path}/{sub.name}"
+        changed = change(sub_path, sub) if change is not None else None
+        if changed is None and isinstance(sub, QuantizedComposite):
+            new, copier = clone_composite(sub, change, sub_path)
+            plans[key] = (sub, new, copier)
+        elif changed is None:
+            plans[key] = (sub, sub.__class__.from_config(sub.get_config()), None)
+        else:
+            plans[key] = (sub, changed.layer, changed)
+    own = {}  # quantizer name -> (original, new config, Change | None)
+    for aq in layer.autoqnn_quantizers:
+        changed = change(f"{path}/{aq.name}", aq) if change is not None else None
+        new = aq if changed is None else changed.layer
+        own[aq.name] = (aq, new.get_config(), changed)
+    attention = {name: own[q.name][1] for name, q in getattr(layer, "attention_aq", {}).items()}
+    output = own[layer.output_aq.name][1] if layer.output_aq is not None else None
+    clone = quantized_composite(layer, {key: plan[1] for key, plan in plans.items()},
+                                output_quantizer=output, attention_quantizers=attention or None)
+
+    def copy(original, built):
+        done_original, done_clone = set(), set()
+        for key, (src, _new, how) in plans.items():
+            dst = get_slot(built, key)
+            if callable(how):
+                how(src, dst)
+            else:
+                _apply(src, dst, how)
+            done_original.update(id(v) for v in src.weights)
+            done_clone.update(id(v) for v in dst.weights)
+        new_quantizers = {q.name: q for q in built.autoqnn_quantizers}
+        for name, (src, _config, how) in own.items():
+            _apply(src, new_quantizers[name], how)
+            done_original.update(id(v) for v in src.weights)
+            done_clone.update(id(v) for v in new_quantizers[name].weights)
+        copy_in_order([v for v in original.weights if id(v) not in done_original],
+                      [v for v in built.weights if id(v) not in done_clone], original)
+        sync_quantizer_flags(built)
+
+    return clone, copy
+
+
+def _apply(original, clone, changed):
+    """Copies one rebuilt layer's variables as `changed` (a `Change` or None) says."""
+    if changed is None:
+        _copy_variables(original, clone, {}, strict=True)
+        return
+    _copy_variables(original, clone, changed.renames, strict=False)
+    targets = {v.name: v for v in clone.weights}
+    for name, value in changed.values.items():
+        targets[name].assign(value)
+    if changed.after is not None:
+        changed.after(clone)
 
 
 def _copy_variables(original, clone, renames, strict):

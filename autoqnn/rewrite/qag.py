@@ -6,7 +6,9 @@ clones for the rest), and a call function inserts `ActivationQuantizer`s on
 the model inputs and on the outputs of range-changing layers (compute layers
 with their fused BatchNorm/ReLU, Add, Concatenate, average pooling, unknown
 layers), so the graph is integer-friendly. Sequential models are rebuilt as
-Functional ones; nested models are rewritten recursively. Weights are copied
+Functional ones; nested models are rewritten recursively; composite layers
+(no handler, weighted sublayers: MultiHeadAttention, keras-hub blocks, user
+layers) become quantized twins (`autoqnn.rewrite.composite`). Weights are copied
 (BatchNorm folded when asked); the input model is never modified.
 """
 
@@ -21,7 +23,7 @@ from autoqnn.config import LayerConfig, QuantizationConfig
 from autoqnn.layers.activation import ActivationQuantizer
 from autoqnn.layers.folded import FoldedBatchNorm
 from autoqnn.layers.quantized import QuantizedWeightsMixin
-from autoqnn.rewrite import fold
+from autoqnn.rewrite import composite, fold
 from autoqnn.rewrite.graph import ModelGraph
 from autoqnn.rewrite.registry import Unsupported, find_handler, layer_role
 from autoqnn.walk import iter_layers
@@ -187,6 +189,17 @@ class _CloneState:
                 "BatchNormalization not folded (fold_batchnorm=False, or it does not "
                 "directly follow a Conv/Dense); runs as a float per-channel affine op"
             )
+        elif handler is None and composite.is_composite(layer) and layer_config.quantize:
+            try:
+                path = self.rewriter.prefix + layer.name
+                twin = composite.quantize_composite(layer, path, layer_config,
+                                                    self.rewriter.config,
+                                                    self.rewriter.log.float_reasons)
+                return twin, "composite"
+            except Unsupported as err:
+                reason = str(err)
+        elif handler is None and not layer_config.quantize and composite.is_composite(layer):
+            reason = "excluded by config"
         elif handler is None:
             reason = f"no quantization handler for {type(layer).__name__}"
         elif not layer_config.quantize:
@@ -254,6 +267,9 @@ class _CloneState:
                 continue
             if kind == "float":
                 clone.set_weights(original.get_weights())
+                continue
+            if kind == "composite":
+                composite.copy_into_twin(original, clone)
                 continue
             values = {v.name: keras.ops.convert_to_numpy(v) for v in original.weights}
             if id(original) in self.folds:
