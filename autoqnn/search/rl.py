@@ -230,8 +230,8 @@ class EpisodeEvaluator:
         self.qmodel = None
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["qmodel"] = None
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_start", "_current")}
+        state["qmodel"] = None  # each process builds its own
         return state
 
     def ensure_built(self):
