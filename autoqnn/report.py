@@ -303,4 +303,4 @@ def _layer_row(layer, name, reasons):
         return LayerReport(
             name, cls, "float", params=params, size_bytes=params * 4.0, reason=reason
         )
-    return LayerReport(name, cls, "no weights")
+    return LayerReport(name, cls, "no weights", reason=reasons.get(name, ""))

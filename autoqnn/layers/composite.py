@@ -206,8 +206,10 @@ class QuantizedComposite:
         if not isinstance(info, dict) or "base" not in info:
             raise ValueError(f"not the config of a quantized composite layer (no 'autoqnn' "
                              f"entry): {sorted(config)}")
-        twin_cls = composite_class(resolve_class(info["base"]),
-                                   attention=bool(info.get("attention_quantizers")))
+        base = cls._autoqnn_base
+        if base is None or class_reference(base) != info["base"]:
+            base = resolve_class(info["base"])
+        twin_cls = composite_class(base, attention=bool(info.get("attention_quantizers")))
         entry = (twin_cls, info)
         stack = _pending_stack()
         stack.append(entry)
@@ -326,7 +328,8 @@ def quantized_composite(layer, sublayers: dict, *, output_quantizer: dict | None
                              f"{sorted(unknown)}")
         info["attention_quantizers"] = {name: _named(cfg, f"{name}_aq")
                                         for name, cfg in attention_quantizers.items()}
-    return QuantizedComposite.from_config({**config, "autoqnn": info})
+    twin_cls = composite_class(base, attention=bool(attention_quantizers))
+    return twin_cls.from_config({**config, "autoqnn": info})
 
 
 def _named(config, name):

@@ -74,13 +74,20 @@ def quantize_composite(layer, path: str, layer_config: LayerConfig,
     Raises:
         Unsupported: nothing in it can be quantized (the message says why).
     """
-    readers = input_readers(layer)
+    arguments = example_arguments(layer)
+    readers = input_readers(layer, arguments) if arguments is not None else None
     planner = _Planner(config, float_reasons, readers)
     twin = planner.plan(layer, path, layer_config)
     if twin is None:
         inner = sorted({type(s).__name__ for s in layer._flatten_layers(include_self=False)})
         raise Unsupported(f"no quantization handler for {type(layer).__name__}, nor for its "
                           f"sublayers ({', '.join(inner)})")
+    missing = unswapped(twin, arguments) if arguments is not None else []
+    if missing:
+        raise Unsupported(
+            f"{type(layer).__name__} creates its sublayers {missing} where autoqnn cannot "
+            "swap them for quantized ones (it swaps sublayers assigned to an attribute, or in "
+            "a list, tuple or dict assigned at once, in __init__ or build)")
     return twin
 
 
@@ -154,14 +161,12 @@ class _Planner:
         return False
 
 
-def input_readers(layer):
-    """`(ids of the sublayers called on the layer's own inputs, ids of those called)`
-    from one eager call of `layer` on zeros shaped as its first call's inputs; None
-    when it cannot be called so (then every quantized sublayer quantizes its input)."""
+def example_arguments(layer):
+    """`(args, kwargs)` of the layer's first call with zeros for its tensors (a `None`
+    dimension becomes 2), or None when the layer was never called in a graph."""
     nodes = getattr(layer, "_inbound_nodes", None)
     if not nodes:
         return None
-    arguments = nodes[0].arguments
 
     def concrete(x):
         if not isinstance(x, keras.KerasTensor):
@@ -169,8 +174,19 @@ def input_readers(layer):
         shape = tuple(2 if d is None else d for d in x.shape)
         return keras.ops.zeros(shape, dtype=x.dtype)
 
-    args = tree.map_structure(concrete, arguments.args)
-    kwargs = tree.map_structure(concrete, arguments.kwargs)
+    arguments = nodes[0].arguments
+    return (tree.map_structure(concrete, arguments.args),
+            tree.map_structure(concrete, arguments.kwargs))
+
+
+def input_readers(layer, arguments=None):
+    """`(ids of the sublayers called on the layer's own inputs, ids of those called)`
+    from one eager call of `layer` on `arguments` (default: `example_arguments`); None
+    when it cannot be called so (then every quantized sublayer quantizes its input)."""
+    arguments = example_arguments(layer) if arguments is None else arguments
+    if arguments is None:
+        return None
+    args, kwargs = arguments
     inputs, direct, called = set(), set(), set()
     patched = [layer] + list(layer._flatten_layers(include_self=False, recursive=True))
 
@@ -200,6 +216,26 @@ def input_readers(layer):
             if "call" in vars(target):
                 object.__delattr__(target, "call")
     return direct, called
+
+
+def unswapped(twin, arguments) -> list[str]:
+    """Slot keys (nested ones as "outer.inner") that a fresh copy of `twin`, called on
+    `arguments`, never assigned: sublayers its code creates where the twin cannot
+    intercept them. Empty when all swaps happen (or the call fails: not checked)."""
+    probe = type(twin).from_config(twin.get_config())
+    try:
+        probe(*arguments[0], **arguments[1])
+    except Exception:  # noqa: BLE001 - the copy after the real build checks again
+        return []
+
+    def missing(layer, prefix):
+        out = [prefix + key for key in layer.missing_replacements]
+        for key, sub in layer.replaced_sublayers.items():
+            if isinstance(sub, QuantizedComposite):
+                out += missing(sub, f"{prefix}{key}.")
+        return out
+
+    return missing(probe, "")
 
 
 def copy_into_twin(original, twin):

@@ -26,7 +26,7 @@ from autoqnn.layers.quantized import QuantizedWeightsMixin
 from autoqnn.rewrite import composite, fold
 from autoqnn.rewrite.graph import ModelGraph
 from autoqnn.rewrite.registry import Unsupported, find_handler, layer_role
-from autoqnn.walk import iter_layers
+from autoqnn.walk import iter_layers, iter_sublayers, own_weights
 
 
 @dataclasses.dataclass
@@ -213,7 +213,13 @@ class _CloneState:
             except Unsupported as err:
                 reason = str(err)
         if layer.weights:
-            self.rewriter.log.float_reasons[self.rewriter.prefix + layer.name] = reason
+            path = self.rewriter.prefix + layer.name
+            reasons = self.rewriter.log.float_reasons
+            reasons[path] = reason
+            if composite.is_composite(layer) and not reason.startswith("no quantization handler"):
+                for sub_path, sub in iter_sublayers(layer, path + "/"):
+                    if own_weights(sub):
+                        reasons.setdefault(sub_path, reason)
         return layer.__class__.from_config(layer.get_config()), "float"
 
     def call_layer(self, layer, *args, **kwargs):
