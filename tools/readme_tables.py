@@ -135,10 +135,10 @@ def tuner_table():
 
 
 def lowbit_tables():
-    """QAT variants (results/lowbit_qat_w*.json) and PTQ rows (results/lowbit_ptq.json)."""
+    """QAT variants (results/lowbit_qat_*.json) and PTQ rows (results/lowbit_ptq.json)."""
     qat = []
-    for name in ("lowbit_qat_w2.json", "lowbit_qat_w4.json"):
-        data = _load(name)
+    for path in sorted(RESULTS.glob("lowbit_qat_*.json")):
+        data = _load(path.name)
         for model, result in (data or {}).get("models", {}).items():
             floats = {r["method"]: r for r in result["rows"] if r["bits"] == 32}
             for r in result["rows"]:
