@@ -20,7 +20,11 @@ HAQ uses for its bit-width agent (`../shared/REFERENCES.md`, "HAQ / Jung RL"):
 
 `get_state` / `set_state` carry everything (network and target weights, both
 optimizers' slots, the buffer, the baseline) as numpy arrays, so a search
-checkpoint resumes the agent exactly.
+checkpoint resumes the agent exactly. `EpisodeLoop` is HAQ's training loop
+around it: per episode one action per layer, warm-up episodes of uniform
+random actions, decaying exploration noise, the episode's reward on every
+transition, one update per step after the warm-up, a checkpoint after every
+batch of episodes (agent, random generator state, history in one `.npz`).
 
 Example:
     >>> import numpy as np
@@ -37,6 +41,11 @@ Example:
 """
 
 from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -239,3 +248,125 @@ class DDPG:
                                if k.startswith("buffer/")})
         baseline = float(state["baseline"])
         self.baseline = None if np.isnan(baseline) else baseline
+
+
+def _save(path: Path, state: dict, agent_state: dict):
+    """One file, replaced atomically: the JSON state beside the agent's arrays."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, state_json=np.array(json.dumps(state)), **agent_state)
+    os.replace(tmp, path)
+
+
+def _load(path: Path):
+    if not path.is_file():
+        return None, None
+    with np.load(path, allow_pickle=False) as data:
+        state = json.loads(str(data["state_json"]))
+        agent_state = {k: data[k] for k in data.files if k != "state_json"}
+    return state, agent_state
+
+
+class EpisodeLoop:
+    """HAQ's episode loop: one action per step (layer), one reward per episode.
+
+    Args:
+        static: `(L, F)` normalised per-step features; the state of step t is
+            `static[t]` plus the previous action (0 at t = 0).
+        policy_of: `fn(actions) -> policy` (a JSON-able dict), the environment.
+        score: `fn(policy, evaluation value) -> {"reward": r, ...}` (recorded).
+        evaluate: `fn(policy) -> value`, mapped through `executor`.
+        config: the agent settings (`autoqnn.search.rl.RLConfig`'s fields).
+        episodes: episodes to reach (those in `checkpoint` count).
+        seed: seeds the agent's weights and the random generator.
+        executor: an `Executor`; episodes run in batches of its `max_workers`
+            (the agent acts with the same weights within a batch).
+        checkpoint: a `.npz` path written after every batch and resumed from.
+        verbose: 1 shows a progress bar.
+        start: fields of the history's first record.
+    """
+
+    def __init__(self, static, policy_of, score, evaluate, *, config, episodes: int, seed: int,
+                 executor, checkpoint=None, verbose: int = 0, start=None):
+        self.static = np.asarray(static, "float32")
+        self.policy_of, self.score, self.evaluate = policy_of, score, evaluate
+        self.config, self.episodes, self.executor = config, episodes, executor
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.verbose = verbose
+        steps = len(self.static)
+        self.agent = DDPG(self.static.shape[1] + 1, hidden=config.hidden,
+                          actor_lr=config.actor_lr, critic_lr=config.critic_lr, tau=config.tau,
+                          discount=config.discount, batch_size=config.batch_size,
+                          replay_size=config.replay_episodes * steps,
+                          baseline_decay=config.baseline_decay, seed=seed)
+        self.rng = np.random.default_rng(seed)
+        self.warmup = config.warmup_episodes
+        self.history = [{"step": "start", **(start or {}), "warmup_episodes": self.warmup}]
+        self.done = 0
+        if self.checkpoint is not None:
+            state, agent_state = _load(self.checkpoint)
+            if state is not None:
+                self.history, self.done = state["history"], state["episodes_done"]
+                self.rng.bit_generator.state = state["rng"]
+                self.agent.set_state(agent_state)
+
+    def _rollout(self, episode):
+        warm = episode < self.warmup
+        sigma = 0.0 if warm else self.config.sigma * self.config.sigma_decay ** (
+            episode - self.warmup)
+        actions, previous = [], 0.0
+        for t in range(len(self.static)):
+            state = np.append(self.static[t], np.float32(previous))
+            previous = self.rng.uniform() if warm else self.agent.act(state, sigma, self.rng)
+            actions.append(float(previous))
+        return np.array(actions, "float32"), sigma
+
+    def _learn(self, episode, actions, reward):
+        previous = np.concatenate([[0.0], actions[:-1]]).astype("float32")[:, None]
+        states = np.concatenate([self.static, previous], axis=1)
+        last = len(actions) - 1
+        for t in range(len(actions)):  # every transition carries the episode's reward (HAQ)
+            following = states[t + 1] if t < last else states[t]
+            self.agent.observe(states[t], actions[t], reward, following, t == last)
+        if episode >= self.warmup:
+            for _ in range(len(actions)):
+                self.agent.update(self.rng)
+
+    def run(self) -> list:
+        """Runs the episodes not done yet; returns the history."""
+        bar = keras.utils.Progbar(self.episodes, unit_name="episode", stateful_metrics=[
+            "reward", "best_reward"]) if self.verbose else None
+        if bar is not None and self.done:
+            bar.update(min(self.done, self.episodes))
+        while self.done < self.episodes:
+            batch = list(range(self.done, min(self.done + max(1, self.executor.max_workers),
+                                              self.episodes)))
+            start = time.perf_counter()
+            rollouts = [self._rollout(e) for e in batch]
+            policies = [self.policy_of(actions) for actions, _ in rollouts]
+            outcomes = self.executor.map(self.evaluate, policies)
+            for episode, (actions, sigma), policy, outcome in zip(batch, rollouts, policies,
+                                                                  outcomes):
+                if outcome.error is not None:
+                    raise RuntimeError(f"episode {episode} failed: {outcome.error}")
+                record = self.score(policy, outcome.value)
+                self.history.append({"step": "episode", "episode": episode, **record,
+                                     "warmup": episode < self.warmup, "sigma": sigma,
+                                     "policy": policy, "seconds": round(outcome.seconds, 4)})
+                self._learn(episode, actions, record["reward"])
+            self.done += len(batch)
+            self.history[-1]["batch_seconds"] = round(time.perf_counter() - start, 3)
+            if self.checkpoint is not None:
+                _save(self.checkpoint, {"history": self.history, "episodes_done": self.done,
+                                        "rng": self.rng.bit_generator.state},
+                      self.agent.get_state())
+            if bar is not None:
+                best = max(h["reward"] for h in self.history if h["step"] == "episode")
+                bar.update(self.done, [("reward", self.history[-1]["reward"]),
+                                       ("best_reward", best)])
+        return self.history
+
+    def best(self) -> dict:
+        """The best-reward episode among the first `episodes` (the earliest on ties)."""
+        episodes = [h for h in self.history if h["step"] == "episode"][:self.episodes]
+        return max(episodes, key=lambda h: (h["reward"], -h["episode"]))

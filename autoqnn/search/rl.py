@@ -81,7 +81,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -277,6 +276,15 @@ class EpisodeEvaluator:
         return {"accuracy": top1_accuracy(qmodel, self.val)}
 
 
+def reward(accuracy, float_accuracy, policy, params, bits_range, bits_weight) -> float:
+    """`0.1 * (acc - acc_float)` in percent, less `bits_weight` times the parameter-weighted
+    average bits of `policy` scaled to [0, 1] over `bits_range` (the module docstring)."""
+    average = sum(params[p] * b for p, b in policy.items()) / sum(params[p] for p in policy)
+    low, high = bits_range
+    term = (average - low) / (high - low) if high > low else 0.0
+    return 0.1 * 100.0 * (accuracy - float_accuracy) - bits_weight * term
+
+
 def _digest(*parts) -> str:
     digest = hashlib.sha256()
     for part in parts:
@@ -287,129 +295,20 @@ def _digest(*parts) -> str:
     return digest.hexdigest()[:16]
 
 
-def _save(path: Path, state: dict, agent_state: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, state_json=np.array(json.dumps(state)), **agent_state)
-    os.replace(tmp, path)
-
-
-def _load(path: Path):
-    if not path.is_file():
-        return None, None
-    with np.load(path, allow_pickle=False) as data:
-        state = json.loads(str(data["state_json"]))
-        agent_state = {k: data[k] for k in data.files if k != "state_json"}
-    return state, agent_state
-
-
-class RLSearch:
-    """The episode loop (see the module docstring); `search(strategy="rl")` drives it."""
-
-    def __init__(self, evaluator, layers, candidates, fits, costs, *, config: RLConfig,
-                 episodes: int, float_accuracy: float, seed: int, executor, checkpoint=None,
-                 verbose: int = 0):
-        from autoqnn.search.ddpg import DDPG
-
-        self.evaluator, self.layers, self.candidates = evaluator, layers, candidates
-        self.fits, self.costs, self.config, self.episodes = fits, costs, config, episodes
-        self.float_accuracy, self.executor, self.checkpoint = float_accuracy, executor, checkpoint
-        self.verbose = verbose
-        self.warmup = config.warmup_episodes
-        self.static = normalise(layer_features(layers))
-        bits = [b for c in candidates for b in c]
-        self.bits_range = (min(bits), max(bits))
-        self.agent = DDPG(self.static.shape[1] + 1, hidden=config.hidden,
-                          actor_lr=config.actor_lr, critic_lr=config.critic_lr, tau=config.tau,
-                          discount=config.discount, batch_size=config.batch_size,
-                          replay_size=config.replay_episodes * len(layers),
-                          baseline_decay=config.baseline_decay, seed=seed)
-        self.rng = np.random.default_rng(seed)
-        self.history = [{"step": "start", "float_accuracy": float_accuracy,
-                         "layers": len(layers), "warmup_episodes": self.warmup}]
-        self.done = 0
-        if checkpoint is not None:
-            state, agent_state = _load(checkpoint)
-            if state is not None:
-                self.history, self.done = state["history"], state["episodes_done"]
-                self.warmup = state["warmup_episodes"]
-                self.rng.bit_generator.state = state["rng"]
-                self.agent.set_state(agent_state)
-
-    def _states(self, actions):
-        previous = np.concatenate([[0.0], actions[:-1]]).astype("float32")[:, None]
-        return np.concatenate([self.static, previous], axis=1)
-
-    def _rollout(self, episode):
-        warm = episode < self.warmup
-        sigma = 0.0 if warm else self.config.sigma * self.config.sigma_decay ** (
-            episode - self.warmup)
-        actions, previous = [], 0.0
-        for layer in range(len(self.layers)):
-            state = np.append(self.static[layer], np.float32(previous))
-            a = self.rng.uniform() if warm else self.agent.act(state, sigma, self.rng)
-            actions.append(float(a))
-            previous = a
-        chosen = [action_index(a, len(c)) for a, c in zip(actions, self.candidates)]
-        indices = enforce_budget(chosen, self.fits)
-        policy = {p: int(c[i]) for (p, _), c, i in zip(self.layers, self.candidates, indices)}
-        return np.array(actions, "float32"), policy, sigma
-
-    def reward(self, accuracy, policy) -> float:
-        params = self.costs["params"]
-        average = sum(params[p] * b for p, b in policy.items()) / sum(params.values())
-        lo, hi = self.bits_range
-        term = (average - lo) / (hi - lo) if hi > lo else 0.0
-        return 0.1 * 100.0 * (accuracy - self.float_accuracy) - self.config.bits_weight * term
-
-    def run(self) -> list:
-        """Runs the episodes not done yet; returns the history."""
-        bar = keras.utils.Progbar(self.episodes, unit_name="episode", stateful_metrics=[
-            "reward", "accuracy", "best_reward"]) if self.verbose else None
-        if bar is not None and self.done:
-            bar.update(min(self.done, self.episodes))
-        while self.done < self.episodes:
-            batch = list(range(self.done, min(self.done + max(1, self.executor.max_workers),
-                                              self.episodes)))
-            start = time.perf_counter()
-            rollouts = [self._rollout(e) for e in batch]
-            outcomes = self.executor.map(self.evaluator, [r[1] for r in rollouts])
-            for episode, (actions, policy, sigma), outcome in zip(batch, rollouts, outcomes):
-                if outcome.error is not None:
-                    raise RuntimeError(f"rl episode {episode} failed: {outcome.error}")
-                accuracy = float(outcome.value["accuracy"])
-                reward = self.reward(accuracy, policy)
-                average, size = self.costs["measure"](policy)
-                self.history.append({
-                    "step": "episode", "episode": episode, "reward": reward,
-                    "accuracy": accuracy, "average_bits": average, "size_bytes": size,
-                    "warmup": episode < self.warmup, "sigma": sigma, "policy": policy,
-                    "seconds": round(outcome.seconds, 4)})
-                states = self._states(actions)
-                last = len(actions) - 1
-                for t in range(len(actions)):
-                    following = states[t + 1] if t < last else states[t]
-                    self.agent.observe(states[t], actions[t], reward, following, t == last)
-                if episode >= self.warmup:
-                    for _ in range(len(actions)):
-                        self.agent.update(self.rng)
-            self.done += len(batch)
-            self.history[-1]["batch_seconds"] = round(time.perf_counter() - start, 3)
-            if self.checkpoint is not None:
-                _save(self.checkpoint, {"history": self.history, "episodes_done": self.done,
-                                        "warmup_episodes": self.warmup,
-                                        "rng": self.rng.bit_generator.state},
-                      self.agent.get_state())
-            if bar is not None:
-                best = max(h["reward"] for h in self.history if h["step"] == "episode")
-                bar.update(self.done, [("reward", reward), ("accuracy", accuracy),
-                                       ("best_reward", best)])
-        return self.history
-
-    def best(self) -> dict:
-        """The best-reward episode among the first `episodes` (the earliest on ties)."""
-        episodes = [h for h in self.history if h["step"] == "episode"][:self.episodes]
-        return max(episodes, key=lambda h: (h["reward"], -h["episode"]))
+def _sample(data, count=None):
+    """What identifies `data` in the checkpoint key: its length and first samples (arrays),
+    else its repr (a tf.data pipeline)."""
+    if data is None:
+        return [None]
+    if isinstance(data, (tuple, list)):
+        return [part for item in data for part in _sample(item, count)]
+    try:
+        array = np.asarray(data)
+    except (TypeError, ValueError):
+        return [repr(data)]
+    if array.dtype == object:
+        return [repr(data)]
+    return [len(array), np.ascontiguousarray(array[:count or 4096])]
 
 
 def _labelled(data):
@@ -428,6 +327,7 @@ def run(model, train_data, val_data, *, calibration_data, weight_bits_budget, si
         executor):
     """Returns `(final model, history)`; see the module docstring."""
     from autoqnn.search.budget import fixed_bytes, solve_policy
+    from autoqnn.search.ddpg import EpisodeLoop
     from autoqnn.search.differentiable import _loss_fn
     from autoqnn.search.dnas_qpl import _arrays
     from autoqnn.search.executor import FuturesExecutor, get_executor
@@ -474,6 +374,21 @@ def run(model, train_data, val_data, *, calibration_data, weight_bits_budget, si
                 "loss": _loss_fn(model, loss), "seed": seed,
                 "data": None if not steps else (train[0][:steps * batch_size],
                                                 train[1][:steps * batch_size])}
+    key = _digest(model.get_weights(), *_sample(val[0]), *_sample(val[1]),
+                  *_sample(calibration, num_samples), *_sample(finetune["data"]),
+                  [weight_bits_budget, size_budget_bytes, memory_budget_bytes,
+                   list(candidate_bits), activation_bits, list(candidate_activation_bits), scheme,
+                   granularity, None if ptq is None else ptq.to_dict(), config, num_samples,
+                   seed, dataclasses.asdict(config_rl), steps, batch_size, learning_rate,
+                   loss if loss is None or isinstance(loss, str) else
+                   getattr(loss, "__name__", type(loss).__name__)])
+    checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir) / f"rl_{key}.npz"
+    final_path = None if checkpoint_dir is None else \
+        Path(checkpoint_dir) / f"rl_{key}_e{episodes}_f{finetune_epochs}.keras"
+    if final_path is not None and final_path.is_file() and \
+            final_path.with_suffix(".json").is_file():  # this search finished: its result
+        return keras.models.load_model(final_path), json.loads(
+            final_path.with_suffix(".json").read_text())
     evaluator = EpisodeEvaluator(model, calibration, val, build_kwargs,
                                  {"budget": memory_budget_bytes,
                                   "candidates": candidate_activation_bits}, finetune)
@@ -512,18 +427,6 @@ def run(model, train_data, val_data, *, calibration_data, weight_bits_budget, si
             (size_budget_bytes is None or size <= size_budget_bytes + 1e-6)
 
     float_accuracy = top1_accuracy(model, val)
-    key = _digest(model.get_weights(), np.asarray(val[0])[:4096], np.asarray(val[1])[:4096],
-                  [weight_bits_budget, size_budget_bytes, memory_budget_bytes,
-                   list(candidate_bits), activation_bits, list(candidate_activation_bits), scheme,
-                   granularity, None if ptq is None else ptq.to_dict(), config, num_samples,
-                   seed, dataclasses.asdict(config_rl), steps, paths])
-    checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir) / f"rl_{key}.npz"
-    final_path = None if checkpoint_dir is None else \
-        Path(checkpoint_dir) / f"rl_{key}_e{episodes}_f{finetune_epochs}.keras"
-    if final_path is not None and final_path.is_file() and \
-            final_path.with_suffix(".json").is_file():
-        return keras.models.load_model(final_path), json.loads(
-            final_path.with_suffix(".json").read_text())
     executor = get_executor(executor_arg)
     if executor.max_workers > 1 and isinstance(executor, FuturesExecutor) and \
             isinstance(executor.pool, concurrent.futures.ThreadPoolExecutor):
@@ -532,10 +435,24 @@ def run(model, train_data, val_data, *, calibration_data, weight_bits_budget, si
         raise ValueError("strategy='rl' evaluates episodes on one quantized model per worker "
                          "process: use executor=None, 'ray' or a process pool (threads would "
                          "share the model)")
-    loop = RLSearch(evaluator, layers, candidates, fits,
-                    {"params": params, "measure": measure}, config=config_rl,
-                    episodes=episodes, float_accuracy=float_accuracy, seed=seed,
-                    executor=executor, checkpoint=checkpoint, verbose=verbose)
+    static = normalise(layer_features(layers))
+    bits = [b for c in candidates for b in c]
+    low, high = min(bits), max(bits)
+
+    def policy_of(actions):
+        chosen = [action_index(a, len(c)) for a, c in zip(actions, candidates)]
+        return {p: int(c[i]) for p, c, i in zip(paths, candidates, enforce_budget(chosen, fits))}
+
+    def score(policy, value):
+        accuracy = float(value["accuracy"])
+        average_bits, size = measure(policy)
+        return {"reward": reward(accuracy, float_accuracy, policy, params, (low, high),
+                                 config_rl.bits_weight),
+                "accuracy": accuracy, "average_bits": average_bits, "size_bytes": size}
+
+    loop = EpisodeLoop(static, policy_of, score, evaluator, config=config_rl, episodes=episodes,
+                       seed=seed, executor=executor, checkpoint=checkpoint, verbose=verbose,
+                       start={"float_accuracy": float_accuracy, "layers": len(layers)})
     try:
         history = loop.run()
     finally:
