@@ -136,7 +136,7 @@ def test_bad_input(cnn):
                                          r"achievable average of 2.0000 bits"):
         autoqnn.search(cnn, calibration_data=X, weight_bits_budget=1.5, verbose=0)
     with pytest.raises(ValueError, match=r"strategy must be one of \['sensitivity', 'dnas', "
-                                         r"'qpl', 'dnas\+qpl'\], got 'x'"):
+                                         r"'qpl', 'dnas\+qpl', 'rl'\], got 'x'"):
         autoqnn.search(cnn, calibration_data=X, weight_bits_budget=3, strategy="x")
     with pytest.raises(ValueError, match="give a budget"):
         autoqnn.search(cnn, calibration_data=X)
