@@ -21,7 +21,7 @@ setup(
         "ai-edge-litert",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "ruff", "matplotlib"],
+        "test": ["pytest", "hypothesis", "ruff", "matplotlib", "keras-hub", "ray"],
         "notebooks": ["matplotlib", "jupyter", "nbconvert"],
         "bench": ["matplotlib"],
         "distributed": ["ray"],

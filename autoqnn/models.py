@@ -17,10 +17,10 @@ MODELS = ("cnn", "mobilenet", "vit")
 
 @keras.saving.register_keras_serializable(package="autoqnn")
 class PositionEmbedding(keras.layers.Layer):
-    """Adds a learned embedding of each token's position to a `(batch, tokens, dim)` input.
+    """Adds a learned `(tokens, dim)` table to a `(batch, tokens, dim)` input.
 
-    The table is an `Embedding` sublayer, so QAG quantizes it as the sublayer of a
-    composite layer.
+    The table is a float weight, like a bias (QAG has no handler for it; TFLite adds it
+    as a constant).
 
     Args:
         num_positions: number of tokens.
@@ -31,14 +31,14 @@ class PositionEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_positions = int(num_positions)
         self.dim = int(dim)
-        self.table = keras.layers.Embedding(self.num_positions, self.dim, name="table")
 
     def build(self, input_shape):
-        self.table.build((self.num_positions,))
+        self.table = self.add_weight(
+            name="table", shape=(self.num_positions, self.dim),
+            initializer=keras.initializers.RandomNormal(stddev=0.02))
 
     def call(self, inputs):
-        positions = keras.ops.arange(self.num_positions, dtype="int32")
-        return inputs + keras.ops.expand_dims(self.table(positions), 0)
+        return inputs + self.table
 
     def compute_output_shape(self, input_shape):
         return input_shape
