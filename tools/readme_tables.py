@@ -148,12 +148,13 @@ def lowbit_tables():
                             if f"lr {r['learning_rate']:g})" in f["method"]), None)
                 gap = "" if ref is None else f"{100 * (ref['accuracy'] - r['accuracy']):.2f}"
                 flat = r.get("accuracy_per_tensor_activations")
-                qat.append((model, r["method"], f"{100 * r['accuracy']:.2f}",
-                            "" if flat is None else f"{100 * flat:.2f}",
+                int8 = r.get("accuracy_per_tensor_int8_activations")
+                flat = "" if flat is None else f"{100 * flat:.2f} / {100 * int8:.2f}"
+                qat.append((model, r["method"], f"{100 * r['accuracy']:.2f}", flat,
                             "" if ref is None else f"{100 * ref['accuracy']:.2f}", gap,
                             r["seconds"]))
     if qat:
-        print(_table(("model", "QAT (5 ep)", "top-1 %", "per-tensor acts %",
+        print(_table(("model", "QAT (5 ep)", "top-1 %", "per-tensor acts, same bits / int8 %",
                       "float + 5 ep %", "gap", "seconds"), qat))
     data = _load("lowbit_ptq.json")
     rows = []
