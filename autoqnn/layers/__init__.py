@@ -1,6 +1,7 @@
-"""Quantized Keras layers and the activation quantizer."""
+"""Quantized Keras layers, the activation quantizer and quantized composite layers."""
 
 from autoqnn.layers.activation import ActivationQuantizer, reset_compiled_functions
+from autoqnn.layers.composite import QuantizedComposite, composite_class, quantized_composite
 from autoqnn.layers.folded import FoldedBatchNorm
 from autoqnn.layers.quantized import (
     QUANTIZED_LAYERS,
@@ -31,8 +32,11 @@ __all__ = [
     "QuantEinsumDense",
     "QuantEmbedding",
     "QuantSeparableConv2D",
+    "QuantizedComposite",
     "Quantizer",
     "QuantizedWeightsMixin",
+    "composite_class",
+    "quantized_composite",
     "quantized_weight_names",
     "reset_compiled_functions",
 ]

@@ -98,6 +98,8 @@ def clone_composite(layer, change, path):
         if changed is None and isinstance(sub, QuantizedComposite):
             new, copier = clone_composite(sub, change, sub_path)
             plans[key] = (sub, new, copier)
+        elif changed is None and getattr(sub, "input_quantizer", None) is not None:
+            plans[key] = _with_input_quantizer_changed(sub, change, sub_path)
         elif changed is None:
             plans[key] = (sub, sub.__class__.from_config(sub.get_config()), None)
         else:
@@ -132,6 +134,29 @@ def clone_composite(layer, change, path):
         sync_quantizer_flags(built)
 
     return clone, copy
+
+
+def _with_input_quantizer_changed(layer, change, path):
+    """The plan of a quantized sublayer whose input quantizer `change` may rebuild (a
+    per-tensor conversion, a finalize): `(layer, new layer, copier or None)`."""
+    aq = layer.input_quantizer
+    changed = change(f"{path}/{aq.name}", aq) if change is not None else None
+    if changed is None:
+        return layer, layer.__class__.from_config(layer.get_config()), None
+    config = layer.get_config()
+    config["input_quantizer"] = {k: v for k, v in changed.layer.get_config().items()
+                                 if k != "name"}
+
+    def copy(original, clone):
+        inner = {id(v) for v in original.input_quantizer.weights}
+        targets = {v.name: v for v in clone.weights
+                   if id(v) not in {id(w) for w in clone.input_quantizer.weights}}
+        for variable in original.weights:
+            if id(variable) not in inner:
+                targets[variable.name].assign(keras.ops.convert_to_numpy(variable))
+        _apply(original.input_quantizer, clone.input_quantizer, changed)
+
+    return layer, layer.__class__.from_config(config), copy
 
 
 def _apply(original, clone, changed):

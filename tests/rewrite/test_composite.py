@@ -6,6 +6,7 @@ import pytest
 
 import autoqnn
 from autoqnn.export import ExportError, run_tflite
+from autoqnn.export.per_tensor import per_tensor_activations
 from autoqnn.layers import ActivationQuantizer, QuantDense, QuantEinsumDense
 from autoqnn.layers.composite import QuantizedComposite
 from autoqnn.models import build_model
@@ -237,14 +238,18 @@ def test_tflite_export_of_attention(quantized, tokens, tmp_path):
     assert relative_error(got, expected) < 0.1
 
 
-def test_user_composite_layer(tmp_path):
+def block_model():
     keras.utils.set_random_seed(2)
     inputs = keras.Input((16,))
     x = keras.layers.Dense(32, name="stem")(inputs)
     x = ResidualBlock(32, name="block")(x)
     model = keras.Model(inputs, keras.layers.Dense(4, name="head")(x))
     model.get_layer("block").scale.assign(np.linspace(0.5, 1.5, 32).astype("float32"))
-    data = np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
+    return model, np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
+
+
+def test_user_composite_layer(tmp_path):
+    model, data = block_model()
     q = autoqnn.quantize(model, weight_bits=8, calibration_data=data, config={
         "block/fc2": {"weight_bits": 4}, "block/norm": {"activation_bits": 8}})
     block = q.get_layer("block")
@@ -260,6 +265,17 @@ def test_user_composite_layer(tmp_path):
     assert isinstance(loaded.get_layer("block").fc2, QuantDense)
     np.testing.assert_allclose(loaded.predict(data, verbose=0), q.predict(data, verbose=0),
                                atol=1e-5)
+
+
+def test_per_tensor_conversion_reaches_quantizers_inside_composites():
+    model, data = block_model()
+    q = autoqnn.quantize(model, scheme="acd", activation_scheme="acd", weight_bits=4,
+                         activation_bits=4, calibration_data=data)
+    assert q.get_layer("block").fc2.input_quantizer.range_axis == -1
+    flat = per_tensor_activations(q)
+    assert [aq.range_axis for aq in autoqnn.activation_quantizers(flat)] == [None] * len(
+        autoqnn.activation_quantizers(q))
+    assert flat.get_layer("block").fc2.input_quantizer.is_calibrated
 
 
 def test_composites_that_cannot_be_quantized_stay_float_with_a_reason():
