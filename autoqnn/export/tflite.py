@@ -49,11 +49,13 @@ import numpy as np
 import tensorflow as tf
 
 from autoqnn.data import iterate_batches
-from autoqnn.export.grid import embed_in_int_grid
 from autoqnn.export.lowering import (
     ExportError,
     WeightPlan,
+    einsum_as_conv_call,
+    einsum_as_matmul,
     iter_layers,
+    layer_norm_call,
     lowered,
     plan_activation,
     plan_weights,
@@ -173,70 +175,6 @@ def _dense_as_conv(layer, plan: WeightPlan):
     return call
 
 
-def einsum_as_matmul(equation: str):
-    """`(free axes, contracted axes)` of the input when an EinsumDense equation is a
-    matmul of the input's trailing axes with the kernel's leading ones, else None."""
-    if "." in equation or "->" not in equation or equation.count(",") != 1:
-        return None
-    lhs, rest = equation.split(",")
-    kernel, out = rest.split("->")
-    contracted = [c for c in kernel if c in lhs and c not in out]
-    kernel_out = [c for c in kernel if c not in lhs]
-    free = [c for c in lhs if c not in kernel]
-    if (kernel != "".join(contracted + kernel_out) or lhs != "".join(free + contracted)
-            or out != "".join(free + kernel_out) or not contracted):
-        return None
-    return len(free), len(contracted)
-
-
-def _einsum_as_conv(layer, plan: WeightPlan):
-    """`call` of a QuantEinsumDense as a 1x1 conv on its flattened kernel (see the doc)."""
-    _free, n_contracted = einsum_as_matmul(layer.equation)
-    shape = plan.values.shape
-    rows, cols = int(np.prod(shape[:n_contracted])), int(np.prod(shape[n_contracted:]))
-    flat = plan.values.reshape(rows, cols)
-    axis = -1 if plan.channel_axis is not None else None
-    flat_plan = dataclasses.replace(plan, values=flat, grid=embed_in_int_grid(flat, axis),
-                                    channel_axis=axis)
-    if flat_plan.grid is None and plan.grid is not None:
-        raise ExportError(f"internal error: the flattened kernel of {plan.layer!r} lost its grid")
-
-    def call(inputs, training=None):
-        del training
-        kernel = flat_plan.fake_quant(shape=(1, 1, rows, cols))
-        lead = tf.shape(inputs)[:len(inputs.shape) - n_contracted]
-        x = tf.reshape(inputs, (-1, 1, 1, rows))
-        y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
-        y = tf.reshape(y, tf.concat([lead, list(shape[n_contracted:])], axis=0))
-        return layer._bias_and_activation(y)
-
-    return call
-
-
-def _layer_norm_call(layer):
-    """`call` of a LayerNormalization as `(x - mean) * rsqrt(var + eps) * gamma + beta`:
-    Keras computes `x * inv - mean * inv`, whose NEG has no int8 TFLite kernel."""
-    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
-
-    def call(inputs, *args, **kwargs):
-        del args, kwargs
-        rank = len(inputs.shape)
-        axis = sorted(a % rank for a in axes)
-        shape = [1] * rank
-        for a in axis:
-            shape[a] = inputs.shape[a]
-        centered = inputs - tf.reduce_mean(inputs, axis=axis, keepdims=True)
-        variance = tf.reduce_mean(centered * centered, axis=axis, keepdims=True)
-        outputs = centered * tf.math.rsqrt(variance + layer.epsilon)
-        if layer.gamma is not None:
-            outputs = outputs * tf.reshape(layer.gamma, shape)
-        if layer.beta is not None:
-            outputs = outputs + tf.reshape(layer.beta, shape)
-        return outputs
-
-    return call
-
-
 def _representative(model, data):
     def gen():
         for batch in iterate_batches(model, data, batch_size=1, num_samples=200,
@@ -267,12 +205,12 @@ def convert(model, weight_plans, activation_plans, *, representative_data=None, 
         for p in weight_plans
         if isinstance(layers[p.layer], QuantDense) and p.channel_axis is not None
     ] + [
-        (layers[p.layer], _einsum_as_conv(layers[p.layer], p))
+        (layers[p.layer], einsum_as_conv_call(layers[p.layer], p))
         for p in weight_plans
         if isinstance(layers[p.layer], QuantEinsumDense)
         and einsum_as_matmul(layers[p.layer].equation) is not None
     ] + [
-        (layer, _layer_norm_call(layer)) for layer in layers.values()
+        (layer, layer_norm_call(layer)) for layer in layers.values()
         if isinstance(layer, keras.layers.LayerNormalization) and not layer.rms_scaling
     ]
     with tempfile.TemporaryDirectory(prefix="autoqnn_export_") as tmp:
