@@ -91,14 +91,21 @@ class QuantizedComposite:
 
     def _autoqnn_finish(self):
         info = self._autoqnn
-        self.output_aq = None
-        if info["output_quantizer"]:
-            self.output_aq = ActivationQuantizer.from_config(info["output_quantizer"])
-        self.attention_aq = {}
-        if info["attention_quantizers"]:
-            self.attention_aq = {
-                name: ActivationQuantizer.from_config(cfg)
-                for name, cfg in info["attention_quantizers"].items()}
+        # A layer without a build() of its own is built (and locked) by __init__.
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            self.output_aq = None
+            if info["output_quantizer"]:
+                self.output_aq = ActivationQuantizer.from_config(info["output_quantizer"])
+            self.attention_aq = {}
+            if info["attention_quantizers"]:
+                self.attention_aq = {
+                    name: ActivationQuantizer.from_config(cfg)
+                    for name, cfg in info["attention_quantizers"].items()}
+        finally:
+            if locked:
+                self._tracker.lock()
 
     def _post_build(self):
         super()._post_build()
@@ -317,6 +324,7 @@ def quantized_composite(layer, sublayers: dict, *, output_quantizer: dict | None
     base = layer._autoqnn_base if isinstance(layer, QuantizedComposite) else type(layer)
     config = layer.get_config()
     config.pop("autoqnn", None)
+    config.setdefault("name", layer.name)  # auto-configs (no get_config) leave it out
     info = {"base": class_reference(base),
             "sublayers": {key: serialize_sublayer(sub) for key, sub in sublayers.items()}}
     if output_quantizer:
