@@ -267,6 +267,29 @@ def test_user_composite_layer(tmp_path):
                                atol=1e-5)
 
 
+def test_overrides_quantize_outputs_of_float_sublayers():
+    class Head(keras.layers.Layer):  # Softmax and Activation are built by __init__
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.fc = keras.layers.Dense(8, name="fc")
+            self.act = keras.layers.Activation("gelu", name="act")
+            self.probs = keras.layers.Softmax(name="probs")
+
+        def call(self, x):
+            return self.probs(self.act(self.fc(x)))
+
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, Head(name="head")(inputs))
+    data = np.random.default_rng(0).random((16, 8), dtype=np.float32)
+    q = autoqnn.quantize(model, calibration_data=data, config={
+        "head/act": {"activation_bits": 8}, "Softmax": {"activation_bits": 6}})
+    report = q.autoqnn_report
+    assert report.get("head/act/output_aq").activation_bits == 8
+    assert report.get("head/probs/output_aq").activation_bits == 6
+    assert "output is quantized" in report.get("head/probs").reason
+    assert not report.uncalibrated
+
+
 def test_per_tensor_conversion_reaches_quantizers_inside_composites():
     model, data = block_model()
     q = autoqnn.quantize(model, scheme="acd", activation_scheme="acd", weight_bits=4,
