@@ -104,7 +104,7 @@ def test_non_uniform_schemes_export_exactly(scheme, data, tmp_path):
 # Which weight schemes' 4-bit levels (the scheme's minimum if above 4, its maximum if below)
 # embed exactly in the int8 grid of the tiny CNN's Dense kernel. A newly registered scheme
 # fails test_every_weight_scheme_is_classified until it is added to one of the two sets.
-EXPORT_EXACTLY = {"apot", "asd", "binary", "clipq", "lsq", "minifloat", "pot", "ternary",
+EXPORT_EXACTLY = {"acd", "apot", "asd", "binary", "clipq", "lsq", "minifloat", "pot", "ternary",
                   "uniform", "vecq"}
 OFF_THE_INT8_GRID = {"esb", "ml2q", "resq", "zoomq"}
 
