@@ -6,7 +6,7 @@ names them all.
 Example:
     >>> from autoqnn.schemes import list_schemes
     >>> list_schemes("activation")
-    ['lsq', 'minifloat', 'pact', 'uniform']
+    ['acd', 'lsq', 'minifloat', 'pact', 'uniform']
 """
 
 from autoqnn.schemes.acd import ACDScheme
