@@ -316,6 +316,9 @@ def finetune(qmodel, train_data, epochs: int = 3, *, val_data=None, teacher=None
     for q in quantizers:
         q.sqnr_weight = float(sqnr_weight) / len(quantizers)
     frozen = []
+    teacher_trainable = None if teacher is None else teacher.trainable
+    if teacher is not None:
+        teacher.trainable = False  # not among the trained variables (no optimizer slots)
     history: dict[str, list] = {"loss": [], "learning_rate": []}
     if val is not None:
         history.update(val_loss=[], val_accuracy=[])
@@ -356,6 +359,8 @@ def finetune(qmodel, train_data, epochs: int = 3, *, val_data=None, teacher=None
             q.sqnr_weight = w
         for bn in frozen:
             bn.trainable = True
+        if teacher is not None:
+            teacher.trainable = teacher_trainable
         reset_compiled_functions(qmodel)
     if best_weights is not None:
         for variable, value in zip(qmodel.variables, best_weights):

@@ -165,3 +165,13 @@ def test_reestimate_batchnorm_sets_the_average_batch_statistics():
                                rtol=1e-4, atol=1e-6)
     after = [np.array(v) for q in autoqnn.activation_quantizers(qmodel) for v in q.weights]
     assert all(np.array_equal(a, b) for a, b in zip(ranges, after))  # ranges restored
+
+
+def test_teacher_is_not_trained_and_keeps_its_flag():
+    x, y = _task(64)
+    teacher = _mlp(1)
+    before = [np.array(w) for w in teacher.get_weights()]
+    qmodel = autoqnn.quantize(teacher, weight_bits=4, activation_bits=8, calibration_data=x)
+    finetune(qmodel, (x, y), epochs=1, teacher=teacher, verbose=0)
+    assert teacher.trainable
+    assert all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights()))
