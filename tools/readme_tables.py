@@ -172,9 +172,26 @@ def lowbit_tables():
                       "digits / weight", "seconds"), rows))
 
 
+def vit_table():
+    """The vit rows (results/vit.json, tools/bench_vit.py)."""
+    data = _load("vit.json")
+    if data is None:
+        return
+    rows = []
+    for r in data["rows"]:
+        gap = "" if r.get("gap") is None else f"{100 * r['gap']:.2f}"
+        fraction = r.get("quantized_fraction")
+        rows.append((r["method"], f"{100 * r['accuracy']:.2f}", gap,
+                     "" if fraction is None else f"{100 * fraction:.1f}",
+                     r.get("weight_bits_avg", ""), f"{r['size_bytes'] / 1024:.1f}"
+                     if "size_bytes" in r else ""))
+    print(_table(("vit", "top-1 %", "gap to float", "params quantized %", "avg w bits",
+                  "KiB"), rows))
+
+
 def main():
     for fn in (bench_table, export_table, quantizer_tables, sensitivity_table, search_table,
-               tuner_table, lowbit_tables):
+               tuner_table, lowbit_tables, vit_table):
         print(f"\n## {fn.__name__}\n")
         fn()
     return 0
