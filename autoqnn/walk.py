@@ -31,11 +31,7 @@ def iter_layers(model, prefix: str = ""):
     """Yields `(path, layer)` for every layer, nested models flattened ("outer/inner"),
     each layer followed by its sublayers ("mha/query")."""
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from iter_layers(layer, prefix + layer.name + "/")
-        else:
-            yield prefix + layer.name, layer
-            yield from iter_sublayers(layer, prefix + layer.name + "/")
+        yield from _walk(layer, prefix)
 
 
 def sublayers(layer) -> list:
@@ -48,11 +44,16 @@ def sublayers(layer) -> list:
 def iter_sublayers(layer, prefix: str):
     """Yields `(path, sublayer)` for the sublayers of `layer`, recursively."""
     for sub in sublayers(layer):
-        if isinstance(sub, keras.Model):
-            yield from iter_layers(sub, prefix + sub.name + "/")
-        else:
-            yield prefix + sub.name, sub
-            yield from iter_sublayers(sub, prefix + sub.name + "/")
+        yield from _walk(sub, prefix)
+
+
+def _walk(layer, prefix):
+    """A nested model's layers, or the layer itself followed by its sublayers."""
+    if isinstance(layer, keras.Model):
+        yield from iter_layers(layer, prefix + layer.name + "/")
+    else:
+        yield prefix + layer.name, layer
+        yield from iter_sublayers(layer, prefix + layer.name + "/")
 
 
 def own_weights(layer) -> list:

@@ -32,7 +32,6 @@ test split is only evaluated.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -41,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import keras  # noqa: E402
 from common import (  # noqa: E402
-    LOSS,
     accuracy,
+    float_continued,
     load_splits,
     reference_parser,
     train_reference,
@@ -50,7 +49,6 @@ from common import (  # noqa: E402
 )
 
 import autoqnn  # noqa: E402
-from autoqnn.finetune import qat_optimizer  # noqa: E402
 from autoqnn.models import first_and_last_layers  # noqa: E402
 
 LEARNING_RATES = {4: 2e-4, 2: 1e-3}
@@ -78,24 +76,8 @@ def quantize_for(method, model, bits, calib):
                             calibration_method="mse", activation_options=options, **common)
 
 
-def float_row(model, train, val, test, epochs, learning_rate, batch_size=128):
-    """The float model trained `epochs` more with finetune's optimizer, best val epoch kept."""
-    keras.utils.set_random_seed(0)
-    start = time.perf_counter()
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    steps = math.ceil(len(train[0]) / batch_size) * epochs
-    copy.compile(qat_optimizer(learning_rate, steps), LOSS, metrics=["accuracy"])
-    best, weights = -1.0, None
-    for _ in range(epochs):
-        copy.fit(*train, epochs=1, batch_size=batch_size, verbose=0)
-        acc = float(copy.evaluate(*val, batch_size=256, verbose=0)[1])
-        if acc > best:
-            best, weights = acc, copy.get_weights()
-    copy.set_weights(weights)
-    return {"method": f"float + {epochs} ep (lr {learning_rate:g})", "bits": 32,
-            "accuracy": accuracy(copy, *test), "val_accuracy": best,
-            "seconds": round(time.perf_counter() - start, 1)}
+def float_row(model, train, val, test, epochs, learning_rate):
+    return {**float_continued(model, train, val, test, epochs, learning_rate), "bits": 32}
 
 
 def qat_row(method, distill, model, bits, train, val, test, calib, epochs, sqnr_weight):

@@ -30,7 +30,6 @@ the training subset) picks the best QAT epoch; the test split is only evaluated.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 import warnings
@@ -41,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from common import (  # noqa: E402
-    LOSS,
     accuracy,
+    float_continued,
     load_splits,
     reference_parser,
     train_reference,
@@ -50,7 +49,6 @@ from common import (  # noqa: E402
 )
 
 import autoqnn  # noqa: E402
-from autoqnn.finetune import qat_optimizer  # noqa: E402
 from autoqnn.models import first_and_last_layers  # noqa: E402
 
 QAT_LEARNING_RATE = 2e-4
@@ -98,26 +96,11 @@ def qat_row(model, train, val, test, calib, epochs):
                val_accuracy=round(max(history.get("val_accuracy", [float("nan")])), 4))
 
 
-def float_row(model, train, val, test, epochs, batch_size=128):
-    """The float model trained `epochs` more with finetune's optimizer, best val epoch kept."""
-    keras.utils.set_random_seed(0)
-    start = time.perf_counter()
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    steps = math.ceil(len(train[0]) / batch_size) * epochs
-    copy.compile(qat_optimizer(QAT_LEARNING_RATE, steps), LOSS, metrics=["accuracy"])
-    best, weights = -1.0, None
-    for _ in range(epochs):
-        copy.fit(*train, epochs=1, batch_size=batch_size, verbose=0)
-        acc = float(copy.evaluate(*val, batch_size=256, verbose=0)[1])
-        if acc > best:
-            best, weights = acc, copy.get_weights()
-    copy.set_weights(weights)
-    return {"method": f"float + {epochs} ep (lr {QAT_LEARNING_RATE:g})",
-            "accuracy": accuracy(copy, *test), "val_accuracy": round(best, 4),
-            "weight_bits_avg": 32, "activation_bits": 32, "quantized_fraction": 0.0,
-            "size_bytes": int(model.count_params() * 4),
-            "seconds": round(time.perf_counter() - start, 1)}
+def float_row(model, train, val, test, epochs):
+    row = float_continued(model, train, val, test, epochs, QAT_LEARNING_RATE)
+    return {**row, "val_accuracy": round(row["val_accuracy"], 4), "weight_bits_avg": 32,
+            "activation_bits": 32, "quantized_fraction": 0.0,
+            "size_bytes": int(model.count_params() * 4)}
 
 
 def search_row(model, calib, test, budget):

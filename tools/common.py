@@ -117,3 +117,32 @@ def step_seconds(model, x, y, steps=20, warmup=2):
         model.train_on_batch(x, y)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def float_continued(model, train, val, test, epochs, learning_rate, batch_size=128) -> dict:
+    """The float model trained `epochs` more with `autoqnn.finetune`'s optimizer (a copy),
+    the best validation epoch kept: the "float + N ep" row QAT rows are compared with.
+
+    Returns:
+        `{"method", "accuracy" (test), "val_accuracy" (best), "seconds"}`.
+    """
+    import math
+
+    from autoqnn.finetune import qat_optimizer
+
+    keras.utils.set_random_seed(0)
+    start = time.perf_counter()
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    steps = math.ceil(len(train[0]) / batch_size) * epochs
+    copy.compile(qat_optimizer(learning_rate, steps), LOSS, metrics=["accuracy"])
+    best, weights = -1.0, None
+    for _ in range(epochs):
+        copy.fit(*train, epochs=1, batch_size=batch_size, verbose=0)
+        acc = float(copy.evaluate(*val, batch_size=256, verbose=0)[1])
+        if acc > best:
+            best, weights = acc, copy.get_weights()
+    copy.set_weights(weights)
+    return {"method": f"float + {epochs} ep (lr {learning_rate:g})",
+            "accuracy": accuracy(copy, *test), "val_accuracy": best,
+            "seconds": round(time.perf_counter() - start, 1)}

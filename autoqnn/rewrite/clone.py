@@ -74,15 +74,7 @@ def clone_quantized(model, change=None, prefix: str = ""):
         if callable(changed):  # a composite's copier
             changed(original, clone)
             continue
-        if changed is None:
-            _copy_variables(original, clone, {}, strict=True)
-        else:
-            _copy_variables(original, clone, changed.renames, strict=False)
-            targets = {v.name: v for v in clone.weights}
-            for name, value in changed.values.items():
-                targets[name].assign(value)
-            if changed.after is not None:
-                changed.after(clone)
+        _apply(original, clone, changed)
         if isinstance(clone, ActivationQuantizer):
             _ = clone.is_calibrated  # syncs the layer's flag with its variables
     return new_model

@@ -52,6 +52,23 @@ def _candidates_at(candidates, bits):
     return out
 
 
+def finetune_stage(final, train, val, model, *, epochs, learning_rate, batch_size, loss,
+                   verbose) -> list[dict]:
+    """The search strategies' last stage: `autoqnn.finetune` of the derived model at a tenth
+    of the search learning rate, distilled from the float `model`, best validation epoch
+    kept. Returns one history record per epoch."""
+    from autoqnn.finetune import finetune
+
+    start = time.perf_counter()
+    tuned = finetune(final, train, epochs=epochs, val_data=val, teacher=model,
+                     learning_rate=learning_rate * 0.1, batch_size=batch_size,
+                     loss=_loss_fn(model, loss), verbose=verbose)
+    seconds = round((time.perf_counter() - start) / epochs, 2)
+    return [{"step": "finetune", "epoch": epoch + 1, "loss": tuned["loss"][epoch],
+             "seconds": seconds, "val_accuracy": tuned["val_accuracy"][epoch]}
+            for epoch in range(epochs)]
+
+
 def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget,
         size_budget_bytes, calibration_data, activation_bits, epochs, finetune_epochs,
         checkpoint_dir, seed, verbose, config, loss, batch_size, learning_rate,
@@ -59,7 +76,6 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
     """Returns `(final model, history, sensitivity table or None)`; see the module doc."""
     from autoqnn.api import quantize
     from autoqnn.finalize import finalize, set_bits
-    from autoqnn.finetune import finetune
     from autoqnn.report import quantization_report
     from autoqnn.search.budget import fixed_bytes, solve_policy
     from autoqnn.search.sensitivity import measure_sensitivity
@@ -146,17 +162,9 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
         history.append({"step": "repair", "from_average_bits": average,
                         "changed": {p: [caps[p], b] for p, b in policy.items() if b != caps[p]}})
     if finetune_epochs:
-        # The QAT driver: warm-up + cosine schedule, distillation from the float model,
-        # the best validation epoch kept.
-        start = time.perf_counter()
-        tuned = finetune(final, (x, y), epochs=finetune_epochs, val_data=val, teacher=model,
-                         learning_rate=learning_rate * 0.1, batch_size=batch_size,
-                         loss=_loss_fn(model, loss), verbose=verbose)
-        seconds = round((time.perf_counter() - start) / finetune_epochs, 2)
-        for epoch in range(finetune_epochs):
-            history.append({"step": "finetune", "epoch": epoch + 1,
-                            "loss": tuned["loss"][epoch], "seconds": seconds,
-                            "val_accuracy": tuned["val_accuracy"][epoch]})
+        history += finetune_stage(final, (x, y), val, model, epochs=finetune_epochs,
+                                  learning_rate=learning_rate, batch_size=batch_size,
+                                  loss=loss, verbose=verbose)
     history.append({"step": "done"})
     if checkpoint_dir is not None:
         final.save(Path(checkpoint_dir) / "final.keras")

@@ -81,7 +81,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import time
 from pathlib import Path
 
 import keras
@@ -329,7 +328,7 @@ def run(model, train_data, val_data, *, calibration_data, weight_bits_budget, si
     from autoqnn.search.budget import fixed_bytes, solve_policy
     from autoqnn.search.ddpg import EpisodeLoop
     from autoqnn.search.differentiable import _loss_fn
-    from autoqnn.search.dnas_qpl import _arrays
+    from autoqnn.search.dnas_qpl import _arrays, finetune_stage
     from autoqnn.search.executor import FuturesExecutor, get_executor
     from autoqnn.search.ptq_tuner import top1_accuracy
     from autoqnn.search.search import _fit_memory, build_quantized, pinned_paths
@@ -469,18 +468,10 @@ def run(model, train_data, val_data, *, calibration_data, weight_bits_budget, si
                     "episode_accuracy": best["accuracy"], "policy": best["policy"],
                     "val_accuracy": top1_accuracy(final, val)})
     if finetune_epochs and train is not None:
-        from autoqnn.finetune import finetune as run_finetune
-
         keras.utils.set_random_seed(seed)
-        start = time.perf_counter()
-        tuned = run_finetune(final, train, epochs=finetune_epochs, val_data=val, teacher=model,
-                             learning_rate=learning_rate * 0.1, batch_size=batch_size,
-                             loss=_loss_fn(model, loss), verbose=verbose)
-        seconds = round((time.perf_counter() - start) / finetune_epochs, 2)
-        for epoch in range(finetune_epochs):
-            history.append({"step": "finetune", "epoch": epoch + 1,
-                            "loss": tuned["loss"][epoch], "seconds": seconds,
-                            "val_accuracy": tuned["val_accuracy"][epoch]})
+        history += finetune_stage(final, train, val, model, epochs=finetune_epochs,
+                                  learning_rate=learning_rate, batch_size=batch_size, loss=loss,
+                                  verbose=verbose)
     history.append({"step": "done"})
     if final_path is not None:
         final.save(final_path)
