@@ -20,7 +20,10 @@ files and `fit` carry it), and a bits specification:
   `q = sum_i softmax(logits / tau)_i * Q_i(x)` with trainable logits
   (`<name>_logits`) and a non-trainable temperature (`<name>_temperature`)
   that a search anneals. Each candidate keeps its own state
-  (`<name>_c<i>_...`).
+  (`<name>_c<i>_...`). A temperature of 0 is the **hard** mode: the forward
+  uses the argmax candidate alone (one-hot weights, what `finalize` keeps)
+  and the logits get the gradient of `softmax(logits)` (straight-through),
+  so the network weights adapt to the discrete choice before it is fixed.
 
 `autoqnn.finalize` turns trainable bits into rounded ints and a mixture into
 its argmax candidate. `expected_bits()` is the differentiable bits a cost
@@ -203,8 +206,14 @@ class Quantizer:
         return int(np.argmax(ops.convert_to_numpy(self.logits)))
 
     def mixture_weights(self):
-        """Softmax of the logits at the current temperature (a tensor)."""
-        return ops.softmax(self.logits / self.temperature_variable)
+        """Softmax of the logits at the current temperature (a tensor); at temperature 0
+        the argmax one-hot forward with the gradient of `softmax(logits)`."""
+        tau = self.temperature_variable
+        hard_mode = ops.less_equal(tau, 0.0)
+        soft = ops.softmax(self.logits / ops.where(hard_mode, 1.0, tau))
+        hard = ops.one_hot(ops.argmax(self.logits), len(self.candidates), dtype=soft.dtype)
+        straight_through = soft + ops.stop_gradient(hard - soft)
+        return ops.where(hard_mode, straight_through, soft)
 
     def _bounds(self, scheme):
         return max(self.bits_range[0], scheme.min_bits), min(self.bits_range[1], scheme.max_bits)

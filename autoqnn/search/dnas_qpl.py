@@ -15,9 +15,11 @@ import numpy as np
 from autoqnn.search.differentiable import (
     DEFAULT_CANDIDATES,
     DifferentiableSearch,
+    _accuracy,
     _loss_fn,
     load_checkpoint,
     save_checkpoint,
+    unify_scheme,
 )
 
 
@@ -72,7 +74,7 @@ def finetune_stage(final, train, val, model, *, epochs, learning_rate, batch_siz
 def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget,
         size_budget_bytes, calibration_data, activation_bits, epochs, finetune_epochs,
         checkpoint_dir, seed, verbose, config, loss, batch_size, learning_rate,
-        precision_weight):
+        precision_weight, scheme_scope="layer"):
     """Returns `(final model, history, sensitivity table or None)`; see the module doc."""
     from autoqnn.api import quantize
     from autoqnn.finalize import finalize, set_bits
@@ -139,13 +141,18 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
     loop = DifferentiableSearch(searchable, (x, y), val, budget_cost=budget_cost, size=size,
                                 epochs=epochs, batch_size=batch_size,
                                 learning_rate=learning_rate, precision_weight=precision_weight,
-                                loss=loss, seed=seed, verbose=verbose)
+                                loss=loss, seed=seed, verbose=verbose,
+                                scheme_scope=scheme_scope)
     for epoch in range(len([h for h in history if h.get("step") == "search"]), epochs):
         record = {"step": "search", **loop.run_epoch(epoch)}
         history.append(record)
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, searchable, history)
-    final = finalize(searchable)
+    if scheme_scope == "model":  # already fixed when a hard epoch ran; idempotent
+        unify_scheme(searchable)
+    # BatchNorm stays unfolded for the fine-tune (export folds it, as it does after QAT).
+    final = finalize(searchable, fold_batchnorm=False)
+    history.append({"step": "derive", "val_accuracy": _accuracy(final, val)})
     table = None
     caps = {r.name: r.weight_bits for r in final.autoqnn_report if r.status == "quantized"}
     average = final.autoqnn_report.weight_bits_avg
@@ -160,7 +167,8 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
                               fixed_bytes=fixed_bytes(final.autoqnn_report, table.values))
         set_bits(final, policy)
         history.append({"step": "repair", "from_average_bits": average,
-                        "changed": {p: [caps[p], b] for p, b in policy.items() if b != caps[p]}})
+                        "changed": {p: [caps[p], b] for p, b in policy.items() if b != caps[p]},
+                        "val_accuracy": _accuracy(final, val)})
     if finetune_epochs:
         history += finetune_stage(final, (x, y), val, model, epochs=finetune_epochs,
                                   learning_rate=learning_rate, batch_size=batch_size,

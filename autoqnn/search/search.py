@@ -124,7 +124,8 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
            checkpoint_dir=None, seed: int = 0, verbose: int = 1, candidates=None,
            epochs: int = 3, finetune_epochs: int = 3, loss=None, batch_size: int = 128,
            learning_rate: float = 1e-3, precision_weight: float = 1.0, episodes: int = 30,
-           rl_finetune_steps: int = 0, rl_config=None, executor=None) -> SearchResult:
+           rl_finetune_steps: int = 0, rl_config=None, executor=None,
+           scheme_scope: str = "layer") -> SearchResult:
     """Searches per-layer weight bits (and, for a memory budget, activation bits).
 
     Args:
@@ -178,6 +179,9 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
             (HAQ's defaults).
         executor: "rl" only: evaluate episodes in batches on an `Executor`,
             e.g. "ray" (`pip install autoqnn[distributed]`); None: serially.
+        scheme_scope: "dnas" / "dnas+qpl": "layer" (a scheme per layer) or "model"
+            (one scheme for the whole model, chosen by the parameter-weighted mixture
+            probabilities; `autoqnn.search.differentiable.unify_scheme`).
 
     Returns:
         A `SearchResult` (`result.model` is quantized and calibrated).
@@ -214,6 +218,8 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
         raise ValueError(f"candidate_bits {candidate_bits} include {tuple(outside)}, outside the "
                          f"range [{scheme_cls.min_bits}, {scheme_cls.max_bits}] of scheme "
                          f"{scheme!r}")
+    if scheme_scope not in ("layer", "model"):
+        raise ValueError(f"scheme_scope must be 'layer' or 'model', got {scheme_scope!r}")
     if executor is not None and strategy != "rl":
         raise ValueError(f"executor= is used by strategy='rl' only, got strategy={strategy!r}")
     if strategy == "rl":  # calibrates on train_data's or val_data's inputs by default
@@ -315,7 +321,8 @@ def _differentiable(model, train_data, val_data, args) -> SearchResult:
         epochs=args["epochs"], finetune_epochs=args["finetune_epochs"],
         checkpoint_dir=args["checkpoint_dir"], seed=args["seed"], verbose=args["verbose"],
         config=args["config"], loss=args["loss"], batch_size=args["batch_size"],
-        learning_rate=args["learning_rate"], precision_weight=args["precision_weight"])
+        learning_rate=args["learning_rate"], precision_weight=args["precision_weight"],
+        scheme_scope=args["scheme_scope"])
     data = args["calibration_data"]
     if data is None:
         data = np.asarray(train_data[0])[:512]

@@ -5,9 +5,10 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import autoqnn
-from autoqnn.search.differentiable import DifferentiableSearch, expected_cost
+from autoqnn.search.differentiable import DifferentiableSearch, expected_cost, project_bits
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(384, 12)).astype("float32")
@@ -58,11 +59,44 @@ def test_precision_loss_pulls_the_bits_down(model):
     qmodel = autoqnn.quantize(model, weight_bits=6, activation_bits=None, config={
         ".*": {"weight_quantizer": {"trainable_bits": True, "bits_range": (2, 8)}}})
     loop = DifferentiableSearch(qmodel, (X, Y), (X, Y), budget_cost=3.0, epochs=1,
-                                batch_size=64, precision_weight=10.0, verbose=0)
+                                batch_size=64, precision_weight=10.0, verbose=0,
+                                project=False)
     before = float(expected_cost(qmodel, size=False))
     assert before == pytest.approx(6.0)
     record = loop.run_epoch(0)
     assert record["expected_cost"] < before and record["precision_loss"] > 0
+
+
+def test_projection_shifts_every_bitwidth_down_to_the_budget(model):
+    qmodel = autoqnn.quantize(model, weight_bits=6, activation_bits=None, config={
+        ".*": {"weight_quantizer": {"trainable_bits": True, "bits_range": (2, 8)}}})
+    layers = [layer for layer in qmodel.layers if getattr(layer, "weight_quantizers", None)]
+    params = [int(np.prod(layer.kernel.shape)) for layer in layers]
+    layers[0].weight_quantizers["kernel"].bits_variable.assign(6.0)
+    layers[1].weight_quantizers["kernel"].bits_variable.assign(5.0)
+    # Average (n0 * (6 - s) + n1 * (5 - s)) / (n0 + n1) = 3 gives the common shift s
+    # (both stay above the range's bottom, 2).
+    shift = (6 * params[0] + 5 * params[1]) / sum(params) - 3.0
+    assert 5.0 - shift > 2.0
+    assert project_bits(qmodel, 3.0) == pytest.approx(shift, abs=1e-6)
+    got = [layer.weight_quantizers["kernel"].bits for layer in layers]
+    assert got == pytest.approx([6.0 - shift, 5.0 - shift], abs=1e-5)
+    assert float(expected_cost(qmodel, size=False)) == pytest.approx(3.0, abs=1e-5)
+    assert project_bits(qmodel, 3.0) == 0.0  # already within the budget
+    # A size budget (total weight bits) works the same way.
+    total = float(expected_cost(qmodel, size=True))
+    project_bits(qmodel, 0.9 * total, size=True)
+    assert float(expected_cost(qmodel, size=True)) == pytest.approx(0.9 * total, rel=1e-5)
+
+
+def test_search_trains_within_the_budget_with_projection(model):
+    qmodel = autoqnn.quantize(model, weight_bits=6, activation_bits=None, config={
+        ".*": {"weight_quantizer": {"trainable_bits": True, "bits_range": (2, 8)}}})
+    loop = DifferentiableSearch(qmodel, (X, Y), (X, Y), budget_cost=3.0, epochs=1,
+                                batch_size=64, verbose=0)
+    assert float(expected_cost(qmodel, size=False)) == pytest.approx(3.0, abs=1e-5)
+    record = loop.run_epoch(0)
+    assert record["expected_cost"] <= 3.0 + 1e-5
 
 
 def test_checkpoint_resumes_and_a_finished_search_returns_at_once(model, tmp_path):
@@ -70,8 +104,8 @@ def test_checkpoint_resumes_and_a_finished_search_returns_at_once(model, tmp_pat
                   checkpoint_dir=tmp_path)
     first = autoqnn.search(model, (X, Y), epochs=1, **kwargs)
     history = json.loads((tmp_path / "history.json").read_text())
-    assert [h["step"] for h in history] == ["search", "repair", "done"] or \
-        [h["step"] for h in history] == ["search", "done"]
+    assert [h["step"] for h in history] in (["search", "derive", "repair", "done"],
+                                            ["search", "derive", "done"])
     # An interrupted search: only its first epoch finished.
     (tmp_path / "final.keras").unlink()
     (tmp_path / "history.json").write_text(json.dumps(history[:1]))
@@ -114,3 +148,38 @@ def test_repair_stays_in_the_searched_bit_range(model):
                             epochs=1, finetune_epochs=0, verbose=0)
     assert min(r.weight_bits for r in result.policy) >= 2
     assert result.average_weight_bits <= 2.0
+
+
+def test_hard_mode_forward_is_the_argmax_candidate_and_logits_still_learn():
+    from autoqnn.layers import QuantDense
+
+    candidates = [{"name": "uniform", "bits": 3, "granularity": "per_channel"},
+                  {"name": "pot", "bits": 3}]
+    mixed = QuantDense(4, weight_quantizers={"kernel": {"candidates": candidates}})
+    alone = QuantDense(4, weight_quantizers={"kernel": {"scheme": candidates[1]}})
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    mixed(x), alone(x)
+    alone.kernel.assign(mixed.kernel)
+    alone.bias.assign(mixed.bias)
+    q = mixed.weight_quantizers["kernel"]
+    q.logits.assign([0.1, 0.3])
+    q.temperature_variable.assign(0.0)
+    np.testing.assert_allclose(np.asarray(mixed(x)), np.asarray(alone(x)), atol=1e-6)
+    with tf.GradientTape() as tape:
+        loss = keras.ops.sum(keras.ops.square(mixed(x)))
+    grad = tape.gradient(loss, q.logits)
+    assert grad is not None and float(np.abs(np.asarray(grad)).sum()) > 0
+
+
+def test_one_scheme_for_the_whole_model(model):
+    candidates = [{"name": "uniform", "bits": 4, "granularity": "per_channel"},
+                  {"name": "pot", "bits": 4, "granularity": "per_channel"}]
+    result = autoqnn.search(model, (X, Y), strategy="dnas", candidates=candidates,
+                            weight_bits_budget=4.0, epochs=2, finetune_epochs=0, verbose=0,
+                            scheme_scope="model")
+    assert len({r.scheme for r in result.policy}) == 1
+    chosen = [h["model_scheme"] for h in result.history if "model_scheme" in h]
+    assert chosen == [result.policy[0].scheme]
+    with pytest.raises(ValueError, match="scheme_scope must be 'layer' or 'model', got 'net'"):
+        autoqnn.search(model, (X, Y), strategy="dnas", weight_bits_budget=4.0,
+                       scheme_scope="net", verbose=0)
