@@ -7,10 +7,16 @@
 For each reference model (the float model of tools/benchmark.py) and each setting
 (<= 3.0 average weight bits with 4-bit activations, <= 2.0 with 2-bit activations):
 
-* `dnas+qpl` (and `qpl`): `--search-epochs` search epochs, then `--finetune-epochs` QAT;
-* uniform QAT with every layer at the budget's bits, trained for the same total number of
-  epochs (search + fine-tune) with the fine-tune's learning rate;
-* "float + N ep": the float model trained on for those N epochs (same optimizer).
+* `dnas+qpl` (and the `--strategies` given): `--search-epochs` search epochs, then
+  `--finetune-epochs` of `autoqnn.finetune` distilled from the float model;
+* `dnas+qpl`, one scheme for the whole model (`scheme_scope="model"`, `--single-scheme`):
+  the best single scheme as the search judges it, at the same bits;
+* uniform QAT with every layer at the budget's bits and the search's activation recipe
+  (learned ranges from an MSE calibration at <= 4 bits), trained with `autoqnn.finetune`
+  (distilled from the float model) for the same total number of epochs (search +
+  fine-tune) at the setting's learning rate;
+* "float + N ep": the float model trained on for those N epochs with the same optimizer
+  schedule (`tools/common.float_continued`).
 
 `--search-subset N` runs the search, its fine-tune and the compared QAT / float runs on the
 first N training images (the float model is the usual one). The search's validation split
@@ -32,6 +38,7 @@ import keras  # noqa: E402
 from common import (  # noqa: E402
     accuracy,
     compile_model,
+    float_continued,
     load_splits,
     reference_parser,
     train_reference,
@@ -39,6 +46,7 @@ from common import (  # noqa: E402
 )
 
 import autoqnn  # noqa: E402
+from autoqnn.finetune import finetune  # noqa: E402
 
 SETTINGS = ((3.0, 4, 2e-4), (2.0, 2, 1e-3))
 """(average weight bits budget, activation bits, learning rate): the learning rates of
@@ -58,16 +66,20 @@ def float_epoch_seconds(model, train):
 def run_setting(model, train, val, test, budget, act_bits, lr, args, float_epoch):
     rows = []
     total_epochs = args.search_epochs + args.finetune_epochs
-    for strategy in args.strategies:
+    runs = [(s, "layer") for s in args.strategies]
+    if args.single_scheme:
+        runs.append(("dnas+qpl", "model"))
+    for strategy, scope in runs:
         start = time.perf_counter()
         result = autoqnn.search(model, train, val, strategy=strategy, weight_bits_budget=budget,
                                 activation_bits=act_bits, epochs=args.search_epochs,
-                                finetune_epochs=args.finetune_epochs,
-                                learning_rate=lr, verbose=args.verbose)
+                                finetune_epochs=args.finetune_epochs, scheme_scope=scope,
+                                learning_rate=lr, verbose=args.verbose, seed=args.seed)
         seconds = time.perf_counter() - start
         epochs = [h for h in result.history if h["step"] == "search"]
+        label = strategy if scope == "layer" else f"{strategy}, one scheme for the model"
         rows.append({
-            "method": f"{strategy} <= {budget} bits, A{act_bits}",
+            "method": f"{label} <= {budget} bits, A{act_bits}",
             "top1": round(100 * accuracy(result.model, *test), 2),
             "weight_bits_avg": round(result.average_weight_bits, 3),
             "size_bytes": int(result.size_bytes), "seconds": round(seconds, 1),
@@ -79,11 +91,15 @@ def run_setting(model, train, val, test, budget, act_bits, lr, args, float_epoch
         print(rows[-1]["method"], rows[-1]["top1"], rows[-1]["weight_bits_avg"], flush=True)
     bits = int(budget)
     start = time.perf_counter()
+    keras.utils.set_random_seed(args.seed)
     q = autoqnn.quantize(model, weight_bits=bits, activation_bits=act_bits, input_bits=8,
-                         calibration_data=train[0][:512], fold_batchnorm=False)
-    compile_model(q, lr)
-    q.fit(*train, epochs=total_epochs, batch_size=128, verbose=args.verbose)
-    rows.append({"method": f"uniform W{bits}A{act_bits} QAT ({total_epochs} ep)",
+                         calibration_data=train[0][:512], fold_batchnorm=False,
+                         activation_options={"learn_range": True} if act_bits <= 4 else None,
+                         calibration_method="mse" if act_bits <= 4 else "max")
+    finetune(q, train, epochs=total_epochs, val_data=val, teacher=model, learning_rate=lr,
+             verbose=args.verbose)
+    rows.append({"method": f"uniform W{bits}A{act_bits} QAT ({total_epochs} ep, "
+                           "autoqnn.finetune)",
                  "top1": round(100 * accuracy(q, *test), 2),
                  "weight_bits_avg": round(q.autoqnn_report.weight_bits_avg, 3),
                  "size_bytes": int(q.autoqnn_report.size_bytes),
@@ -97,6 +113,9 @@ def main(argv=None):
     parser.add_argument("--search-epochs", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--strategies", nargs="+", default=["dnas+qpl", "qpl"])
+    parser.add_argument("--single-scheme", action="store_true",
+                        help="also run dnas+qpl with one scheme for the whole model")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--search-subset", type=int, default=None,
                         help="search, fine-tune and the compared QAT / float runs use only the "
                              "first N training images (the float model keeps its own)")
@@ -115,12 +134,10 @@ def main(argv=None):
         total = args.search_epochs + args.finetune_epochs
         entry["float_plus"] = []
         for _, _, lr in SETTINGS:
-            copy = keras.models.clone_model(model)
-            copy.set_weights(model.get_weights())
-            compile_model(copy, lr)
-            copy.fit(*short, epochs=total, batch_size=128, verbose=0)
-            entry["float_plus"].append({"method": f"float + {total} ep (lr {lr:g})",
-                                        "top1": round(100 * accuracy(copy, *test), 2)})
+            row = float_continued(model, short, val, test, total, lr)
+            entry["float_plus"].append({"method": row["method"],
+                                        "top1": round(100 * row["accuracy"], 2),
+                                        "val_top1": round(100 * row["val_accuracy"], 2)})
         for budget, act_bits, lr in SETTINGS:
             entry["settings"].append(run_setting(model, short, val, test, budget, act_bits,
                                                  lr, args, float_epoch))
