@@ -103,10 +103,18 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
         start_bits = 4
     spec = {}
     if "dnas" in strategy:
-        bits = start_bits if "qpl" in strategy else max(2, math.floor(weight_bits_budget or 4))
+        # Fixed bits (dnas): the budget's floor. With trainable bits the candidates'
+        # data-dependent state (e.g. ACD's SAWB clips) starts at the budget's nearest
+        # integer, where the projection puts the bits.
+        budget = 4 if weight_bits_budget is None else weight_bits_budget
+        bits = max(2, math.floor(budget + 0.5) if "qpl" in strategy else math.floor(budget))
         spec["candidates"] = _candidates_at(candidates, bits)
     if "qpl" in strategy:
-        spec.update(trainable_bits=True, bits_range=(2, 8), initial_bits=float(start_bits))
+        # Trainable bits in [2, start + 2]: each integer in the range is one branch of the
+        # interpolation's switch that tf.function traces for every layer and candidate, so
+        # the window (not 2..8) halves the searchable graph's trace time.
+        spec.update(trainable_bits=True, bits_range=(2, min(8, start_bits + 2)),
+                    initial_bits=float(start_bits))
     overrides = {".*": {"weight_quantizer": spec}}
     act_bits = activation_bits
     if activation_bits is None and "qpl" in strategy:  # QPL learns the activation bits too
