@@ -29,8 +29,11 @@ Three parts (`--parts`):
   `--ray-workers` local workers (random strategy, the same trials); Ray's start-up
   (workers importing TensorFlow) is timed apart. Each worker's TensorFlow runs one
   intra-op thread, the serial run uses every core: on 2 cores expect at most 2x.
-* `cost`: search wall time against the number of searched layers for `sensitivity`
-  and `rl` (`--cost-episodes` episodes, no fine-tune) on the reference models and
+* `cost`: search wall time against the number of searched layers for `sensitivity`,
+  `rl` (`--cost-episodes` episodes, no fine-tune) and, on `--cost-dnas` models, one
+  `dnas+qpl` epoch on `--cost-images` images (its first epoch includes tracing the
+  searchable graph) followed by a TFLite export of the derived model, on the reference
+  models and
   keras.applications models built with weights=None at 32x32x3 (as
   tools/check_applications.py builds them; the images are padded to 32x32 and repeated
   over 3 channels; the models are untrained: only the cost is meaningful).
@@ -202,12 +205,39 @@ def cost(references, train, val, args):
         episodes = [h for h in result.history if h["step"] == "episode"]
         row["rl_episodes"] = len(episodes)
         row["rl_episode_seconds"] = round(float(np.mean([h["seconds"] for h in episodes])), 3)
+        if name in args.cost_dnas:
+            row.update(_dnas_cost(model, x_train, x_val, train[1], args))
         rows.append(row)
         print(f"  cost {name:18s} {row['layers']:4d} layers  sensitivity "
               f"{row['sensitivity_seconds']:7.1f} s  rl {row['rl_seconds']:7.1f} s "
               f"({row['rl_episodes']} episodes)", flush=True)
         keras.backend.clear_session()
     return rows
+
+
+def _dnas_cost(model, x_train, x_val, y_train, args) -> dict:
+    """One dnas+qpl search epoch on `--cost-images` images (no fine-tune), its derived
+    model exported to TFLite: the searchable graph's trace (first epoch) and the epoch."""
+    import tempfile
+
+    n = args.cost_images
+    start = time.perf_counter()
+    result = autoqnn.search(model, (x_train[:n], y_train[:n]), (x_val[0][:256], x_val[1][:256]),
+                            strategy="dnas+qpl", weight_bits_budget=args.budget,
+                            activation_bits=args.activation_bits, epochs=1, finetune_epochs=0,
+                            verbose=0, seed=args.seed)
+    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "searched.tflite"
+        autoqnn.export_tflite(result.model, str(path), x_train[:64])
+        exported = path.stat().st_size
+    epoch = next(h for h in result.history if h["step"] == "search")
+    print(f"  dnas+qpl 1 epoch on {n} images: {seconds:.1f} s (epoch {epoch['seconds']} s), "
+          f"{result.average_weight_bits:.3f} bits, TFLite {exported} bytes", flush=True)
+    return {"dnas_qpl_images": n, "dnas_qpl_seconds": round(seconds, 1),
+            "dnas_qpl_epoch_seconds": epoch["seconds"],
+            "dnas_qpl_weight_bits_avg": round(result.average_weight_bits, 3),
+            "dnas_qpl_tflite_bytes": exported}
 
 
 def main(argv=None):
@@ -225,6 +255,10 @@ def main(argv=None):
     parser.add_argument("--cost-episodes", type=int, default=10)
     parser.add_argument("--cost-models", nargs="+",
                         default=["cnn", "mobilenet", "MobileNetV3Small", "EfficientNetB0"])
+    parser.add_argument("--cost-dnas", nargs="*", default=["cnn", "mobilenet", "MobileNetV3Small"],
+                        help="cost models that also run one dnas+qpl epoch and a TFLite export")
+    parser.add_argument("--cost-images", type=int, default=1024,
+                        help="images of that dnas+qpl epoch")
     parser.add_argument("--parts", nargs="+", default=["compare", "tuner", "cost"],
                         choices=["compare", "tuner", "cost"])
     parser.add_argument("--seed", type=int, default=0)

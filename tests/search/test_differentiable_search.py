@@ -183,3 +183,35 @@ def test_one_scheme_for_the_whole_model(model):
     with pytest.raises(ValueError, match="scheme_scope must be 'layer' or 'model', got 'net'"):
         autoqnn.search(model, (X, Y), strategy="dnas", weight_bits_budget=4.0,
                        scheme_scope="net", verbose=0)
+
+
+def test_default_candidates_search_exports_to_tflite_with_parity(tmp_path):
+    """dnas+qpl with the default (per-channel) candidates on Conv + BN: the searched model
+    keeps BatchNorm unfolded for its fine-tune; export folds it and LiteRT matches Keras."""
+    from autoqnn.export import run_tflite
+
+    rng = np.random.default_rng(3)
+    images = rng.random((192, 10, 10, 1), dtype=np.float32)
+    labels = (images[:, :5].mean(axis=(1, 2, 3)) > images[:, 5:].mean(axis=(1, 2, 3))) \
+        .astype("int64")
+    inputs = keras.Input((10, 10, 1))
+    h = keras.layers.Conv2D(8, 3, use_bias=False, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU(name="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    float_model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(h))
+    float_model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    float_model.fit(images, labels, epochs=2, verbose=0)
+    result = autoqnn.search(float_model, (images[:160], labels[:160]),
+                            (images[160:], labels[160:]), strategy="dnas+qpl",
+                            weight_bits_budget=3.0, activation_bits=8, epochs=2,
+                            finetune_epochs=1, batch_size=32, verbose=0)
+    assert result.average_weight_bits <= 3.0
+    assert {r.scheme for r in result.policy} <= {"uniform", "pot", "apot", "acd"}
+    assert any(isinstance(layer, keras.layers.BatchNormalization)
+               for layer in result.model.layers)
+    info = autoqnn.export_tflite(result.model, tmp_path / "searched.tflite")
+    expected = result.model.predict(images[:32], verbose=0)
+    step = info.output_quantization[0][0]  # the int8 output's scale
+    steps = np.abs(run_tflite(info.path, images[:32]) - expected) / step
+    assert steps.max() <= 2.0 + 1e-4
