@@ -23,7 +23,7 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "ruff", "matplotlib", "keras-hub", "ray"],
         "notebooks": ["matplotlib", "jupyter", "nbconvert"],
-        "bench": ["matplotlib"],
+        "bench": ["matplotlib", "hgq2"],
         "distributed": ["ray"],
     },
     entry_points={"console_scripts": ["autoqnn=autoqnn.cli:main"]},
