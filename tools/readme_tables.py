@@ -112,16 +112,59 @@ def search_table():
     if data is None:
         return
     rows = []
+    hgq2 = _load("hgq2.json")
     for model, entry in data["models"].items():
         for r in entry["float_plus"]:
-            rows.append((model, r["method"], 32, f"{r['top1']:.2f}", "", "", ""))
-        for setting in entry["settings"]:
+            rows.append((model, r["method"], 32, f"{r['top1']:.2f}", "", "", "", ""))
+        for setting, float_row in zip(entry["settings"], entry["float_plus"]):
             for r in setting:
-                rows.append((model, r["method"], f"{r['weight_bits_avg']:.2f}", f"{r['top1']:.2f}",
+                rows.append((model, r["method"], f"{r['weight_bits_avg']:.2f}",
+                             f"{r['top1']:.2f}", f"{float_row['top1'] - r['top1']:.2f}",
                              f"{r['size_bytes'] / 1024:.1f}", r["seconds"],
                              r.get("search_epoch_ratio", "")))
-    print(_table(("model", "method", "avg w bits", "top-1 %", "KiB", "seconds",
-                  "search epoch / float epoch"), rows))
+            if hgq2 and model == "cnn" and "A4" in setting[0]["method"]:
+                r = hgq2["row"]
+                rows.append((model, r["method"] + " (`results/hgq2.json`)",
+                             f"{r['weight_bits_avg']:.2f}", f"{r['top1']:.2f}",
+                             f"{float_row['top1'] - r['top1']:.2f}", "", r["seconds"], ""))
+    print(_table(("model", "method", "avg w bits", "top-1 %", "gap to float + N ep", "KiB",
+                  "seconds", "search epoch / float epoch"), rows))
+
+
+def rl_tables():
+    data = _load("rl.json")
+    if data is None:
+        return
+    rows = []
+    for model, entry in data["models"].items():
+        rows.append((f"{model} (float {entry['float_top1']:.2f})", "", "", "", "", ""))
+        for r in entry["rows"]:
+            before = r.get("top1_val_before_finetune")
+            rows.append(("", r["method"], f"{r['weight_bits_avg']:.2f}", f"{r['top1']:.2f}",
+                         "" if before is None else f"{before:.2f}", r["seconds"]))
+    print(_table(("model", "method", "avg w bits", "top-1 % (test)",
+                  "val % before fine-tune", "seconds"), rows))
+    tuner = data.get("tuner")
+    if tuner:
+        print()
+        print(_table(("tune_ptq, {} trials".format(tuner["trials"]), "trials / min", "seconds",
+                      "best val accuracy"),
+                     [("serial", tuner["serial"]["trials_per_minute"],
+                       tuner["serial"]["seconds"], tuner["serial"]["best_accuracy"]),
+                      (f"Ray, {tuner['ray']['workers']} workers (start-up "
+                       f"{tuner['ray']['startup_seconds']} s apart)",
+                       tuner["ray"]["trials_per_minute"], tuner["ray"]["seconds"],
+                       tuner["ray"]["best_accuracy"])]))
+    cost = data.get("cost")
+    if cost:
+        print()
+        print(_table(("model", "searched layers", "sensitivity s", "rl s (episodes)",
+                      "rl s / episode", "dnas+qpl 1 epoch s (images)", "TFLite bytes"),
+                     [(c["model"], c["layers"], c["sensitivity_seconds"],
+                       f"{c['rl_seconds']} ({c['rl_episodes']})", c["rl_episode_seconds"],
+                       f"{c['dnas_qpl_seconds']} ({c['dnas_qpl_images']})"
+                       if "dnas_qpl_seconds" in c else "",
+                       c.get("dnas_qpl_tflite_bytes", "")) for c in cost]))
 
 
 def tuner_table():
@@ -191,7 +234,7 @@ def vit_table():
 
 def main():
     for fn in (bench_table, export_table, quantizer_tables, sensitivity_table, search_table,
-               tuner_table, lowbit_tables, vit_table):
+               rl_tables, tuner_table, lowbit_tables, vit_table):
         print(f"\n## {fn.__name__}\n")
         fn()
     return 0
