@@ -22,7 +22,8 @@ Three parts (`--parts`):
   from the float model), `dnas+qpl` (`--search-epochs`, then the same fine-tune),
   `sensitivity` (retrain-free, then the same fine-tune) and uniform
   `floor(budget)`-bit weights (PTQ, then the same fine-tune). Top-1 on the test split
-  (chooses nothing; the validation split is carved from the training images), average
+  (chooses nothing; the validation split is carved from the training images;
+  `--search-subset N`: searches and fine-tunes see the first N training images), average
   bits, size and search wall time (fine-tune included; the retrain-free accuracy of each
   searched model before its fine-tune is reported too).
 * `tuner`: `tune_ptq` trials per minute, serial against `RayExecutor` with
@@ -250,6 +251,9 @@ def main(argv=None):
                         help="validation images an RL episode is rewarded on")
     parser.add_argument("--search-epochs", type=int, default=2, help="dnas+qpl epochs")
     parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--search-subset", type=int, default=None,
+                        help="compare: searches and fine-tunes use only the first N training "
+                             "images (the float model keeps its own)")
     parser.add_argument("--tuner-trials", type=int, default=16)
     parser.add_argument("--ray-workers", type=int, default=2)
     parser.add_argument("--cost-episodes", type=int, default=10)
@@ -273,8 +277,10 @@ def main(argv=None):
         references[name] = model
         if "compare" in args.parts:
             print(f"{name}: float top1 {100 * accuracy(model, *test):.2f}", flush=True)
+            short = train if args.search_subset is None else (
+                train[0][:args.search_subset], train[1][:args.search_subset])
             out["models"][name] = {"float_top1": round(100 * accuracy(model, *test), 2),
-                                   "rows": compare(model, train, val, test, args)}
+                                   "rows": compare(model, short, val, test, args)}
             write_json(args.json, out)
     if "tuner" in args.parts:
         out["tuner"] = tuner(references[args.model[0]], train, val, args)
