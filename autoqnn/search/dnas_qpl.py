@@ -16,6 +16,7 @@ from autoqnn.search.differentiable import (
     DEFAULT_CANDIDATES,
     DifferentiableSearch,
     _accuracy,
+    _layers,
     _loss_fn,
     load_checkpoint,
     save_checkpoint,
@@ -54,6 +55,29 @@ def _candidates_at(candidates, bits):
     return out
 
 
+def sensitivity_start(searchable, model, calibration, *, weight_bits_budget, size_budget_bytes,
+                      candidate_bits, config) -> dict:
+    """Starts the trainable weight bits at the retrain-free policy of the "sensitivity"
+    strategy (each layer's KL sensitivity to each of `candidate_bits`, with 8-bit
+    activations so that only the weights are judged, and the exact budget solver), so QPL
+    refines a good mixed-precision policy instead of discovering one from uniform bits
+    within a few epochs. Returns the history record."""
+    from autoqnn.finalize import set_bits
+    from autoqnn.search.search import search
+
+    start = time.perf_counter()
+    result = search(model, calibration_data=calibration, strategy="sensitivity",
+                    weight_bits_budget=weight_bits_budget, size_budget_bytes=size_budget_bytes,
+                    candidate_bits=tuple(candidate_bits), activation_bits=8, config=config,
+                    num_samples=256, verbose=0)
+    trainable = {path for path, layer in _layers(searchable)
+                 if any(q.bits_variable is not None for q in layer.weight_quantizers.values())}
+    policy = {p: int(b) for p, b in result.bits().items() if p in trainable}
+    set_bits(searchable, {p: float(b) for p, b in policy.items()})
+    return {"step": "start", "policy": policy,
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
 def finetune_stage(final, train, val, model, *, epochs, learning_rate, batch_size, loss,
                    verbose) -> list[dict]:
     """The search strategies' last stage: `autoqnn.finetune` of the derived model at a tenth
@@ -74,7 +98,7 @@ def finetune_stage(final, train, val, model, *, epochs, learning_rate, batch_siz
 def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget,
         size_budget_bytes, calibration_data, activation_bits, epochs, finetune_epochs,
         checkpoint_dir, seed, verbose, config, loss, batch_size, learning_rate,
-        precision_weight, scheme_scope="layer"):
+        precision_weight, scheme_scope="layer", qpl_start="sensitivity"):
     """Returns `(final model, history, sensitivity table or None)`; see the module doc."""
     from autoqnn.api import quantize
     from autoqnn.finalize import finalize, set_bits
@@ -138,6 +162,11 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
                               activation_options={"learn_range": True} if low_bits else None,
                               calibration_method="mse" if low_bits else "max")
         history = []
+        if "qpl" in strategy and qpl_start == "sensitivity":
+            history.append(sensitivity_start(
+                searchable, model, calib, weight_bits_budget=weight_bits_budget,
+                size_budget_bytes=size_budget_bytes, config=config,
+                candidate_bits=range(2, min(8, start_bits + 2) + 1)))
     unsearched = fixed_bytes(quantization_report(searchable))
     if size_budget_bytes is not None:
         budget_cost, size = (size_budget_bytes - unsearched) * 8, True

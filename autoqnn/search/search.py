@@ -125,7 +125,7 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
            epochs: int = 3, finetune_epochs: int = 3, loss=None, batch_size: int = 128,
            learning_rate: float = 1e-3, precision_weight: float = 1.0, episodes: int = 30,
            rl_finetune_steps: int = 0, rl_config=None, executor=None,
-           scheme_scope: str = "layer") -> SearchResult:
+           scheme_scope: str = "layer", qpl_start: str = "sensitivity") -> SearchResult:
     """Searches per-layer weight bits (and, for a memory budget, activation bits).
 
     Args:
@@ -182,6 +182,9 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
         scheme_scope: "dnas" / "dnas+qpl": "layer" (a scheme per layer) or "model"
             (one scheme for the whole model, chosen by the parameter-weighted mixture
             probabilities; `autoqnn.search.differentiable.unify_scheme`).
+        qpl_start: "qpl" / "dnas+qpl": where the trainable bits start, "sensitivity"
+            (the retrain-free policy at the budget, judged with 8-bit activations) or
+            "budget" (every layer at the budget's bits, the projection's start).
 
     Returns:
         A `SearchResult` (`result.model` is quantized and calibrated).
@@ -220,6 +223,8 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
                          f"{scheme!r}")
     if scheme_scope not in ("layer", "model"):
         raise ValueError(f"scheme_scope must be 'layer' or 'model', got {scheme_scope!r}")
+    if qpl_start not in ("sensitivity", "budget"):
+        raise ValueError(f"qpl_start must be 'sensitivity' or 'budget', got {qpl_start!r}")
     if executor is not None and strategy != "rl":
         raise ValueError(f"executor= is used by strategy='rl' only, got strategy={strategy!r}")
     if strategy == "rl":  # calibrates on train_data's or val_data's inputs by default
@@ -322,7 +327,7 @@ def _differentiable(model, train_data, val_data, args) -> SearchResult:
         checkpoint_dir=args["checkpoint_dir"], seed=args["seed"], verbose=args["verbose"],
         config=args["config"], loss=args["loss"], batch_size=args["batch_size"],
         learning_rate=args["learning_rate"], precision_weight=args["precision_weight"],
-        scheme_scope=args["scheme_scope"])
+        scheme_scope=args["scheme_scope"], qpl_start=args["qpl_start"])
     data = args["calibration_data"]
     if data is None:
         data = np.asarray(train_data[0])[:512]

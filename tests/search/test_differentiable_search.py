@@ -104,14 +104,14 @@ def test_checkpoint_resumes_and_a_finished_search_returns_at_once(model, tmp_pat
                   checkpoint_dir=tmp_path)
     first = autoqnn.search(model, (X, Y), epochs=1, **kwargs)
     history = json.loads((tmp_path / "history.json").read_text())
-    assert [h["step"] for h in history] in (["search", "derive", "repair", "done"],
-                                            ["search", "derive", "done"])
+    assert [h["step"] for h in history] in (["start", "search", "derive", "repair", "done"],
+                                            ["start", "search", "derive", "done"])
     # An interrupted search: only its first epoch finished.
     (tmp_path / "final.keras").unlink()
-    (tmp_path / "history.json").write_text(json.dumps(history[:1]))
+    (tmp_path / "history.json").write_text(json.dumps(history[:2]))
     resumed = autoqnn.search(model, (X, Y), epochs=2, **kwargs)
     steps = [h for h in resumed.history if h["step"] == "search"]
-    assert len(steps) == 2 and steps[0] == history[0]  # the finished epoch is kept
+    assert len(steps) == 2 and steps[0] == history[1]  # the finished epoch is kept
     again = autoqnn.search(model, (X, Y), epochs=2, **kwargs)
     assert again.history == resumed.history and again.bits() == resumed.bits()
     del first
@@ -215,3 +215,18 @@ def test_default_candidates_search_exports_to_tflite_with_parity(tmp_path):
     step = info.output_quantization[0][0]  # the int8 output's scale
     steps = np.abs(run_tflite(info.path, images[:32]) - expected) / step
     assert steps.max() <= 2.0 + 1e-4
+
+
+def test_qpl_starts_at_the_sensitivity_policy_or_at_the_budget(model):
+    kwargs = dict(strategy="qpl", weight_bits_budget=3.0, epochs=1, finetune_epochs=0,
+                  verbose=0)
+    result = autoqnn.search(model, (X, Y), **kwargs)
+    start = result.history[0]
+    assert start["step"] == "start" and set(start["policy"]) == {"fc1", "logits"}
+    params = {r.layer: r.params for r in result.policy}
+    average = sum(params[p] * b for p, b in start["policy"].items()) / sum(params.values())
+    assert average <= 3.0 + 1e-9 and all(2 <= b <= 6 for b in start["policy"].values())
+    plain = autoqnn.search(model, (X, Y), qpl_start="budget", **kwargs)
+    assert "start" not in [h["step"] for h in plain.history]
+    with pytest.raises(ValueError, match="qpl_start must be 'sensitivity' or 'budget', got 'x'"):
+        autoqnn.search(model, (X, Y), qpl_start="x", **kwargs)
