@@ -63,6 +63,8 @@ def quantize(
     weight_bits_budget: float | None = None,
     size_budget_bytes: float | None = None,
     memory_budget_bytes: float | None = None,
+    train_data=None,
+    val_data=None,
 ):
     """Returns the quantized twin of a Keras model (the input model is not changed).
 
@@ -120,6 +122,10 @@ def quantize(
             makes this one call `autoqnn.search(model, calibration_data=...,
             strategy="sensitivity", ...)` (per-layer bits, retrain-free) and
             returns its model; `model.autoqnn_search` holds the `SearchResult`.
+        train_data, val_data: labelled `(x, y)` data: with a weight-bits or size
+            budget the search is the trained `strategy="dnas+qpl"` (a scheme and
+            bits per layer, then a distilled fine-tune; `search`'s defaults)
+            instead of the retrain-free one.
 
     Returns:
         A new `keras.Model`; `model.autoqnn_report` holds the per-layer report
@@ -139,6 +145,11 @@ def quantize(
         (32, 4)
     """
     check_model(model)
+    if (train_data is not None or val_data is not None) and weight_bits_budget is None and \
+            size_budget_bytes is None:
+        raise ValueError("train_data= / val_data= are for the trained search: give "
+                         "weight_bits_budget= or size_budget_bytes= with them (quantize's "
+                         "own calibration takes calibration_data=)")
     budgets = {"weight_bits_budget": weight_bits_budget, "size_budget_bytes": size_budget_bytes,
                "memory_budget_bytes": memory_budget_bytes}
     if any(v is not None for v in budgets.values()):
@@ -147,6 +158,12 @@ def quantize(
         if weight_bits is not None:
             raise ValueError(f"weight_bits={weight_bits!r} conflicts with a budget: the search "
                              "chooses the bits per layer")
+        if train_data is not None:
+            result = search(model, train_data, val_data, strategy="dnas+qpl",
+                            calibration_data=calibration_data, activation_bits=activation_bits,
+                            config=config if isinstance(config, dict) else None,
+                            verbose=verbose, **budgets)
+            return result.model
         return search(model, calibration_data=calibration_data, activation_bits=activation_bits,
                       scheme=scheme, granularity=granularity, ptq=ptq,
                       config=config if isinstance(config, dict) else None,
