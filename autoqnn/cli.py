@@ -52,7 +52,7 @@ def _load_labels(path, count):
                              ("x_test", "y_test")):
             if x_key in data.files:
                 if y_key not in data.files:
-                    raise SystemExit(f"error: --strategy rl needs labels: {str(path)!r} has "
+                    raise SystemExit(f"error: this --strategy needs labels: {str(path)!r} has "
                                      f"{x_key} but no {y_key}")
                 labels = data[y_key]
                 break
@@ -123,6 +123,10 @@ def cmd_search(args):
                  "episodes": args.episodes, "finetune_epochs": 0}
         if args.executor:
             extra["executor"] = args.executor
+    elif args.strategy in ("dnas", "qpl", "dnas+qpl"):  # trains: labels from the same file
+        extra = {"train_data": (data, _load_labels(args.data, len(data))),
+                 "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+                 "checkpoint_dir": args.checkpoint_dir}
     result = autoqnn.search(
         model,
         calibration_data=data,
@@ -230,7 +234,13 @@ def build_parser():
     search.add_argument("--data", help=".npz with calibration inputs (x_calib, x, x_train or "
                         "x_test)")
     search.add_argument("--strategy", default="sensitivity",
-                        help="sensitivity (default) or rl (needs labels in --data)")
+                        help="sensitivity (default), rl, or the trained dnas / qpl / dnas+qpl "
+                             "(these need labels in --data)")
+    search.add_argument("--epochs", type=int, default=3, help="dnas / qpl search epochs")
+    search.add_argument("--finetune-epochs", type=int, default=3,
+                        help="dnas / qpl fine-tune epochs of the derived model")
+    search.add_argument("--checkpoint-dir", default=None,
+                        help="dnas / qpl: checkpoint every epoch here; a rerun resumes")
     search.add_argument("--episodes", type=int, default=30, help="rl episodes")
     search.add_argument("--executor", choices=["ray"], default=None,
                         help="rl: evaluate episodes on a local Ray instance")

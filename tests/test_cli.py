@@ -126,3 +126,17 @@ def test_search_writes_a_mixed_precision_model(model_file, tmp_path, capsys):
     assert main(["search", str(model_file), "-o", str(out), "--budget", "1.0",
                  "--data", str(tmp_path / "calib.npz"), "--verbose", "0"]) == 2
     assert "smallest achievable average of 2.0000 bits" in capsys.readouterr().err
+
+
+def test_search_with_the_trained_strategy(model_file, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "labelled.npz", x_train=(rng.random((48, 8, 8)) * 255).astype("uint8"),
+             y_train=rng.integers(0, 3, 48))
+    out = tmp_path / "searched.keras"
+    assert main(["search", str(model_file), "-o", str(out), "--budget", "3.0",
+                 "--strategy", "qpl", "--epochs", "1", "--finetune-epochs", "0",
+                 "--data", str(tmp_path / "labelled.npz"), "--verbose", "0"]) == 0
+    assert autoqnn.quantization_report(keras.models.load_model(out)).weight_bits_avg <= 3.0
+    with pytest.raises(SystemExit, match="this --strategy needs labels"):
+        main(["search", str(model_file), "-o", str(out), "--budget", "3.0",
+              "--strategy", "qpl", "--data", str(tmp_path / "calib.npz")])
