@@ -18,6 +18,12 @@ For each reference model (the float model of tools/benchmark.py) and each settin
 * "float + N ep": the float model trained on for those N epochs with the same optimizer
   schedule (`tools/common.float_continued`).
 
+`--cost` measures only the cost ratios (one search epoch of each differentiable strategy
+over one float epoch, `results/search_cost.json`):
+
+    python tools/bench_search.py --data ../shared/data/fashion_mnist.npz --model cnn mobilenet \
+        --cost --cost-images 5000 --json results/search_cost.json
+
 `--search-subset N` runs the search, its fine-tune and the compared QAT / float runs on the
 first N training images (the float model is the usual one). The search's validation split
 is carved from the training images (the next 2,000 after
@@ -61,6 +67,29 @@ def float_epoch_seconds(model, train):
     start = time.perf_counter()
     copy.fit(*train, epochs=1, batch_size=128, verbose=0)
     return time.perf_counter() - start, copy
+
+
+def cost_ratios(model, train, args) -> list:
+    """Seconds of one search epoch per strategy over one float epoch on the same
+    `--cost-images` images: the second of two search epochs (the first traces the
+    searchable graph), the default candidates, the 3.0-bit budget, 4-bit activations."""
+    images = (train[0][:args.cost_images], train[1][:args.cost_images])
+    float_epoch, _ = float_epoch_seconds(model, images)
+    float_epoch = min(float_epoch, float_epoch_seconds(model, images)[0])  # warm
+    rows = []
+    for strategy in ("dnas", "qpl", "dnas+qpl"):
+        result = autoqnn.search(model, images, None, strategy=strategy, weight_bits_budget=3.0,
+                                activation_bits=4, epochs=2, finetune_epochs=0, verbose=0,
+                                seed=args.seed)
+        epochs = [h for h in result.history if h["step"] == "search"]
+        rows.append({"strategy": strategy, "images": len(images[0]),
+                     "trace_and_first_epoch_seconds": epochs[0]["seconds"],
+                     "epoch_seconds": epochs[-1]["seconds"],
+                     "float_epoch_seconds": round(float_epoch, 2),
+                     "ratio": round(epochs[-1]["seconds"] / float_epoch, 2)})
+        print(f"  cost {strategy}: {rows[-1]['ratio']}x a float epoch "
+              f"({rows[-1]['epoch_seconds']} s / {float_epoch:.2f} s)", flush=True)
+    return rows
 
 
 def run_setting(model, train, val, test, budget, act_bits, lr, args, float_epoch):
@@ -119,6 +148,10 @@ def main(argv=None):
     parser.add_argument("--search-subset", type=int, default=None,
                         help="search, fine-tune and the compared QAT / float runs use only the "
                              "first N training images (the float model keeps its own)")
+    parser.add_argument("--cost", action="store_true",
+                        help="only the cost ratios: one dnas / qpl / dnas+qpl epoch against one "
+                             "float epoch on --cost-images training images")
+    parser.add_argument("--cost-images", type=int, default=5000)
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
     train, val, test = load_splits(args.data, args.train_subset, val_size=2000)
@@ -128,6 +161,10 @@ def main(argv=None):
         argv if argv is not None else sys.argv[1:]), "models": {}}
     for name in args.model:
         model, _ = train_reference(name, train, epochs=args.epochs)
+        if args.cost:
+            out["models"][name] = {"cost": cost_ratios(model, train, args)}
+            write_json(args.json, out)
+            continue
         float_epoch, _ = float_epoch_seconds(model, short)
         entry = {"float_top1": round(100 * accuracy(model, *test), 2),
                  "float_epoch_seconds": round(float_epoch, 1), "settings": []}
