@@ -78,7 +78,8 @@ def cost_ratios(model, train, args) -> list:
     float_epoch = min(float_epoch, float_epoch_seconds(model, images)[0])  # warm
     rows = []
     for strategy in ("dnas", "qpl", "dnas+qpl"):
-        result = autoqnn.search(model, images, None, strategy=strategy, weight_bits_budget=3.0,
+        val = (images[0][:512], images[1][:512])  # cost only: one val batch per step anyway
+        result = autoqnn.search(model, images, val, strategy=strategy, weight_bits_budget=3.0,
                                 activation_bits=4, epochs=2, finetune_epochs=0, verbose=0,
                                 seed=args.seed)
         epochs = [h for h in result.history if h["step"] == "search"]
