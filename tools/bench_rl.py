@@ -230,7 +230,8 @@ def _dnas_cost(model, x_train, x_val, y_train, args) -> dict:
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "searched.tflite"
-        autoqnn.export_tflite(result.model, str(path), x_train[:64])
+        # 4-bit pot / apot per-channel levels need not embed in int8: re-quantized (<= half a step)
+        autoqnn.export_tflite(result.model, str(path), x_train[:64], inexact="requantize")
         exported = path.stat().st_size
     epoch = next(h for h in result.history if h["step"] == "search")
     print(f"  dnas+qpl 1 epoch on {n} images: {seconds:.1f} s (epoch {epoch['seconds']} s), "
