@@ -96,38 +96,40 @@ def expected_cost(model, size: bool):
     return total if size else total / max(params, 1)
 
 
-def _bit_variables(model):
-    """`[(bits variable, params, low, high)]` of the weight quantizers with trainable bits,
-    and the constant cost of the others (sum of params * expected bits)."""
-    out, fixed = [], 0.0
+def bit_plan(model):
+    """What `project_bits` needs, gathered once: `(variables, fixed, total_params)` with
+    `variables` the `(bits variable, params, low, high)` of the weight quantizers with
+    trainable bits, `fixed` the constant cost of the others (sum of params * expected
+    bits) and `total_params` all quantized weight parameters."""
+    out, fixed, total = [], 0.0, 0
     for _, layer in _layers(model):
         for attr, q in layer.weight_quantizers.items():
             n = int(np.prod(getattr(layer, attr).shape))
+            total += n
             if q.bits_variable is not None:
                 out.append((q.bits_variable, n, *q.bits_range))
             else:
                 fixed += n * float(q.expected_bits())
-    return out, fixed
+    return out, fixed, total
 
 
-def project_bits(model, budget_cost, size=False) -> float:
+def project_bits(model, budget_cost, size=False, plan=None) -> float:
     """Projects the trainable weight bitwidths onto the budget: when the expected cost is
     over it, every bitwidth moves down by one common shift (each clipped to its range),
     found by bisection, so that the cost meets the budget exactly (or every bitwidth sits at
     its minimum). Returns the shift (0.0 when the cost was already within the budget).
 
-    The search applies it after every architecture step, so the network trains at bits
-    that fit the budget and the rounded policy needs at most a small repair.
+    The search applies it after every architecture step (with its `bit_plan`, gathered
+    once), so the network trains at bits that fit the budget and the rounded policy needs
+    at most a small repair.
     """
-    variables, fixed = _bit_variables(model)
+    variables, fixed, total_params = bit_plan(model) if plan is None else plan
     if not variables:
         return 0.0
     bits = np.array([float(v.numpy()) for v, *_ in variables])
     params = np.array([n for _, n, _, _ in variables], dtype=float)
     low = np.array([lo for *_, lo, _ in variables], dtype=float)
     high = np.array([hi for *_, hi in variables], dtype=float)
-    total_params = sum(int(np.prod(getattr(layer, attr).shape))
-                       for _, layer in _layers(model) for attr in layer.weight_quantizers)
     target = budget_cost if size else budget_cost * total_params
 
     def cost(shift):
@@ -213,13 +215,14 @@ class DifferentiableSearch:
         self.loss = _loss_fn(model, loss)
         self.seed = seed
         self.verbose = verbose
-        self.project = project
+        # Trainable bits, and the constant cost of the rest, do not change during a search.
+        self.bit_plan = bit_plan(model) if project else None
         self.hard_final = hard_final
         if scheme_scope not in ("layer", "model"):
             raise ValueError(f"scheme_scope must be 'layer' or 'model', got {scheme_scope!r}")
         self.scheme_scope = scheme_scope
         if project:
-            project_bits(model, self.budget_cost, size)
+            project_bits(model, self.budget_cost, size, self.bit_plan)
         arch = _arch_variables(model)
         arch_ids = {id(v) for v in arch}
         self.arch_vars = arch
@@ -315,8 +318,8 @@ class DifferentiableSearch:
                     vx, vy = next(val_batches)
                 _, prec = self._arch_step(vx, vy)
                 precs.append(float(prec))
-                if self.project:
-                    project_bits(self.model, self.budget_cost, self.size)
+                if self.bit_plan is not None:
+                    project_bits(self.model, self.budget_cost, self.size, self.bit_plan)
             if bar is not None:
                 bar.update(i + 1, [("task_loss", tasks[-1])])
         extra = {} if chosen is None else {"model_scheme": chosen}

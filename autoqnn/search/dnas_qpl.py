@@ -125,6 +125,10 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
         start_bits = int(np.clip(math.floor(weight_bits_budget) + 1, 2, 8))
     else:
         start_bits = 4
+    # Trainable bits in [2, start + 2]: each integer in the range is one branch of the
+    # interpolation's switch that tf.function traces for every layer and candidate, so
+    # the window (not 2..8) halves the searchable graph's trace time.
+    top_bits = min(8, start_bits + 2)
     spec = {}
     if "dnas" in strategy:
         # Fixed bits (dnas): the budget's floor. With trainable bits the candidates'
@@ -134,10 +138,7 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
         bits = max(2, math.floor(budget + 0.5) if "qpl" in strategy else math.floor(budget))
         spec["candidates"] = _candidates_at(candidates, bits)
     if "qpl" in strategy:
-        # Trainable bits in [2, start + 2]: each integer in the range is one branch of the
-        # interpolation's switch that tf.function traces for every layer and candidate, so
-        # the window (not 2..8) halves the searchable graph's trace time.
-        spec.update(trainable_bits=True, bits_range=(2, min(8, start_bits + 2)),
+        spec.update(trainable_bits=True, bits_range=(2, top_bits),
                     initial_bits=float(start_bits))
     overrides = {".*": {"weight_quantizer": spec}}
     act_bits = activation_bits
@@ -166,7 +167,7 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
             history.append(sensitivity_start(
                 searchable, model, calib, weight_bits_budget=weight_bits_budget,
                 size_budget_bytes=size_budget_bytes, config=config,
-                candidate_bits=range(2, min(8, start_bits + 2) + 1)))
+                candidate_bits=range(2, top_bits + 1)))
     unsearched = fixed_bytes(quantization_report(searchable))
     if size_budget_bytes is not None:
         budget_cost, size = (size_budget_bytes - unsearched) * 8, True
