@@ -77,18 +77,20 @@ def cost_ratios(model, train, args) -> list:
     float_epoch, _ = float_epoch_seconds(model, images)
     float_epoch = min(float_epoch, float_epoch_seconds(model, images)[0])  # warm
     rows = []
-    for strategy in ("dnas", "qpl", "dnas+qpl"):
+    for strategy, update in (("dnas", None), ("qpl", None), ("qpl", "bilevel"),
+                             ("dnas+qpl", None)):
         val = (images[0][:512], images[1][:512])  # cost only: one val batch per step anyway
         result = autoqnn.search(model, images, val, strategy=strategy, weight_bits_budget=3.0,
                                 activation_bits=4, epochs=2, finetune_epochs=0, verbose=0,
-                                seed=args.seed)
+                                seed=args.seed, arch_update=update)
         epochs = [h for h in result.history if h["step"] == "search"]
-        rows.append({"strategy": strategy, "images": len(images[0]),
+        label = strategy if update is None else f"{strategy} ({update})"
+        rows.append({"strategy": label, "images": len(images[0]),
                      "trace_and_first_epoch_seconds": epochs[0]["seconds"],
                      "epoch_seconds": epochs[-1]["seconds"],
                      "float_epoch_seconds": round(float_epoch, 2),
                      "ratio": round(epochs[-1]["seconds"] / float_epoch, 2)})
-        print(f"  cost {strategy}: {rows[-1]['ratio']}x a float epoch "
+        print(f"  cost {label}: {rows[-1]['ratio']}x a float epoch "
               f"({rows[-1]['epoch_seconds']} s / {float_epoch:.2f} s)", flush=True)
     return rows
 
@@ -96,21 +98,27 @@ def cost_ratios(model, train, args) -> list:
 def run_setting(model, train, val, test, budget, act_bits, lr, args, float_epoch):
     rows = []
     total_epochs = args.search_epochs + args.finetune_epochs
-    runs = [(s, "layer") for s in args.strategies]
+    updates = [None if u == "default" else u for u in args.arch_updates]
+    runs = [(s, "layer", u) for s in args.strategies for u in updates]
     if args.single_scheme:
-        runs.append(("dnas+qpl", "model"))
-    for strategy, scope in runs:
+        runs.append(("dnas+qpl", "model", None))
+    for strategy, scope, update in runs:
         start = time.perf_counter()
         result = autoqnn.search(model, train, val, strategy=strategy, weight_bits_budget=budget,
                                 activation_bits=act_bits, epochs=args.search_epochs,
                                 finetune_epochs=args.finetune_epochs, scheme_scope=scope,
-                                learning_rate=lr, verbose=args.verbose, seed=args.seed)
+                                learning_rate=lr, verbose=args.verbose, seed=args.seed,
+                                arch_update=update)
         seconds = time.perf_counter() - start
         epochs = [h for h in result.history if h["step"] == "search"]
         label = strategy if scope == "layer" else f"{strategy}, one scheme for the model"
+        label = label if update is None else f"{label} ({update})"
+        tuned = [h["val_accuracy"] for h in result.history if h["step"] == "finetune"]
         rows.append({
             "method": f"{label} <= {budget} bits, A{act_bits}",
             "top1": round(100 * accuracy(result.model, *test), 2),
+            # What a choice between runs may look at (the best fine-tune epoch's).
+            "val_top1": round(100 * max(tuned), 2) if tuned else None,
             "weight_bits_avg": round(result.average_weight_bits, 3),
             "size_bytes": int(result.size_bytes), "seconds": round(seconds, 1),
             # The last search epoch: the first one also traces the searchable graph.
@@ -119,6 +127,8 @@ def run_setting(model, train, val, test, budget, act_bits, lr, args, float_epoch
             "history": result.history,
         })
         print(rows[-1]["method"], rows[-1]["top1"], rows[-1]["weight_bits_avg"], flush=True)
+    if args.no_uniform:
+        return rows
     bits = int(budget)
     start = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
@@ -143,6 +153,11 @@ def main(argv=None):
     parser.add_argument("--search-epochs", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--strategies", nargs="+", default=["dnas+qpl", "qpl"])
+    parser.add_argument("--arch-updates", nargs="+", default=["default"],
+                        choices=["default", "bilevel", "joint"],
+                        help="run each strategy with each of these arch_update settings")
+    parser.add_argument("--no-uniform", action="store_true",
+                        help="skip the uniform QAT rows")
     parser.add_argument("--single-scheme", action="store_true",
                         help="also run dnas+qpl with one scheme for the whole model")
     parser.add_argument("--seed", type=int, default=0)

@@ -12,7 +12,12 @@ first-order approximation, between
 The bi-level split is what keeps the architecture from overfitting the
 training batches (the logits would otherwise follow whichever candidate the
 weights adapted to); the first-order form costs one extra forward/backward per
-step instead of DARTS' second-order unrolling. The precision loss is
+step instead of DARTS' second-order unrolling. `arch_update="joint"` instead takes
+one step on the training batch for the weights and the architecture together
+(HGQ2's and Uhlich et al.'s way for learned bitwidths): the default of "qpl", whose
+only architecture variables are bitwidths held to the budget by the projection below,
+so that there is nothing for the training batches to overfit but their precision; it
+halves the forward/backward passes of an epoch. The precision loss is
 `relu(cost / budget - 1)^2 + 0.01 * cost / budget`, with `cost` the
 differentiable model size (sum of params * `expected_bits()`, the mixture
 average and/or trainable bits) or the average bits: zero pressure below the
@@ -66,6 +71,9 @@ powers-of-two levels, and the integer grid with learned SAWB-initialised clips (
 weight side, which held 2-bit weights where the min/max grid lost 5 points:
 `results/lowbit_qat_w2_cnn.json`), at the budget's bits. All per-channel, so folding
 BatchNorm at export keeps the searched function, and all export or pack."""
+
+
+ARCH_UPDATES = ("bilevel", "joint")
 
 
 def _layers(model):
@@ -195,6 +203,9 @@ class DifferentiableSearch:
             weights adapt to the schemes `finalize` keeps.
         scheme_scope: "layer" (a scheme per layer) or "model" (one scheme for the
             whole model, `unify_scheme`, fixed from the hard epoch on).
+        arch_update: "bilevel" (a weight step on a training batch, then an architecture
+            step on a validation batch) or "joint" (one step on the training batch
+            updates both; the validation split only measures).
         loss: the task loss (None: the model's, else sparse categorical CE).
         seed: shuffling seed.
         verbose: 1 shows a progress bar per epoch.
@@ -203,7 +214,8 @@ class DifferentiableSearch:
     def __init__(self, model, train, val, *, budget_cost, size=False, epochs=3,
                  batch_size=128, learning_rate=1e-3, arch_learning_rate=1e-2,
                  precision_weight=1.0, tau_start=1.0, tau_end=0.1, loss=None, seed=0,
-                 verbose=1, project=True, hard_final=True, scheme_scope="layer"):
+                 verbose=1, project=True, hard_final=True, scheme_scope="layer",
+                 arch_update="bilevel"):
         self.model = model
         self.train, self.val = train, val
         self.budget_cost = float(budget_cost)
@@ -221,6 +233,10 @@ class DifferentiableSearch:
         if scheme_scope not in ("layer", "model"):
             raise ValueError(f"scheme_scope must be 'layer' or 'model', got {scheme_scope!r}")
         self.scheme_scope = scheme_scope
+        if arch_update not in ARCH_UPDATES:
+            raise ValueError(f"arch_update must be one of {list(ARCH_UPDATES)}, "
+                             f"got {arch_update!r}")
+        self.arch_update = arch_update
         if project:
             project_bits(model, self.budget_cost, size, self.bit_plan)
         arch = _arch_variables(model)
@@ -241,6 +257,7 @@ class DifferentiableSearch:
         self._scale = 1.0 / self.replicas
         self._weight_step = self._compiled(self._weight_step_eager)
         self._arch_step = self._compiled(self._arch_step_eager)
+        self._joint_step = self._compiled(self._joint_step_eager)
 
     def _compiled(self, step):
         """`step(x, y)` as a tf.function, run data-parallel when there are replicas."""
@@ -287,6 +304,18 @@ class DifferentiableSearch:
         self.arch_opt.apply(grads, self.arch_vars)
         return task / self._scale, prec
 
+    def _joint_step_eager(self, x, y):
+        with tf.GradientTape() as tape:
+            out = self.model(x, training=True)
+            task = self.loss(y, out)
+            prec = self.precision_loss()
+            total = task + (sum(self.model.losses) + self.precision_weight * prec) * self._scale
+        grads = tape.gradient(total, self.weight_vars + self.arch_vars)
+        n = len(self.weight_vars)
+        self.weight_opt.apply(grads[:n], self.weight_vars)
+        self.arch_opt.apply(grads[n:], self.arch_vars)
+        return task / self._scale, prec
+
     def set_temperature(self, epoch):
         """The epoch's temperature: geometric from `tau_start` to `tau_end` over the soft
         epochs, then 0 (hard, straight-through) for the last one when `hard_final`."""
@@ -308,9 +337,15 @@ class DifferentiableSearch:
         val_batches = _batches(self.val, self.batch_size, rng)
         tasks, precs = [], []
         start = time.perf_counter()
+        joint = self.arch_update == "joint" and bool(self.arch_vars)
         for i, (x, y) in enumerate(_batches(self.train, self.batch_size, rng)):
-            tasks.append(float(self._weight_step(x, y)))
-            if self.arch_vars:
+            if joint:
+                task, prec = self._joint_step(x, y)
+                tasks.append(float(task))
+                precs.append(float(prec))
+            else:
+                tasks.append(float(self._weight_step(x, y)))
+            if self.arch_vars and not joint:
                 try:
                     vx, vy = next(val_batches)
                 except StopIteration:
@@ -318,8 +353,8 @@ class DifferentiableSearch:
                     vx, vy = next(val_batches)
                 _, prec = self._arch_step(vx, vy)
                 precs.append(float(prec))
-                if self.bit_plan is not None:
-                    project_bits(self.model, self.budget_cost, self.size, self.bit_plan)
+            if self.arch_vars and self.bit_plan is not None:
+                project_bits(self.model, self.budget_cost, self.size, self.bit_plan)
             if bar is not None:
                 bar.update(i + 1, [("task_loss", tasks[-1])])
         extra = {} if chosen is None else {"model_scheme": chosen}

@@ -98,7 +98,7 @@ def finetune_stage(final, train, val, model, *, epochs, learning_rate, batch_siz
 def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget,
         size_budget_bytes, calibration_data, activation_bits, epochs, finetune_epochs,
         checkpoint_dir, seed, verbose, config, loss, batch_size, learning_rate,
-        precision_weight, scheme_scope="layer", qpl_start="sensitivity"):
+        precision_weight, scheme_scope="layer", qpl_start="sensitivity", arch_update=None):
     """Returns `(final model, history, sensitivity table or None)`; see the module doc."""
     from autoqnn.api import quantize
     from autoqnn.finalize import finalize, set_bits
@@ -180,7 +180,8 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
                                 epochs=epochs, batch_size=batch_size,
                                 learning_rate=learning_rate, precision_weight=precision_weight,
                                 loss=loss, seed=seed, verbose=verbose,
-                                scheme_scope=scheme_scope)
+                                scheme_scope=scheme_scope, arch_update=arch_update or (
+                                    "joint" if strategy == "qpl" else "bilevel"))
     for epoch in range(len([h for h in history if h.get("step") == "search"]), epochs):
         record = {"step": "search", **loop.run_epoch(epoch)}
         history.append(record)
@@ -216,3 +217,39 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
         final.save(Path(checkpoint_dir) / "final.keras")
         (Path(checkpoint_dir) / "history.json").write_text(json.dumps(history, indent=1))
     return final, history, table
+
+
+def search_differentiable(model, train_data, val_data, args):
+    """`autoqnn.search` for the differentiable strategies: checks the arguments that only
+    they use, `run`s, fits a memory budget and returns the `SearchResult`; `args` holds
+    `search`'s arguments (and its start time, "start")."""
+    from autoqnn.report import quantization_report
+    from autoqnn.search.search import _fit_memory, _result
+
+    if train_data is None:
+        raise ValueError(f"strategy={args['strategy']!r} trains: give train_data=(x, y)")
+    if args["memory_budget_bytes"] is not None and args["weight_bits_budget"] is None and \
+            args["size_budget_bytes"] is None:
+        raise ValueError(f"strategy={args['strategy']!r} searches weights: give "
+                         "weight_bits_budget= or size_budget_bytes= (memory_budget_bytes= "
+                         "alone is the activation side: strategy='sensitivity')")
+    for name in ("epochs", "finetune_epochs", "batch_size"):
+        value = args[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (
+                1 if name != "finetune_epochs" else 0):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    names = ("strategy", "candidates", "weight_bits_budget", "size_budget_bytes",
+             "calibration_data", "activation_bits", "epochs", "finetune_epochs",
+             "checkpoint_dir", "seed", "verbose", "config", "loss", "batch_size",
+             "learning_rate", "precision_weight", "scheme_scope", "qpl_start", "arch_update")
+    final, history, table = run(model, train_data, val_data, **{k: args[k] for k in names})
+    data = args["calibration_data"]
+    if data is None:
+        data = np.asarray(train_data[0])[:512]
+    memory = _fit_memory(final, args["memory_budget_bytes"], args["candidate_activation_bits"],
+                         data, None, args["num_samples"], history)
+    final.autoqnn_report = quantization_report(final)  # a checkpointed model has none
+    budget = {k: args[k] for k in ("weight_bits_budget", "size_budget_bytes",
+                                   "memory_budget_bytes")}
+    return _result(final, history, args["strategy"], args["start"], memory, budget, table,
+                   args["activation_bits"])

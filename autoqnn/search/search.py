@@ -125,7 +125,8 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
            epochs: int = 3, finetune_epochs: int = 3, loss=None, batch_size: int = 128,
            learning_rate: float = 1e-3, precision_weight: float = 1.0, episodes: int = 30,
            rl_finetune_steps: int = 0, rl_config=None, executor=None,
-           scheme_scope: str = "layer", qpl_start: str = "sensitivity") -> SearchResult:
+           scheme_scope: str = "layer", qpl_start: str = "sensitivity",
+           arch_update: str | None = None) -> SearchResult:
     """Searches per-layer weight bits (and, for a memory budget, activation bits).
 
     Args:
@@ -185,6 +186,10 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
         qpl_start: "qpl" / "dnas+qpl": where the trainable bits start, "sensitivity"
             (the retrain-free policy at the budget, judged with 8-bit activations) or
             "budget" (every layer at the budget's bits, the projection's start).
+        arch_update: differentiable strategies: "bilevel" (architecture steps on
+            `val_data` batches, alternating with weight steps on `train_data`) or
+            "joint" (one step on `train_data` for both); None: "joint" for "qpl",
+            "bilevel" for "dnas" and "dnas+qpl" (`autoqnn.search.differentiable`).
 
     Returns:
         A `SearchResult` (`result.model` is quantized and calibrated).
@@ -225,6 +230,8 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
         raise ValueError(f"scheme_scope must be 'layer' or 'model', got {scheme_scope!r}")
     if qpl_start not in ("sensitivity", "budget"):
         raise ValueError(f"qpl_start must be 'sensitivity' or 'budget', got {qpl_start!r}")
+    if arch_update not in (None, "bilevel", "joint"):
+        raise ValueError(f"arch_update must be None, 'bilevel' or 'joint', got {arch_update!r}")
     if executor is not None and strategy != "rl":
         raise ValueError(f"executor= is used by strategy='rl' only, got strategy={strategy!r}")
     if strategy == "rl":  # calibrates on train_data's or val_data's inputs by default
@@ -233,7 +240,9 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
     if data is None:
         raise ValueError("search needs calibration_data= (inputs, no labels) or train_data=")
     if strategy != "sensitivity":
-        return _differentiable(model, train_data, val_data, locals())
+        from autoqnn.search.dnas_qpl import search_differentiable
+
+        return search_differentiable(model, train_data, val_data, locals())
     del val_data, seed
     top = candidate_bits[-1]
     if ptq is not None:
@@ -301,45 +310,6 @@ def _result(final, history, strategy, start, memory, budget, table, activation_b
                           {k: v for k, v in budget.items() if v is not None}, table)
     final.autoqnn_search = result
     return result
-
-
-def _differentiable(model, train_data, val_data, args) -> SearchResult:
-    from autoqnn.search import dnas_qpl
-
-    if train_data is None:
-        raise ValueError(f"strategy={args['strategy']!r} trains: give train_data=(x, y)")
-    if args["memory_budget_bytes"] is not None and args["weight_bits_budget"] is None and \
-            args["size_budget_bytes"] is None:
-        raise ValueError(f"strategy={args['strategy']!r} searches weights: give "
-                         "weight_bits_budget= or size_budget_bytes= (memory_budget_bytes= "
-                         "alone is the activation side: strategy='sensitivity')")
-    for name in ("epochs", "finetune_epochs", "batch_size"):
-        value = args[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < (
-                1 if name != "finetune_epochs" else 0):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    final, history, table = dnas_qpl.run(
-        model, train_data, val_data, strategy=args["strategy"], candidates=args["candidates"],
-        weight_bits_budget=args["weight_bits_budget"],
-        size_budget_bytes=args["size_budget_bytes"],
-        calibration_data=args["calibration_data"], activation_bits=args["activation_bits"],
-        epochs=args["epochs"], finetune_epochs=args["finetune_epochs"],
-        checkpoint_dir=args["checkpoint_dir"], seed=args["seed"], verbose=args["verbose"],
-        config=args["config"], loss=args["loss"], batch_size=args["batch_size"],
-        learning_rate=args["learning_rate"], precision_weight=args["precision_weight"],
-        scheme_scope=args["scheme_scope"], qpl_start=args["qpl_start"])
-    data = args["calibration_data"]
-    if data is None:
-        data = np.asarray(train_data[0])[:512]
-    memory = _fit_memory(final, args["memory_budget_bytes"], args["candidate_activation_bits"],
-                         data, None, args["num_samples"], history)
-    from autoqnn.report import quantization_report
-
-    final.autoqnn_report = quantization_report(final)  # a checkpointed model has none
-    budget = {k: args[k] for k in ("weight_bits_budget", "size_budget_bytes",
-                                   "memory_budget_bytes")}
-    return _result(final, history, args["strategy"], args["start"], memory, budget, table,
-                   args["activation_bits"])
 
 
 def _rl(model, train_data, val_data, args) -> SearchResult:

@@ -99,6 +99,25 @@ def test_search_trains_within_the_budget_with_projection(model):
     assert record["expected_cost"] <= 3.0 + 1e-5
 
 
+def test_joint_update_trains_weights_and_bits_on_training_batches_only(model):
+    qmodel = autoqnn.quantize(model, weight_bits=6, activation_bits=None, config={
+        ".*": {"weight_quantizer": {"trainable_bits": True, "bits_range": (2, 8)}}})
+    # The validation split is garbage: a joint step never reads it.
+    loop = DifferentiableSearch(qmodel, (X, Y), (X[:8] * np.nan, Y[:8]), budget_cost=3.0,
+                                epochs=1, batch_size=64, verbose=0, arch_update="joint")
+    bits = [q.bits_variable for layer in qmodel.layers
+            for q in getattr(layer, "weight_quantizers", {}).values()]
+    kernel = qmodel.get_layer("fc1").kernel.numpy().copy()
+    start = [float(b.numpy()) for b in bits]
+    loop._joint_step(X[:64], Y[:64])
+    assert not np.allclose(qmodel.get_layer("fc1").kernel.numpy(), kernel)
+    assert [float(b.numpy()) for b in bits] != start  # the bits' gradients flowed
+    loop.run_epoch(0)
+    assert float(expected_cost(qmodel, size=False)) <= 3.0 + 1e-5
+    with pytest.raises(ValueError, match="arch_update must be one of"):
+        DifferentiableSearch(qmodel, (X, Y), (X, Y), budget_cost=3.0, arch_update="alternate")
+
+
 def test_checkpoint_resumes_and_a_finished_search_returns_at_once(model, tmp_path):
     kwargs = dict(strategy="qpl", weight_bits_budget=3.0, finetune_epochs=0, verbose=0,
                   checkpoint_dir=tmp_path)
@@ -139,6 +158,10 @@ def test_bad_input(model):
     with pytest.raises(ValueError, match=r"strategy must be one of \['sensitivity', 'dnas', "
                                          r"'qpl', 'dnas\+qpl'.*\], got 'annealing'"):
         autoqnn.search(model, (X, Y), strategy="annealing", weight_bits_budget=3.0)
+    with pytest.raises(ValueError, match="arch_update must be None, 'bilevel' or 'joint', "
+                                         "got 'both'"):
+        autoqnn.search(model, (X, Y), strategy="qpl", weight_bits_budget=3.0,
+                       arch_update="both")
 
 
 def test_repair_stays_in_the_searched_bit_range(model):
