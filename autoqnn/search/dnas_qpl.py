@@ -102,7 +102,6 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
     """Returns `(final model, history, sensitivity table or None)`; see the module doc."""
     from autoqnn.api import quantize
     from autoqnn.finalize import finalize, set_bits
-    from autoqnn.report import quantization_report
     from autoqnn.search.budget import fixed_bytes, solve_policy
     from autoqnn.search.sensitivity import measure_sensitivity
 
@@ -168,7 +167,9 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
                 searchable, model, calib, weight_bits_budget=weight_bits_budget,
                 size_budget_bytes=size_budget_bytes, config=config,
                 candidate_bits=range(2, top_bits + 1)))
-    unsearched = fixed_bytes(quantization_report(searchable))
+    # The part of the size no bitwidth changes, counted on the derived model: the searchable
+    # one also holds every candidate's state (scales, clips), which `finalize` drops.
+    unsearched = fixed_bytes(finalize(searchable, fold_batchnorm=False).autoqnn_report)
     if size_budget_bytes is not None:
         budget_cost, size = (size_budget_bytes - unsearched) * 8, True
         if budget_cost <= 0:

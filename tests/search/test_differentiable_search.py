@@ -118,6 +118,18 @@ def test_joint_update_trains_weights_and_bits_on_training_batches_only(model):
         DifferentiableSearch(qmodel, (X, Y), (X, Y), budget_cost=3.0, arch_update="alternate")
 
 
+def test_size_and_memory_budgets_hold(model):
+    size = autoqnn.quantize(model, weight_bits=3, activation_bits=8,
+                            calibration_data=X[:64]).autoqnn_report.size_bytes
+    # The largest activation is fc1's 32 values: 32 bytes at 8 bits, 16 at 4.
+    result = autoqnn.search(model, (X, Y), strategy="dnas+qpl", size_budget_bytes=size,
+                            memory_budget_bytes=20, activation_bits=8, epochs=1,
+                            finetune_epochs=0, verbose=0)
+    assert result.size_bytes <= size and result.model.autoqnn_report.size_bytes <= size
+    assert result.memory_bytes <= 20
+    assert result.history[-1]["step"] == "memory"
+
+
 def test_checkpoint_resumes_and_a_finished_search_returns_at_once(model, tmp_path):
     kwargs = dict(strategy="qpl", weight_bits_budget=3.0, finetune_epochs=0, verbose=0,
                   checkpoint_dir=tmp_path)
