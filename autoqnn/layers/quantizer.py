@@ -14,8 +14,12 @@ files and `fit` carry it), and a bits specification:
   `q(b) = (1 - t) * Q_floor(b)(x) + t * Q_floor(b)+1(x)` with
   `t = b - floor(b)`, so `dq/db = Q_floor(b)+1(x) - Q_floor(b)(x)` reaches
   `b` at every point, integers included. Each neighbour is the scheme's
-  fixed-bits quantization (selected with a switch, one branch runs), so at
-  integer `b` the forward is bit-exact `Q_b(x)`, which `finalize` keeps;
+  quantization at that many bits: with the bits as a tensor for the schemes
+  that take one (`Scheme.tensor_bits`: uniform, acd, pot), so the graph holds
+  two quantizations whatever the range (at integer `b` the forward is `Q_b(x)`
+  up to float rounding: the math path of TensorFlow's fake-quant op); else the
+  fixed-bits quantization selected with a switch (one branch runs, bit-exact
+  `Q_b(x)` at integer `b`, which `finalize` keeps);
 * **a mixture of candidate schemes** (`candidates=[...]`, DNAS):
   `q = sum_i softmax(logits / tau)_i * Q_i(x)` with trainable logits
   (`<name>_logits`) and a non-trainable temperature (`<name>_temperature`)
@@ -265,6 +269,10 @@ class Quantizer:
         b = ops.clip(ops.cast(self.bits_variable, x.dtype), float(low), float(high))
         lower = ops.minimum(ops.floor(ops.stop_gradient(b)), float(high - 1))
         frac = b - lower
+        if scheme.tensor_bits:  # two quantizations in the graph, whatever the range
+            k = ops.cast(lower, "int32")
+            q0, q1 = at_bits(x, k), at_bits(x, k + 1)
+            return q0 + frac * (q1 - q0)
         index = ops.cast(lower, "int32") - low
         # One static-bits quantization per neighbour (a switch runs one branch), so at
         # an integer b the forward is bit-exact the fixed-bits one (frac * (q1 - q0) = 0).

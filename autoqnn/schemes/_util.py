@@ -8,6 +8,11 @@ from keras import ops
 from autoqnn.ops import reduce_axes
 
 
+def is_static(bits) -> bool:
+    """Whether a per-call `bits` is None or a Python / NumPy number (not a tensor)."""
+    return bits is None or isinstance(bits, (int, float, np.integer, np.floating))
+
+
 def static_bits(scheme, bits) -> int:
     """Validates a per-call `bits` override for schemes that need a Python int.
 

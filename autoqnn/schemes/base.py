@@ -130,6 +130,9 @@ class Scheme(abc.ABC):
         needs_range: activation schemes that use an observed `[min, max]`
             range (calibration / moving average) kept by the layer.
         is_uniform: levels are evenly spaced (`uniform_grid` works).
+        tensor_bits: `quantize` also takes `bits` as a scalar int tensor, so a
+            trainable bitwidth traces two quantizations (its floor and ceiling)
+            instead of a switch branch per integer of its range.
     """
 
     name = "base"
@@ -140,6 +143,7 @@ class Scheme(abc.ABC):
     supports_activations = False
     needs_range = False
     is_uniform = False
+    tensor_bits = False
 
     def __init__(self, bits: int | None = None, granularity: str = "per_tensor"):
         bits = self.default_bits if bits is None else bits

@@ -13,7 +13,7 @@ from __future__ import annotations
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import sign_nonzero, static_bits
+from autoqnn.schemes._util import is_static, sign_nonzero, static_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 POT_LAMBDAS = (1.0, 0.9, 0.4, 0.03)
@@ -51,14 +51,19 @@ def pot_grid(x, alpha, bits):
     Args:
         x: float tensor.
         alpha: positive scale, broadcastable to `x`.
-        bits: Python int; E = `pot_exponents(bits)` magnitudes, 2E levels.
+        bits: Python int (or scalar int tensor) in [1, 8]; E = `pot_exponents(bits)`
+            magnitudes, 2E levels.
 
     Returns:
         Tensor like `x` on the grid.
     """
     x = ops.convert_to_tensor(x)
     alpha = ops.cast(alpha, x.dtype)
-    max_exp = float(pot_exponents(bits) - 1)
+    if is_static(bits):
+        max_exp = float(pot_exponents(bits) - 1)
+    else:  # a scalar int tensor (a trainable bitwidth): look the exponent count up
+        max_exp = ops.take(ops.convert_to_tensor(
+            [float(pot_exponents(b) - 1) for b in range(1, 9)], x.dtype), bits - 1)
     ratio = ops.maximum(ops.abs(x) / alpha, 2.0**-126)
     k = ops.clip(ops.round(ops.log2(ratio)), 0.0, max_exp)
     return sign_nonzero(x) * alpha * ops.power(2.0, k)
@@ -69,13 +74,18 @@ def pot_quantize(x, bits, channel_axis=None):
 
     Args:
         x: float tensor.
-        bits: Python int in [1, 8].
+        bits: Python int (or scalar int tensor) in [1, 8].
         channel_axis: channel axis (or axes) for per-channel scales, or None.
 
     Returns:
         Tensor like `x`.
     """
-    alpha = qops.safe_scale(pot_lambda(bits) * qops.std(x, channel_axis))
+    if is_static(bits):
+        lam = pot_lambda(bits)
+    else:
+        lam = ops.take(ops.convert_to_tensor([pot_lambda(b) for b in range(1, 9)], "float32"),
+                       bits - 1)
+    alpha = qops.safe_scale(lam * qops.std(x, channel_axis))
     return qops.ste(x, pot_grid(x, alpha, bits))
 
 
@@ -105,9 +115,11 @@ class PowerOfTwoScheme(Scheme):
     min_bits = 1
     max_bits = 8
     default_bits = 4
+    tensor_bits = True
 
     def quantize(self, x, state=None, *, channel_axis=None, bits=None, training=False):
-        return pot_quantize(x, static_bits(self, bits), self.channel_axis(channel_axis))
+        bits = static_bits(self, bits) if is_static(bits) else bits
+        return pot_quantize(x, bits, self.channel_axis(channel_axis))
 
     def num_levels(self, bits=None):
         return 2 * pot_exponents(self.bits if bits is None else bits)

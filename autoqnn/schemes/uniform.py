@@ -17,7 +17,7 @@ import numpy as np
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import broadcast_channels, channel_shape
+from autoqnn.schemes._util import broadcast_channels, channel_shape, is_static
 from autoqnn.schemes.base import Scheme, register_scheme
 
 
@@ -105,6 +105,7 @@ class UniformScheme(Scheme):
     supports_activations = True
     needs_range = True
     is_uniform = True
+    tensor_bits = True
 
     def __init__(
         self,
@@ -184,7 +185,9 @@ class UniformScheme(Scheme):
             return qops.learned_uniform_quantize(x, lo, hi, bits, self.symmetric,
                                                  self.narrow_range)
         lo, hi = self.grid_range(x, state, channel_axis, bits)
-        if isinstance(axis, tuple):  # several channel axes: the math path broadcasts
+        # Several channel axes, or tensor bits: the math path (TensorFlow's fake-quant op
+        # takes one axis and Python-int bits).
+        if isinstance(axis, tuple) or not is_static(bits):
             return qops.uniform_quantize(x, lo, hi, bits, self.narrow_range)
         return qops.fake_quant(x, lo, hi, bits, self.narrow_range, channel_axis=axis)
 
