@@ -239,7 +239,10 @@ def _dnas_cost(model, x_train, x_val, y_train, args) -> dict:
     return {"dnas_qpl_images": n, "dnas_qpl_seconds": round(seconds, 1),
             "dnas_qpl_epoch_seconds": epoch["seconds"],
             "dnas_qpl_weight_bits_avg": round(result.average_weight_bits, 3),
-            "dnas_qpl_tflite_bytes": exported}
+            "dnas_qpl_tflite_bytes": exported,
+            "dnas_qpl_steps": [{k: h[k] for k in ("step", "expected_cost", "val_accuracy",
+                                                  "from_average_bits") if k in h}
+                               for h in result.history]}
 
 
 def main(argv=None):

@@ -181,8 +181,7 @@ def run(model, train_data, val_data, *, strategy, candidates, weight_bits_budget
                                 epochs=epochs, batch_size=batch_size,
                                 learning_rate=learning_rate, precision_weight=precision_weight,
                                 loss=loss, seed=seed, verbose=verbose,
-                                scheme_scope=scheme_scope, arch_update=arch_update or (
-                                    "joint" if strategy == "qpl" else "bilevel"))
+                                scheme_scope=scheme_scope, arch_update=arch_update or "bilevel")
     for epoch in range(len([h for h in history if h.get("step") == "search"]), epochs):
         record = {"step": "search", **loop.run_epoch(epoch)}
         history.append(record)

@@ -188,8 +188,8 @@ def search(model, train_data=None, val_data=None, *, strategy: str = "sensitivit
             "budget" (every layer at the budget's bits, the projection's start).
         arch_update: differentiable strategies: "bilevel" (architecture steps on
             `val_data` batches, alternating with weight steps on `train_data`) or
-            "joint" (one step on `train_data` for both); None: "joint" for "qpl",
-            "bilevel" for "dnas" and "dnas+qpl" (`autoqnn.search.differentiable`).
+            "joint" (one step on `train_data` for both: about half the time of an
+            epoch, `autoqnn.search.differentiable`); None: "bilevel".
 
     Returns:
         A `SearchResult` (`result.model` is quantized and calibrated).
