@@ -77,7 +77,7 @@ def cost_ratios(model, train, args) -> list:
     float_epoch, _ = float_epoch_seconds(model, images)
     float_epoch = min(float_epoch, float_epoch_seconds(model, images)[0])  # warm
     rows = []
-    for strategy, update in (("dnas", None), ("qpl", None), ("qpl", "bilevel"),
+    for strategy, update in (("dnas", None), ("qpl", None), ("qpl", "joint"),
                              ("dnas+qpl", None)):
         val = (images[0][:512], images[1][:512])  # cost only: one val batch per step anyway
         result = autoqnn.search(model, images, val, strategy=strategy, weight_bits_budget=3.0,
