@@ -159,11 +159,14 @@ def rl_tables():
     if cost:
         print()
         print(_table(("model", "searched layers", "sensitivity s", "rl s (episodes)",
-                      "rl s / episode", "dnas+qpl 1 epoch s (images)", "TFLite bytes"),
+                      "rl s / episode", "dnas+qpl 1 epoch s (images)",
+                      "of which trace + epoch s", "dnas+qpl avg w bits", "TFLite bytes"),
                      [(c["model"], c["layers"], c["sensitivity_seconds"],
                        f"{c['rl_seconds']} ({c['rl_episodes']})", c["rl_episode_seconds"],
                        f"{c['dnas_qpl_seconds']} ({c['dnas_qpl_images']})"
                        if "dnas_qpl_seconds" in c else "",
+                       c.get("dnas_qpl_epoch_seconds", ""),
+                       c.get("dnas_qpl_weight_bits_avg", ""),
                        c.get("dnas_qpl_tflite_bytes", "")) for c in cost]))
 
 
