@@ -155,7 +155,7 @@ def rl_tables():
                        f"{tuner['ray']['startup_seconds']} s apart)",
                        tuner["ray"]["trials_per_minute"], tuner["ray"]["seconds"],
                        tuner["ray"]["best_accuracy"])]))
-    cost = data.get("cost")
+    cost = (_load("rl_cost.json") or {}).get("cost") or data.get("cost")
     if cost:
         print()
         print(_table(("model", "searched layers", "sensitivity s", "rl s (episodes)",
