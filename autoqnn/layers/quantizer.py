@@ -15,7 +15,7 @@ files and `fit` carry it), and a bits specification:
   `t = b - floor(b)`, so `dq/db = Q_floor(b)+1(x) - Q_floor(b)(x)` reaches
   `b` at every point, integers included. Each neighbour is the scheme's
   quantization at that many bits: with the bits as a tensor for the schemes
-  that take one (`Scheme.tensor_bits`: uniform, acd, pot), so the graph holds
+  that take one (`Scheme.tensor_bits`: uniform, acd, pot, lsq, pact), so the graph holds
   two quantizations whatever the range (at integer `b` the forward is `Q_b(x)`
   up to float rounding: the math path of TensorFlow's fake-quant op); else the
   fixed-bits quantization selected with a switch (one branch runs, bit-exact

@@ -86,6 +86,7 @@ class LSQScheme(Scheme):
     """
 
     min_bits = 2
+    tensor_bits = True
     max_bits = 16
     default_bits = 4
     supports_activations = True

@@ -57,6 +57,7 @@ class PACTScheme(Scheme):
     """
 
     min_bits = 1
+    tensor_bits = True
     max_bits = 16
     default_bits = 4
     supports_weights = False

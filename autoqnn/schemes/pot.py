@@ -63,7 +63,8 @@ def pot_grid(x, alpha, bits):
         max_exp = float(pot_exponents(bits) - 1)
     else:  # a scalar int tensor (a trainable bitwidth): look the exponent count up
         max_exp = ops.take(ops.convert_to_tensor(
-            [float(pot_exponents(b) - 1) for b in range(1, 9)], x.dtype), bits - 1)
+            [float(pot_exponents(b) - 1) for b in range(1, 9)], x.dtype),
+            ops.cast(bits, "int32") - 1)
     ratio = ops.maximum(ops.abs(x) / alpha, 2.0**-126)
     k = ops.clip(ops.round(ops.log2(ratio)), 0.0, max_exp)
     return sign_nonzero(x) * alpha * ops.power(2.0, k)
@@ -84,7 +85,7 @@ def pot_quantize(x, bits, channel_axis=None):
         lam = pot_lambda(bits)
     else:
         lam = ops.take(ops.convert_to_tensor([pot_lambda(b) for b in range(1, 9)], "float32"),
-                       bits - 1)
+                       ops.cast(bits, "int32") - 1)
     alpha = qops.safe_scale(lam * qops.std(x, channel_axis))
     return qops.ste(x, pot_grid(x, alpha, bits))
 

@@ -87,7 +87,7 @@ def test_bits_override_is_validated(name):
     state = _standalone_state(scheme, x)
     with pytest.raises(ValueError, match=rf"bits must be in .*got {scheme.max_bits + 1}"):
         scheme(x, state, bits=scheme.max_bits + 1)
-    if name in ("lsq", "pact"):  # their math takes a tensor bitwidth too
+    if scheme.tensor_bits:  # their math takes a tensor bitwidth too
         np.testing.assert_array_equal(np.asarray(scheme(x, state, bits=tf.constant(3.0))),
                                       np.asarray(scheme(x, state, bits=3)))
         return

@@ -275,3 +275,26 @@ def test_quantize_with_training_data_and_a_budget_is_the_trained_search(model):
     assert qmodel.autoqnn_report.weight_bits_avg <= 3.0
     with pytest.raises(ValueError, match="train_data= / val_data= are for the trained search"):
         autoqnn.quantize(model, weight_bits=4, train_data=(X, Y))
+
+
+def test_dnas_qpl_on_a_keras_application_model(tmp_path):
+    """The whole trained search on keras.applications MobileNetV2 (weights=None, 32x32):
+    every conv / depthwise / dense layer searched, the budget honoured, the searched model
+    saves and loads with plain Keras. Candidates that take tensor bits keep the trace short."""
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
+                                           classes=3)
+    images = RNG.random((64, 32, 32, 3), dtype=np.float32)
+    labels = RNG.integers(0, 3, size=64)
+    candidates = [{"name": "uniform", "bits": 4, "granularity": "per_channel"},
+                  {"name": "pot", "bits": 4, "granularity": "per_channel"}]
+    result = autoqnn.search(model, (images[:48], labels[:48]), (images[48:], labels[48:]),
+                            strategy="dnas+qpl", candidates=candidates, weight_bits_budget=3.0,
+                            activation_bits=8, epochs=1, finetune_epochs=0, batch_size=16,
+                            verbose=0)
+    assert result.average_weight_bits <= 3.0
+    assert len(result.policy) > 50 and {r.scheme for r in result.policy} <= {"uniform", "pot"}
+    result.model.save(tmp_path / "searched.keras")
+    loaded = keras.models.load_model(tmp_path / "searched.keras")
+    np.testing.assert_allclose(np.asarray(loaded(images[:4])),
+                               np.asarray(result.model(images[:4])), atol=1e-5)
