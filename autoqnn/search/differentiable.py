@@ -17,9 +17,10 @@ one step on the training batch for the weights and the architecture together
 (HGQ2's and Uhlich et al.'s way for learned bitwidths): half the forward/backward
 passes of an epoch. Bi-level stays the default: for "qpl" on the reference models
 (2 search + 1 fine-tune epoch, 5,000 images, 3.0 bits / A4) joint was 0.35 (cnn) and
-0.05 (mobilenet) points lower in validation accuracy (`results/search_arch_update.json`);
-at 2.0 bits every bitwidth sits at its minimum and the two are the same run. The precision loss is
-`relu(cost / budget - 1)^2 + 0.01 * cost / budget`, with `cost` the
+0.05 (mobilenet) points lower in validation accuracy (`results/search_arch_update.json`;
+at 2.0 bits every bitwidth sits at its minimum and the two are the same run).
+
+The precision loss is `relu(cost / budget - 1)^2 + 0.01 * cost / budget`, with `cost` the
 differentiable model size (sum of params * `expected_bits()`, the mixture
 average and/or trainable bits) or the average bits: zero pressure below the
 budget apart from a small pull towards fewer bits. After every architecture step
