@@ -13,6 +13,12 @@ def is_static(bits) -> bool:
     return bits is None or isinstance(bits, (int, float, np.integer, np.floating))
 
 
+def checked_bits(scheme, bits):
+    """`bits` for a scheme with `tensor_bits`: a tensor passes unchanged (a trainable
+    bitwidth's floor), anything else is validated by `static_bits`."""
+    return static_bits(scheme, bits) if is_static(bits) else bits
+
+
 def static_bits(scheme, bits) -> int:
     """Validates a per-call `bits` override for schemes that need a Python int.
 

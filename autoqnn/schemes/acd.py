@@ -37,7 +37,7 @@ import numpy as np
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import broadcast_channels, is_static, static_bits
+from autoqnn.schemes._util import broadcast_channels, checked_bits
 from autoqnn.schemes.base import register_scheme
 from autoqnn.schemes.uniform import UniformScheme, symmetric_grid
 
@@ -113,7 +113,7 @@ class ACDScheme(UniformScheme):
 
     def quantize(self, x, state=None, *, channel_axis=None, bits=None, training=False):
         """Weights: symmetric narrow grid on ±max(|l|, |u|); activations: [l, u]."""
-        bits = static_bits(self, bits) if is_static(bits) else bits
+        bits = checked_bits(self, bits)
         state = state or {}
         if "min" not in state:
             raise ValueError("acd needs the range variables its build() (weights) or its "

@@ -17,7 +17,7 @@ import numpy as np
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import broadcast_channels, channel_shape, static_bits
+from autoqnn.schemes._util import broadcast_channels, channel_shape, checked_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 
@@ -86,9 +86,9 @@ class LSQScheme(Scheme):
     """
 
     min_bits = 2
-    tensor_bits = True
     max_bits = 16
     default_bits = 4
+    tensor_bits = True
     supports_activations = True
 
     def __init__(self, bits=None, granularity="per_tensor", signed=None):
@@ -142,10 +142,7 @@ class LSQScheme(Scheme):
         return flag is None or float(keras.ops.convert_to_numpy(flag)) > 0.5
 
     def quantize(self, x, state=None, *, channel_axis=None, bits=None, training=False):
-        if bits is None:
-            bits = self.bits
-        elif not hasattr(bits, "shape") or getattr(bits, "shape", None) is None:
-            bits = static_bits(self, bits)
+        bits = checked_bits(self, bits)
         state = state or {}
         if "step" not in state:
             raise ValueError(

@@ -15,7 +15,7 @@ import numpy as np
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import check_positive, static_bits
+from autoqnn.schemes._util import check_positive, checked_bits
 from autoqnn.schemes.base import Scheme, register_scheme
 
 
@@ -57,9 +57,9 @@ class PACTScheme(Scheme):
     """
 
     min_bits = 1
-    tensor_bits = True
     max_bits = 16
     default_bits = 4
+    tensor_bits = True
     supports_weights = False
     supports_activations = True
 
@@ -89,8 +89,7 @@ class PACTScheme(Scheme):
                 state["alpha"].assign(top)
 
     def quantize(self, x, state=None, *, channel_axis=None, bits=None, training=False):
-        if bits is None or not hasattr(bits, "shape"):
-            bits = static_bits(self, bits)
+        bits = checked_bits(self, bits)
         state = state or {}
         if "alpha" not in state:
             raise ValueError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from keras import ops
 
 from autoqnn import ops as qops
-from autoqnn.schemes._util import is_static, sign_nonzero, static_bits
+from autoqnn.schemes._util import checked_bits, is_static, sign_nonzero
 from autoqnn.schemes.base import Scheme, register_scheme
 
 POT_LAMBDAS = (1.0, 0.9, 0.4, 0.03)
@@ -42,6 +42,16 @@ def pot_lambda(bits: int) -> float:
     return _POT_MAX_STD / 2.0 ** (pot_exponents(bits) - 1)
 
 
+def _per_bits(fn, bits, dtype="float32"):
+    """`fn(bits)`; for a scalar int tensor (a trainable bitwidth) the lookup of `fn` over
+    the scheme's 1..8 bits."""
+    if is_static(bits):
+        return fn(bits)
+    table = ops.convert_to_tensor([fn(b) for b in range(1, PowerOfTwoScheme.max_bits + 1)],
+                                  dtype)
+    return ops.take(table, ops.cast(bits, "int32") - 1)
+
+
 def pot_grid(x, alpha, bits):
     """Rounds `x` onto `sign(x) * alpha * 2^k`, `k = 0 .. E - 1` (no STE).
 
@@ -59,12 +69,7 @@ def pot_grid(x, alpha, bits):
     """
     x = ops.convert_to_tensor(x)
     alpha = ops.cast(alpha, x.dtype)
-    if is_static(bits):
-        max_exp = float(pot_exponents(bits) - 1)
-    else:  # a scalar int tensor (a trainable bitwidth): look the exponent count up
-        max_exp = ops.take(ops.convert_to_tensor(
-            [float(pot_exponents(b) - 1) for b in range(1, 9)], x.dtype),
-            ops.cast(bits, "int32") - 1)
+    max_exp = _per_bits(lambda b: float(pot_exponents(b) - 1), bits, x.dtype)
     ratio = ops.maximum(ops.abs(x) / alpha, 2.0**-126)
     k = ops.clip(ops.round(ops.log2(ratio)), 0.0, max_exp)
     return sign_nonzero(x) * alpha * ops.power(2.0, k)
@@ -81,12 +86,7 @@ def pot_quantize(x, bits, channel_axis=None):
     Returns:
         Tensor like `x`.
     """
-    if is_static(bits):
-        lam = pot_lambda(bits)
-    else:
-        lam = ops.take(ops.convert_to_tensor([pot_lambda(b) for b in range(1, 9)], "float32"),
-                       ops.cast(bits, "int32") - 1)
-    alpha = qops.safe_scale(lam * qops.std(x, channel_axis))
+    alpha = qops.safe_scale(_per_bits(pot_lambda, bits) * qops.std(x, channel_axis))
     return qops.ste(x, pot_grid(x, alpha, bits))
 
 
@@ -119,8 +119,7 @@ class PowerOfTwoScheme(Scheme):
     tensor_bits = True
 
     def quantize(self, x, state=None, *, channel_axis=None, bits=None, training=False):
-        bits = static_bits(self, bits) if is_static(bits) else bits
-        return pot_quantize(x, bits, self.channel_axis(channel_axis))
+        return pot_quantize(x, checked_bits(self, bits), self.channel_axis(channel_axis))
 
     def num_levels(self, bits=None):
         return 2 * pot_exponents(self.bits if bits is None else bits)
