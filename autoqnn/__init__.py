@@ -10,10 +10,7 @@ Example:
 """
 
 # First: quiets TensorFlow's start-up log when this process is the command line.
-from autoqnn import (
-    _startup,  # noqa: F401
-    search,  # the package, callable: autoqnn.search(...) runs search.search
-)
+from autoqnn import _startup  # noqa: F401
 from autoqnn.api import quantize
 from autoqnn.config import LayerConfig, QuantizationConfig
 from autoqnn.export import (
@@ -23,9 +20,18 @@ from autoqnn.export import (
     load_packed,
     per_tensor_activations,
 )
+from autoqnn.export.shift_add import adder_report, shift_add_forward
 from autoqnn.finalize import finalize, set_bits
 from autoqnn.finetune import finetune
 from autoqnn.layers import ActivationQuantizer, Quantizer
+from autoqnn.mixed import (
+    AgentConfig,
+    DifferentiableConfig,
+    RLConfig,
+    SearchResult,
+    SensitivityConfig,
+    search,
+)
 from autoqnn.ptq import (
     Observer,
     PTQConfig,
@@ -37,15 +43,14 @@ from autoqnn.ptq import (
 from autoqnn.report import LayerReport, QuantizationReport, quantization_report
 from autoqnn.rewrite.registry import Unsupported, register_handler
 from autoqnn.schemes import Scheme, get_scheme, list_schemes, register_scheme
-from autoqnn.search.ptq_tuner import TuneResult, tune_ptq
-from autoqnn.search.result import SearchResult
-from autoqnn.search.space import SearchSpace
-from autoqnn.shift_add import adder_report, shift_add_forward
+from autoqnn.tune import SearchSpace, TuneResult, tune_ptq
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationQuantizer",
+    "AgentConfig",
+    "DifferentiableConfig",
     "LayerConfig",
     "LayerReport",
     "Observer",
@@ -53,9 +58,11 @@ __all__ = [
     "Quantizer",
     "QuantizationConfig",
     "QuantizationReport",
+    "RLConfig",
     "Scheme",
     "SearchResult",
     "SearchSpace",
+    "SensitivityConfig",
     "TuneResult",
     "Unsupported",
     "__version__",

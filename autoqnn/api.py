@@ -1,64 +1,47 @@
-"""The entry point: `autoqnn.quantize`."""
+"""The public entry point `autoqnn.quantize`: a thin facade. Keywords become a validated
+`QuantizationConfig` for the core call (`autoqnn.core.quantize_config`); a budget routes the
+same settings to the mixed-precision search (`autoqnn.mixed.dispatch.search`). Every keyword either
+acts on the route taken or raises an error naming it."""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import warnings
 
-import keras
-import numpy as np
-
+from autoqnn import defaults
 from autoqnn.config import QuantizationConfig
-from autoqnn.ptq.apply import apply_ptq, quantization_config
-from autoqnn.ptq.calibrate import calibrate
+from autoqnn.core import quantize_config
+from autoqnn.mixed.dispatch import search
+from autoqnn.ptq.apply import quantization_config
 from autoqnn.ptq.config import PTQConfig
-from autoqnn.report import quantization_report
-from autoqnn.rewrite.qag import check_model, rewrite
+from autoqnn.rewrite.qag import check_model
 
-
-def _check_finite_weights(model):
-    for variable in model.weights:
-        value = keras.ops.convert_to_numpy(variable)
-        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-            raise ValueError(
-                f"model weight {variable.path!r} contains NaN or Inf values; fix the model "
-                "before quantizing"
-            )
-
-
-def _defaults():
-    """The defaults of `QuantizationConfig` (the one table), as `quantize` keywords."""
-    fields = {f.name: f for f in dataclasses.fields(QuantizationConfig)}
-    out = {}
-    for name, f in fields.items():
-        out[name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else \
-            f.default
-    return out
-
-
-_QUANTIZE_DEFAULTS = _defaults()
+_FIELDS = {f.name: f for f in dataclasses.fields(QuantizationConfig)}
+_DEFAULTS = {name: f.default_factory() if f.default_factory is not dataclasses.MISSING
+             else f.default for name, f in _FIELDS.items()}
+"""The defaults of `QuantizationConfig` (from `autoqnn.defaults`), as `quantize` keywords."""
 _NOT_PTQ = ("activation_scheme", "input_bits", "fold_batchnorm")
 """quantize() settings a PTQConfig does not decide (they combine with ptq=)."""
+_CALIBRATION = {"calibration_method": defaults.CALIBRATION_METHOD,
+                "calibration_samples": defaults.CALIBRATION_SAMPLES}
 
 
 def quantize(
     model,
-    scheme="uniform",
+    scheme: str = defaults.SCHEME,
     weight_bits: int | None = None,
-    activation_bits: int | None = 8,
-    granularity: str = "per_channel",
+    activation_bits: int | None = defaults.ACTIVATION_BITS,
+    granularity: str = defaults.GRANULARITY,
     calibration_data=None,
     config: dict | QuantizationConfig | None = None,
     *,
-    activation_scheme: str = "uniform",
+    activation_scheme: str = defaults.ACTIVATION_SCHEME,
     input_bits: int | None = None,
-    fold_batchnorm: bool = True,
+    fold_batchnorm: bool = defaults.FOLD_BATCHNORM,
     scheme_options: dict | None = None,
     activation_options: dict | None = None,
-    calibration_method: str = "max",
-    calibration_samples: int | None = None,
-    verbose: int = 0,
+    calibration_method: str = defaults.CALIBRATION_METHOD,
+    calibration_samples: int | None = defaults.CALIBRATION_SAMPLES,
+    verbose: int = defaults.VERBOSE,
     ptq: PTQConfig | dict | None = None,
     weight_bits_budget: float | None = None,
     size_budget_bytes: float | None = None,
@@ -145,84 +128,96 @@ def quantize(
         (32, 4)
     """
     check_model(model)
-    if (train_data is not None or val_data is not None) and weight_bits_budget is None and \
-            size_budget_bytes is None:
-        raise ValueError("train_data= / val_data= are for the trained search: give "
-                         "weight_bits_budget= or size_budget_bytes= with them (quantize's "
-                         "own calibration takes calibration_data=)")
-    budgets = {"weight_bits_budget": weight_bits_budget, "size_budget_bytes": size_budget_bytes,
-               "memory_budget_bytes": memory_budget_bytes}
-    if any(v is not None for v in budgets.values()):
-        from autoqnn.search.search import search
-
-        if weight_bits is not None:
-            raise ValueError(f"weight_bits={weight_bits!r} conflicts with a budget: the search "
-                             "chooses the bits per layer")
-        if train_data is not None:
-            result = search(model, train_data, val_data, strategy="dnas+qpl",
-                            calibration_data=calibration_data, activation_bits=activation_bits,
-                            config=config if isinstance(config, dict) else None,
-                            verbose=verbose, **budgets)
-            return result.model
-        return search(model, calibration_data=calibration_data, activation_bits=activation_bits,
-                      scheme=scheme, granularity=granularity, ptq=ptq,
-                      config=config if isinstance(config, dict) else None,
-                      num_samples=calibration_samples or 512, verbose=verbose,
-                      **budgets).model
     given = {"scheme": scheme, "weight_bits": weight_bits, "activation_bits": activation_bits,
              "granularity": granularity, "activation_scheme": activation_scheme,
              "input_bits": input_bits, "fold_batchnorm": fold_batchnorm,
              "scheme_options": dict(scheme_options or {}),
              "activation_options": dict(activation_options or {})}
-    changed = {k: v for k, v in given.items() if v != _QUANTIZE_DEFAULTS[k]}
+    changed = {k: v for k, v in given.items() if v != _DEFAULTS[k]}
     calibration = {"calibration_method": calibration_method,
                    "calibration_samples": calibration_samples}
+    calibration_changed = {k: v for k, v in calibration.items() if v != _CALIBRATION[k]}
+    budgets = {"weight_bits_budget": weight_bits_budget, "size_budget_bytes": size_budget_bytes,
+               "memory_budget_bytes": memory_budget_bytes}
+    if any(v is not None for v in budgets.values()):
+        return _search(model, given, changed, calibration_changed, config, ptq, budgets,
+                       calibration_data, train_data, val_data, verbose)
+    if train_data is not None or val_data is not None:
+        raise ValueError("train_data= / val_data= are for the trained search: give "
+                         "weight_bits_budget= or size_budget_bytes= with them (quantize's "
+                         "own calibration takes calibration_data=)")
+    if isinstance(config, QuantizationConfig):
+        if changed or ptq is not None:
+            names = sorted(changed) + (["ptq"] if ptq is not None else [])
+            raise ValueError(f"{names} conflict with config={config!r}; set them in the "
+                             "QuantizationConfig")
+        return quantize_config(model, config, calibration_data, verbose=verbose, **calibration)
+    if ptq is None:
+        qconfig = QuantizationConfig(**given, overrides={} if config is None else config)
+        return quantize_config(model, qconfig, calibration_data, verbose=verbose,
+                               **calibration)
+    ptq = PTQConfig.from_dict(ptq)
+    qconfig = _ptq_config(model, ptq, config, changed, calibration_changed)
+    return quantize_config(model, qconfig, calibration_data, ptq=ptq, verbose=verbose)
+
+
+def _ptq_config(model, ptq, overrides, changed, calibration_changed):
+    """The `QuantizationConfig` of a PTQ recipe, with the keywords it does not decide."""
+    qconfig = quantization_config(model, ptq, overrides=overrides)
+    from_ptq = {"calibration_method": ptq.calibration,
+                "calibration_samples": ptq.calibration_samples}
+    conflicts = {name: value for name, value in changed.items()
+                 if name not in _NOT_PTQ and value != getattr(qconfig, name)}
+    conflicts.update({name: value for name, value in calibration_changed.items()
+                      if value != from_ptq[name]})
+    for name, value in conflicts.items():
+        raise ValueError(
+            f"{name}={value!r} conflicts with ptq={ptq!r}; set it in the PTQConfig "
+            "(ptq= decides the scheme, bits, granularity and calibration)"
+        )
+    return dataclasses.replace(qconfig, **{k: v for k, v in changed.items() if k in _NOT_PTQ})
+
+
+_TRAINED_SETTINGS = ("activation_bits",)
+"""The `quantize` settings the trained search (strategy "dnas+qpl") takes; it chooses the
+schemes, learns the activation ranges on uniform grids, keeps 8-bit inputs and BatchNorm
+unfolded for training (folded at export)."""
+
+
+def _search(model, given, changed, calibration_changed, config, ptq, budgets,
+            calibration_data, train_data, val_data, verbose):
+    """`quantize` with a budget: the search, with every setting passed on or refused."""
+    if given["weight_bits"] is not None:
+        raise ValueError(f"weight_bits={given['weight_bits']!r} conflicts with a budget: the "
+                         "search chooses the bits per layer")
     if isinstance(config, QuantizationConfig):
         if changed:
             raise ValueError(f"{sorted(changed)} conflict with config={config!r}; set them in "
                              "the QuantizationConfig")
-        qconfig = config
-    elif ptq is not None:
-        ptq = PTQConfig.from_dict(ptq)
-        qconfig = quantization_config(model, ptq, overrides=config)
-        from_ptq = {"calibration_method": ptq.calibration,
-                    "calibration_samples": ptq.calibration_samples}
-        conflicts = {name: value for name, value in changed.items()
-                     if name not in _NOT_PTQ and value != getattr(qconfig, name)}
-        conflicts.update({name: value for name, value in calibration.items()
-                          if value != _CALIBRATION_DEFAULTS[name] and value != from_ptq[name]})
-        for name, value in conflicts.items():
+        if config.weight_bits is not None:
+            raise ValueError(f"config.weight_bits={config.weight_bits!r} conflicts with a "
+                             "budget: the search chooses the bits per layer")
+        given = {name: getattr(config, name) for name in given}
+        changed = {k: v for k, v in given.items() if v != _DEFAULTS[k]}
+        config = config.overrides
+    if train_data is not None:
+        refused = sorted(set(changed) - set(_TRAINED_SETTINGS)) + sorted(calibration_changed)
+        refused += ["ptq"] if ptq is not None else []
+        if refused:
             raise ValueError(
-                f"{name}={value!r} conflicts with ptq={ptq!r}; set it in the PTQConfig "
-                "(ptq= decides the scheme, bits, granularity and calibration)"
-            )
-        qconfig = dataclasses.replace(qconfig, **{k: v for k, v in changed.items()
-                                                  if k in _NOT_PTQ})
-    else:
-        qconfig = QuantizationConfig(**given, overrides={} if config is None else config)
-    _check_finite_weights(model)
-    qmodel, log = rewrite(model, qconfig)
-    if ptq is not None:
-        qmodel.autoqnn_ptq = apply_ptq(qmodel, ptq, calibration_data, verbose=verbose)
-    elif calibration_data is not None:
-        calibrate(qmodel, calibration_data, method=calibration_method,
-                  num_samples=calibration_samples, verbose=verbose)
-    report = quantization_report(qmodel, log.float_reasons)
-    qmodel.autoqnn_report = report
-    if report.float_layers and verbose:
-        names = ", ".join(f"{r.name} ({r.reason})" for r in report.float_layers)
-        print(f"autoqnn: layers left float: {names}")
-    if report.uncalibrated and calibration_data is None and qconfig.activation_bits is not None:
-        warnings.warn(
-            f"{len(report.uncalibrated)} activation quantizer(s) are not calibrated and pass float "
-            "values until you call autoqnn.calibrate(model, data) or train the model; pass "
-            "calibration_data= to quantize to calibrate now",
-            stacklevel=2,
-        )
-    return qmodel
-
-
-_CALIBRATION_DEFAULTS = {
-    name: inspect.signature(quantize).parameters[name].default
-    for name in ("calibration_method", "calibration_samples")
-}
+                f"{refused} do not apply to the trained search (strategy 'dnas+qpl', chosen "
+                "because train_data= is given): it chooses the schemes and learns uniform "
+                "activation ranges itself; drop them, or search retrain-free with "
+                "calibration_data= alone")
+        return search(model, train_data, val_data, strategy="dnas+qpl",
+                      calibration_data=calibration_data, activation_bits=given["activation_bits"],
+                      config=config, verbose=verbose, **budgets).model
+    if val_data is not None:
+        raise ValueError("val_data= is for the trained search: give train_data= with it")
+    settings = {k: v for k, v in given.items() if k != "weight_bits"}
+    samples = calibration_changed.get("calibration_samples")
+    if "calibration_method" in calibration_changed:
+        settings["calibration_method"] = calibration_changed["calibration_method"]
+    return search(model, calibration_data=calibration_data, strategy="sensitivity", ptq=ptq,
+                  config=config, num_samples=samples or defaults.SEARCH_SAMPLES,
+                  verbose=verbose, **settings, **budgets).model

@@ -7,9 +7,14 @@ import numpy as np
 import pytest
 
 import autoqnn
+from autoqnn.export.shift_add import (
+    adder_report,
+    shift_add_forward,
+    shift_add_matmul,
+    signed_digits,
+)
 from autoqnn.layers import ActivationQuantizer, QuantDense
 from autoqnn.schemes.asd import asd_levels, naf_weight
-from autoqnn.shift_add import adder_report, shift_add_forward, shift_add_matmul, signed_digits
 
 
 def _cnn(size, strides, padding, multiplier):

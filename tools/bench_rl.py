@@ -60,7 +60,7 @@ from common import (  # noqa: E402
 )
 
 import autoqnn  # noqa: E402
-from autoqnn.search.ptq_tuner import top1_accuracy  # noqa: E402
+from autoqnn.evaluate import top1_accuracy  # noqa: E402
 
 LEARNING_RATE = 1e-3  # the search's default; fine-tunes run at a tenth of it
 TUNER_SPACE = {"granularity": ["per_tensor", "per_channel"],
@@ -130,7 +130,7 @@ def compare(model, train, val, test, args):
 
 
 def tuner(model, train, val, args):
-    from autoqnn.search.executor import RayExecutor
+    from autoqnn.executor import RayExecutor
 
     calib = train[0][:512]
     out = {"trials": args.tuner_trials, "space": TUNER_SPACE, "fixed": {"weight_bits": 4}}

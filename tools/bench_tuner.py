@@ -49,17 +49,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 import autoqnn  # noqa: E402
-from autoqnn.search.ptq_tuner import (  # noqa: E402
+from autoqnn.evaluate import top1_accuracy  # noqa: E402
+from autoqnn.tune.samplers import XGBoostSampler  # noqa: E402
+from autoqnn.tune.space import DEFAULT_SPACE, SearchSpace  # noqa: E402
+from autoqnn.tune.tuner import (  # noqa: E402
     Trial,
     append_history,
     config_features,
     evaluations_to_reach,
     read_history,
     run_search,
-    top1_accuracy,
 )
-from autoqnn.search.space import DEFAULT_SPACE, SearchSpace  # noqa: E402
-from autoqnn.search.strategies import XGBoostStrategy  # noqa: E402
 from tools.common import load_splits, train_reference  # noqa: E402
 
 BIT_SETTINGS = {"W4A8": (4, 8), "W8A8": (8, 8), "W3A8": (3, 8)}
@@ -76,7 +76,7 @@ STRATEGIES = {
     "random": None,
     "genetic": None,
 }
-"""Label -> XGBoostStrategy arguments (None: the named baseline). xgboost: Quantune's
+"""Label -> XGBoostSampler arguments (None: the named baseline). xgboost: Quantune's
 parameters (gamma 3 on accuracy in percent) with ties among equal predictions broken towards
 the best trial's neighbours; `_random_tie`: the same with ties broken at random, which says
 how much of the lead comes from that tie-break; xgboost_g0: gamma 0, whose splits can resolve
@@ -146,7 +146,7 @@ def transfer_prior(history, key, space):
 
 def _strategy(label):
     arguments = STRATEGIES[label]
-    return label if arguments is None else XGBoostStrategy(**arguments)
+    return label if arguments is None else XGBoostSampler(**arguments)
 
 
 class PickEvaluator:
@@ -253,7 +253,7 @@ def run_tuner_bench(data=None, models=("cnn", "mobilenet"), bits=("W4A8", "W8A8"
             row = entry[setting]
             row["gap_to_float"] = row["float_test_accuracy"] - row["best_config_test_accuracy"]
     # Replays need every model's table (transfer is leave-one-model-out).
-    from autoqnn.search.features import model_descriptors
+    from autoqnn.tune.features import model_descriptors
 
     for name in models:
         descriptors = model_descriptors(trained[name])

@@ -7,7 +7,7 @@ import pytest
 import autoqnn
 from autoqnn.ptq import PTQConfig, adaround
 from autoqnn.ptq.adaround import roundable_layers, weight_grid
-from autoqnn.search.space import SearchSpace
+from autoqnn.tune.space import SearchSpace
 
 ITERATIONS = 200  # enough for a clear gain on these tiny layers, ~1 s per layer
 

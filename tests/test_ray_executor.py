@@ -11,10 +11,10 @@ import sys
 import keras
 import numpy as np
 import pytest
+from autoqnn.search import SerialExecutor, read_history
 
 import autoqnn
-from autoqnn.search import SerialExecutor, read_history
-from autoqnn.search.executor import RayExecutor, get_executor
+from autoqnn.executor import RayExecutor, get_executor
 
 SPACE = {"granularity": ["per_tensor", "per_channel"],
          "scheme": ["symmetric", "asymmetric"], "calibration": ["max", "mse"]}
@@ -94,7 +94,7 @@ def test_tune_ptq_on_ray_resumes_from_the_same_history(executor, model, tmp_path
     third = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=6, strategy="random",
                              history=history, seed=1, verbose=0)
     assert len(third.trials) == 6
-    from autoqnn.search.ptq_tuner import top1_accuracy
+    from autoqnn.evaluate import top1_accuracy
 
     for trial in second.trials[:2]:
         config = autoqnn.PTQConfig.from_dict(trial.config)

@@ -5,7 +5,7 @@ of several networks and transfer to a new one.
 
 Example:
     >>> import keras
-    >>> from autoqnn.search.features import model_descriptors
+    >>> from autoqnn.tune.features import model_descriptors
     >>> inputs = keras.Input((8, 8, 3))
     >>> x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
     >>> y = keras.layers.DepthwiseConv2D(3, padding="same")(x)

@@ -1,17 +1,17 @@
-"""Search strategies over a `SearchSpace`: XGBoost cost model (Quantune), random, grid, genetic.
+"""Samplers over a `SearchSpace`: XGBoost cost model (Quantune), random, grid, genetic.
 
-A strategy proposes the next grid indices to evaluate from the trials so far
+A sampler proposes the next grid indices to evaluate from the trials so far
 (`SearchState`); it keeps no state of its own between calls, so an
 interrupted search resumes exactly (the random generator is derived from the
 seed and the number of trials).
 
 Example:
     >>> import numpy as np
-    >>> from autoqnn.search.space import SearchSpace
-    >>> from autoqnn.search.strategies import SearchState, get_strategy
+    >>> from autoqnn.tune.space import SearchSpace
+    >>> from autoqnn.tune.samplers import SearchState, get_sampler
     >>> space = SearchSpace({"calibration": ["max", "kl"], "scheme": ["symmetric", "asymmetric"]})
     >>> state = SearchState(space, tried={0: -1.0, 3: None})
-    >>> get_strategy("grid").propose(state, 2)
+    >>> get_sampler("grid").propose(state, 2)
     [1, 2]
 """
 
@@ -33,7 +33,7 @@ XGBOOST_ROUNDS = 200
 
 @dataclasses.dataclass
 class SearchState:
-    """What a strategy sees.
+    """What a sampler sees.
 
     Attributes:
         space: the `SearchSpace`.
@@ -63,7 +63,7 @@ class SearchState:
         return [(i, s) for i, s in self.tried.items() if s is not None and np.isfinite(s)]
 
 
-class Strategy(abc.ABC):
+class Sampler(abc.ABC):
     """Interface: `propose(state, count) -> list of untried grid indices` (at most count)."""
 
     name = "base"
@@ -73,7 +73,7 @@ class Strategy(abc.ABC):
         """Up to `count` untried grid indices to evaluate next."""
 
 
-class GridStrategy(Strategy):
+class GridSampler(Sampler):
     """Every configuration in grid order."""
 
     name = "grid"
@@ -82,7 +82,7 @@ class GridStrategy(Strategy):
         return state.untried()[:count]
 
 
-class RandomStrategy(Strategy):
+class RandomSampler(Sampler):
     """Uniformly random untried configurations."""
 
     name = "random"
@@ -93,7 +93,7 @@ class RandomStrategy(Strategy):
         return [untried[i] for i in order[:count]]
 
 
-class GeneticStrategy(Strategy):
+class GeneticSampler(Sampler):
     """Steady-state genetic search: tournament selection, uniform crossover, mutation.
 
     The first `population_size` trials are random; then each child's parents
@@ -122,7 +122,7 @@ class GeneticStrategy(Strategy):
         scored = state.scored()
         chosen: list[int] = []
         if len(scored) < min(self.population_size, len(space)):
-            return RandomStrategy().propose(state, count)
+            return RandomSampler().propose(state, count)
         rate = self.mutation_rate or 1.0 / len(space.sizes)
         for _ in range(count):
             child = None
@@ -150,7 +150,7 @@ class GeneticStrategy(Strategy):
         return max((scored[i] for i in picks), key=lambda item: item[1])[0]
 
 
-class XGBoostStrategy(Strategy):
+class XGBoostSampler(Sampler):
     """Quantune: fit an XGBoost regressor on the trials so far, evaluate the best predicted.
 
     Before `n_initial` scored trials (and without transfer rows), proposals
@@ -185,11 +185,11 @@ class XGBoostStrategy(Strategy):
 
     def propose(self, state, count=1):
         if state.features is None:
-            raise ValueError("the xgboost strategy needs state.features (the feature matrix)")
+            raise ValueError("the xgboost sampler needs state.features (the feature matrix)")
         scored = state.scored()
         has_prior = state.prior_features is not None and len(state.prior_features) > 0
         if len(scored) < self.n_initial and not has_prior:
-            return RandomStrategy().propose(state, count)
+            return RandomSampler().propose(state, count)
         untried = state.untried()
         if not untried:
             return []
@@ -228,18 +228,18 @@ class XGBoostStrategy(Strategy):
         return booster.predict(xgboost.DMatrix(np.asarray(state.features[indices], "float32")))
 
 
-STRATEGIES = {
-    "xgboost": XGBoostStrategy,
-    "random": RandomStrategy,
-    "grid": GridStrategy,
-    "genetic": GeneticStrategy,
+SAMPLERS = {
+    "xgboost": XGBoostSampler,
+    "random": RandomSampler,
+    "grid": GridSampler,
+    "genetic": GeneticSampler,
 }
 
 
-def get_strategy(strategy) -> Strategy:
-    """A strategy from its name ("xgboost", "random", "grid", "genetic") or an instance."""
-    if isinstance(strategy, Strategy):
-        return strategy
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
-    return STRATEGIES[strategy]()
+def get_sampler(sampler) -> Sampler:
+    """A sampler from its name ("xgboost", "random", "grid", "genetic") or an instance."""
+    if isinstance(sampler, Sampler):
+        return sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+    return SAMPLERS[sampler]()

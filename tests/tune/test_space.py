@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from autoqnn.search import DEFAULT_SPACE, SearchSpace
 
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import autoqnn
-from autoqnn.search.differentiable import DifferentiableSearch, expected_cost, project_bits
+from autoqnn.mixed.differentiable import DifferentiableSearch, expected_cost, project_bits
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(384, 12)).astype("float32")

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     import autoqnn
     from autoqnn.finetune import finetune
-    from autoqnn.search.differentiable import DifferentiableSearch
+    from autoqnn.mixed.differentiable import DifferentiableSearch
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 10)).astype("float32")

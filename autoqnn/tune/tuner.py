@@ -14,7 +14,7 @@ Example:
     >>> inputs = keras.Input((6,))
     >>> model = keras.Model(inputs, keras.layers.Dense(2, name="fc")(inputs))
     >>> space = {"granularity": ["per_tensor", "per_channel"]}
-    >>> result = autoqnn.tune_ptq(model, x, (x, y), space=space, max_trials=2, strategy="grid",
+    >>> result = autoqnn.tune_ptq(model, x, (x, y), space=space, max_trials=2, sampler="grid",
     ...                           verbose=0)
     >>> len(result.trials), result.best_config.granularity in ("per_tensor", "per_channel")
     (2, True)
@@ -26,17 +26,21 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from autoqnn import defaults
+from autoqnn.core import quantize_ptq
 from autoqnn.data import iterate_batches
+from autoqnn.evaluate import top1_accuracy
+from autoqnn.executor import Outcome, get_executor
 from autoqnn.ptq.config import PTQConfig
-from autoqnn.search.executor import Outcome, get_executor
-from autoqnn.search.features import descriptor_vector, model_descriptors, model_fingerprint
-from autoqnn.search.space import SearchSpace
-from autoqnn.search.strategies import SearchState, get_strategy
+from autoqnn.tune.features import descriptor_vector, model_descriptors, model_fingerprint
+from autoqnn.tune.samplers import SearchState, get_sampler
+from autoqnn.tune.space import SearchSpace
 
 
 @dataclasses.dataclass
@@ -48,7 +52,7 @@ class Trial:
     accuracy: float | None
     error: str | None = None
     seconds: float = 0.0
-    strategy: str = ""
+    sampler: str = ""
     model: str = ""
     model_name: str = ""
     float_accuracy: float | None = None
@@ -80,24 +84,6 @@ class TuneResult:
     space: SearchSpace
 
 
-def top1_accuracy(model, data, batch_size: int = 256) -> float:
-    """Top-1 accuracy of a classifier on `(x, y)` (integer or one-hot labels), eagerly."""
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise ValueError("val_data must be an (x, y) tuple of arrays")
-    x, y = data
-    labels = np.asarray(y)
-    if labels.ndim > 1:
-        labels = labels.argmax(axis=-1)
-    predictions = [
-        np.asarray(keras.ops.convert_to_numpy(model(batch, training=False))).argmax(axis=-1)
-        for batch in iterate_batches(model, x, batch_size, argument="val_data")
-    ]
-    predictions = np.concatenate(predictions)
-    if len(predictions) != len(labels):
-        raise ValueError(f"val_data has {len(predictions)} inputs but {len(labels)} labels")
-    return float(np.mean(predictions == labels.reshape(-1)))
-
-
 def config_features(space: SearchSpace, config: dict, descriptors: dict) -> np.ndarray:
     """Cost-model features: one-hot config, weight/activation bits, model descriptors."""
     numeric = np.array([config.get("weight_bits", 8),
@@ -115,6 +101,8 @@ def read_history(path) -> list[Trial]:
         for line in handle:
             try:
                 record = json.loads(line)
+                if "strategy" in record:  # the field's name before 0.2
+                    record.setdefault("sampler", record.pop("strategy"))
                 trials.append(Trial(**{k: v for k, v in record.items() if k in fields}))
             except (json.JSONDecodeError, TypeError):
                 continue  # a line cut by an interruption
@@ -142,46 +130,56 @@ def _score(accuracy, float_accuracy):
     return 100.0 * (accuracy - float_accuracy)
 
 
-def run_search(space: SearchSpace, evaluate, strategy="xgboost", max_trials: int = 20, *,
-               seed: int = 0, features=None, prior=None, done=None, executor=None,
-               float_accuracy: float = 0.0, on_trial=None, stop=None,
-               verbose: int = 0) -> dict:
+def _sampler_argument(sampler, strategy, stacklevel=3):
+    if strategy is not None:
+        warnings.warn("strategy= is deprecated here; use sampler= (autoqnn.search's "
+                      "strategies are the mixed-precision searches)", DeprecationWarning,
+                      stacklevel=stacklevel)
+        return strategy
+    return sampler
+
+
+def run_search(space: SearchSpace, evaluate, sampler="xgboost",
+               max_trials: int = defaults.TUNER_TRIALS, *, seed: int = 0, features=None,
+               prior=None, done=None, executor=None, float_accuracy: float = 0.0,
+               on_trial=None, stop=None, verbose: int = 0, strategy=None) -> dict:
     """The search loop on grid indices (used by `tune_ptq` and by benchmark replays).
 
     Args:
         space: the `SearchSpace`.
         evaluate: `fn(grid index) -> accuracy`; raising or returning NaN
             makes a failed trial.
-        strategy: a name or a `Strategy`.
+        sampler: a name or a `Sampler` (`autoqnn.tune.samplers`).
         max_trials: total trials, `done` ones included.
         seed: the search seed.
         features: `(len(space), F)` cost-model features (xgboost).
         prior: `(features, scores)` transfer rows, or None.
         done: `{index: accuracy or None}` already evaluated (resume).
-        executor: see `autoqnn.search.executor.get_executor`; one made here
+        executor: see `autoqnn.executor.get_executor`; one made here
             (from "ray" or an int) is closed at the end.
         float_accuracy: the reference the scores are relative to.
         on_trial: `fn(index, Outcome)` called as each trial finishes.
         stop: `fn(results) -> bool`, checked after each round; True ends the search.
         verbose: 1 shows a progress bar.
+        strategy: the deprecated name of `sampler`.
 
     Returns:
         `{index: accuracy or None}` of all trials, in evaluation order.
     """
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise ValueError(f"max_trials must be a positive int, got {max_trials!r}")
-    strategy = get_strategy(strategy)
+    sampler = get_sampler(_sampler_argument(sampler, strategy))
     owned = isinstance(executor, (str, int))  # made here ("ray", threads): closed here
     executor = get_executor(executor)
     try:
-        return _search_loop(space, evaluate, strategy, max_trials, seed, features, prior,
+        return _search_loop(space, evaluate, sampler, max_trials, seed, features, prior,
                             done, executor, float_accuracy, on_trial, stop, verbose)
     finally:
         if owned:
             executor.close()
 
 
-def _search_loop(space, evaluate, strategy, max_trials, seed, features, prior, done, executor,
+def _search_loop(space, evaluate, sampler, max_trials, seed, features, prior, done, executor,
                  float_accuracy, on_trial, stop, verbose):
     results = dict(done or {})
     state = SearchState(space, {i: None if a is None else _score(a, float_accuracy)
@@ -192,7 +190,7 @@ def _search_loop(space, evaluate, strategy, max_trials, seed, features, prior, d
     progbar = keras.utils.Progbar(budget, unit_name="trial",
                                   stateful_metrics=["best_accuracy"]) if verbose else None
     while len(results) < budget:
-        indices = strategy.propose(state, min(executor.max_workers, budget - len(results)))
+        indices = sampler.propose(state, min(executor.max_workers, budget - len(results)))
         if not indices:
             break
         for index, outcome in zip(indices, executor.map(evaluate, indices)):
@@ -223,10 +221,11 @@ def _check_data(model, data, argument):
         raise ValueError(f"{argument} is empty") from None
 
 
-def tune_ptq(model, calibration_data, val_data, space=None, max_trials: int = 20,
-             strategy="xgboost", history=None, seed: int = 0, *, fixed: dict | None = None,
-             executor=None, metric=None, transfer: bool = True, model_name: str | None = None,
-             verbose: int = 1) -> TuneResult:
+def tune_ptq(model, calibration_data, val_data, space=None,
+             max_trials: int = defaults.TUNER_TRIALS, sampler="xgboost", history=None,
+             seed: int = 0, *, fixed: dict | None = None, executor=None, metric=None,
+             transfer: bool = True, model_name: str | None = None,
+             verbose: int = defaults.VERBOSE, strategy=None) -> TuneResult:
     """Searches the PTQ configuration that keeps the most accuracy.
 
     Args:
@@ -234,9 +233,10 @@ def tune_ptq(model, calibration_data, val_data, space=None, max_trials: int = 20
         calibration_data: calibration inputs (as `autoqnn.calibrate` takes).
         val_data: `(x, y)` validation data of the metric.
         space: a `SearchSpace`, a dict `{option: values}`, or None
-            (`autoqnn.search.space.DEFAULT_SPACE`).
+            (`autoqnn.tune.space.DEFAULT_SPACE`).
         max_trials: total evaluations (resumed ones included).
-        strategy: "xgboost", "random", "grid", "genetic" or a `Strategy`.
+        sampler: "xgboost", "random", "grid", "genetic" or a `Sampler`
+            (`autoqnn.tune.samplers`).
         history: JSON-lines file: trials of this model resume from it,
             other models' trials warm-start the cost model, new trials are
             appended as they finish. None keeps nothing.
@@ -256,17 +256,16 @@ def tune_ptq(model, calibration_data, val_data, space=None, max_trials: int = 20
         model_name: the model's key in the history (default: its name and a
             hash of its weights).
         verbose: 1 shows a progress bar.
+        strategy: the deprecated name of `sampler`.
 
     Returns:
         A `TuneResult`.
 
     Raises:
-        ValueError: an invalid space or strategy, or data that does not fit.
+        ValueError: an invalid space or sampler, or data that does not fit.
     """
-    from autoqnn.api import quantize
-
     space = space if isinstance(space, SearchSpace) else SearchSpace(space, fixed)
-    strategy = get_strategy(strategy)
+    sampler = get_sampler(_sampler_argument(sampler, strategy))
     _check_data(model, calibration_data, "calibration_data")
     metric = metric or (lambda qmodel: top1_accuracy(qmodel, val_data))
     key = model_name or model_fingerprint(model)
@@ -274,7 +273,7 @@ def tune_ptq(model, calibration_data, val_data, space=None, max_trials: int = 20
     float_accuracy = float(metric(model))
 
     def evaluate(index):
-        qmodel = quantize(model, calibration_data=calibration_data, ptq=space.ptq_config(index))
+        qmodel = quantize_ptq(model, space.ptq_config(index), calibration_data)
         return metric(qmodel)
 
     records = read_history(history)
@@ -293,7 +292,7 @@ def tune_ptq(model, calibration_data, val_data, space=None, max_trials: int = 20
 
     def on_trial(index, outcome):
         trial = Trial(len(trials), space.config(index), outcome.value, outcome.error,
-                      round(outcome.seconds, 3), strategy.name, key, model.name, float_accuracy,
+                      round(outcome.seconds, 3), sampler.name, key, model.name, float_accuracy,
                       descriptors)
         trials.append(trial)
         append_history(history, trial)
@@ -301,7 +300,7 @@ def tune_ptq(model, calibration_data, val_data, space=None, max_trials: int = 20
     if verbose and done:
         print(f"tune_ptq: resuming with {len(done)} trial(s) from {history}")
     prior = (np.array(prior_features), np.array(prior_scores)) if prior_features else None
-    results = run_search(space, evaluate, strategy, max_trials, seed=seed, features=features,
+    results = run_search(space, evaluate, sampler, max_trials, seed=seed, features=features,
                          prior=prior, done=done, executor=executor,
                          float_accuracy=float_accuracy, on_trial=on_trial, verbose=verbose)
     scored = [(a, i) for i, a in results.items() if a is not None]
@@ -309,7 +308,7 @@ def tune_ptq(model, calibration_data, val_data, space=None, max_trials: int = 20
         return TuneResult(None, None, None, trials, float_accuracy, space)
     best_accuracy, best_index = max(scored, key=lambda item: (item[0], -item[1]))
     best_config = space.ptq_config(best_index)
-    best_model = quantize(model, calibration_data=calibration_data, ptq=best_config)
+    best_model = quantize_ptq(model, best_config, calibration_data)
     return TuneResult(best_config, best_accuracy, best_model, trials, float_accuracy, space)
 
 

@@ -1,7 +1,7 @@
 """`SearchResult`: what every `autoqnn.search` strategy returns.
 
 Example:
-    >>> from autoqnn.search.result import PolicyRow, SearchResult
+    >>> from autoqnn.mixed.result import PolicyRow, SearchResult
     >>> rows = [PolicyRow("conv", "uniform", 8, 8, 100, 100.0),
     ...         PolicyRow("fc", "uniform", 2, 8, 900, 225.0)]
     >>> result = SearchResult(None, rows, [], "sensitivity", 0.1)
@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import time
 
 
 @dataclasses.dataclass
@@ -129,3 +130,28 @@ class SearchResult:
             fig.savefig(path, dpi=120)
             plt.close(fig)
         return fig
+
+
+def search_result(final, history, strategy, start, memory, budget, table,
+                  activation_bits) -> SearchResult:
+    """The `SearchResult` of a searched model (its report gives the policy rows), also
+    attached to the model as `final.autoqnn_search`.
+
+    Args:
+        final: the searched, quantized model (with `autoqnn_report`).
+        history: the strategy's step records.
+        strategy: the strategy name.
+        start: `time.perf_counter()` at the search's start.
+        memory: the largest quantized activation tensor (bytes).
+        budget: the `autoqnn.mixed.budget.Budget`.
+        table: the `SensitivityTable` measured, or None.
+        activation_bits: the searched layers' activation bits.
+    """
+    report = final.autoqnn_report
+    rows = [PolicyRow(r.name, r.scheme, r.weight_bits, activation_bits, r.quantized_params,
+                      r.quantized_params * r.weight_bits / 8)
+            for r in report if r.status == "quantized"]
+    result = SearchResult(final, rows, history, strategy, time.perf_counter() - start,
+                          report.size_bytes, memory, budget.to_dict(), table)
+    final.autoqnn_search = result
+    return result

@@ -28,7 +28,7 @@ batch of episodes (agent, random generator state, history in one `.npz`).
 
 Example:
     >>> import numpy as np
-    >>> from autoqnn.search.ddpg import DDPG
+    >>> from autoqnn.mixed.ddpg import DDPG
     >>> agent = DDPG(state_dim=3, hidden=(16, 16), batch_size=4, seed=0)
     >>> rng = np.random.default_rng(0)
     >>> a = agent.act(np.zeros(3, "float32"), sigma=0.5, rng=rng)
@@ -276,7 +276,7 @@ class EpisodeLoop:
         policy_of: `fn(actions) -> policy` (a JSON-able dict), the environment.
         score: `fn(policy, evaluation value) -> {"reward": r, ...}` (recorded).
         evaluate: `fn(policy) -> value`, mapped through `executor`.
-        config: the agent settings (`autoqnn.search.rl.RLConfig`'s fields).
+        config: the agent settings (`autoqnn.mixed.rl.RLConfig`'s fields).
         episodes: episodes to reach (those in `checkpoint` count).
         seed: seeds the agent's weights and the random generator.
         executor: an `Executor`; episodes run in batches of its `max_workers`

@@ -14,7 +14,7 @@ options), which would double a default tune for a gain that is largest at
 for low-bit tunes.
 
 Example:
-    >>> from autoqnn.search.space import SearchSpace
+    >>> from autoqnn.tune.space import SearchSpace
     >>> options = {"calibration": ["max", "kl"], "granularity": ["per_tensor", "per_channel"]}
     >>> space = SearchSpace(options, fixed={"weight_bits": 4})
     >>> len(space), space.config(3)["granularity"], space.config(3)["weight_bits"]

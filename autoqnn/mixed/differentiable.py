@@ -15,10 +15,8 @@ weights adapted to); the first-order form costs one extra forward/backward per
 step instead of DARTS' second-order unrolling. `arch_update="joint"` instead takes
 one step on the training batch for the weights and the architecture together
 (HGQ2's and Uhlich et al.'s way for learned bitwidths): half the forward/backward
-passes of an epoch. Bi-level stays the default: for "qpl" on the reference models
-(2 search + 1 fine-tune epoch, 5,000 images, 3.0 bits / A4) joint was 0.35 (cnn) and
-0.05 (mobilenet) points lower in validation accuracy (`results/search_arch_update.json`;
-at 2.0 bits every bitwidth sits at its minimum and the two are the same run).
+passes of an epoch. Bi-level stays the default, chosen on validation accuracy
+(`results/search_arch_update.json`).
 
 The precision loss is `relu(cost / budget - 1)^2 + 0.01 * cost / budget`, with `cost` the
 differentiable model size (sum of params * `expected_bits()`, the mixture
@@ -27,39 +25,37 @@ budget apart from a small pull towards fewer bits. After every architecture step
 the trainable bitwidths are also **projected** onto the budget (`project_bits`: one
 common downward shift, each bitwidth clipped to its range), so the network always
 trains at bits that fit: the bits' gradients move precision between layers, the
-projection keeps the total. Without it the precision loss alone moved the expected
-bits from 4 to 3.3 in two epochs at a 3.0 budget and the repair made the last step at
-once (`results/search.json` before the projection). Mixture temperatures anneal
-geometrically from `tau_start` to `tau_end` over the epochs but the last, which
-runs hard (temperature 0: the argmax scheme forward, straight-through gradient to
-the logits): on the reference mobilenet at 3.0 bits the soft mixture's validation
-accuracy was 82.5 % and its argmax model's 64.8 %, a gap the hard epoch trains away
-before `finalize` fixes the choice. `scheme_scope="model"` picks one scheme for the
-whole model (`unify_scheme`) at the start of that hard epoch.
+projection keeps the total (the precision loss alone leaves the expected bits over the
+budget for epochs, and the repair then makes the last step at once). Mixture
+temperatures anneal geometrically from `tau_start` to `tau_end` over the epochs but the
+last, which runs hard (temperature 0: the argmax scheme forward, straight-through
+gradient to the logits): the soft mixture's accuracy can be far above its argmax
+model's, a gap the hard epoch trains away before `finalize` fixes the choice.
+`scheme_scope="model"` picks one scheme for the whole model (`unify_scheme`) at the
+start of that hard epoch.
 
 After the epochs the model is finalized (argmax scheme, rounded bits) and
 **repaired**: when the rounded policy overshoots the budget, the sensitivity
-table of the finalized model (`autoqnn.search.sensitivity`) and the exact solver
-(`autoqnn.search.budget`) lower the bits of the least sensitive layers, each
+table of the finalized model (`autoqnn.mixed.table`) and the exact solver
+(`autoqnn.mixed.budget`) lower the bits of the least sensitive layers, each
 layer choosing among bits at most its searched value, until the budget holds
 exactly. Then the derived model is fine-tuned (QAT, `finetune_epochs`).
 
-Checkpoints: after every epoch the searchable model, the optimiser-free state
-and the history go to `checkpoint_dir`; a second call resumes at the next
-epoch, and a finished search returns at once.
+Checkpoints (`autoqnn.mixed.dnas_qpl`): after every epoch the searchable model and the
+history go to a folder keyed by the model, data and every setting; the same call resumes
+at the next epoch, a finished search returns at once, another setting starts fresh.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from autoqnn.search.projection import _layers, bit_plan, expected_cost, project_bits
+from autoqnn.evaluate import task_loss, top1_accuracy
+from autoqnn.mixed.budget import bit_plan, expected_cost, project_bits, weighted_layers
 from autoqnn.walk import iter_layers
 
 DEFAULT_CANDIDATES = (
@@ -70,7 +66,7 @@ DEFAULT_CANDIDATES = (
 )
 """DNAS candidates: the integer grid at its min/max range, power-of-two and additive
 powers-of-two levels, and the integer grid with learned SAWB-initialised clips (ACD's
-weight side, which held 2-bit weights where the min/max grid lost 5 points:
+weight side, which holds 2-bit weights better than the min/max grid:
 `results/lowbit_qat_w2_cnn.json`), at the budget's bits. All per-channel, so folding
 BatchNorm at export keeps the searched function, and all export or pack."""
 
@@ -80,7 +76,7 @@ ARCH_UPDATES = ("bilevel", "joint")
 
 def _arch_variables(model):
     out = []
-    for _, layer in _layers(model):
+    for _, layer in weighted_layers(model):
         for q in layer.weight_quantizers.values():
             out += [v for v in (q.logits, q.bits_variable) if v is not None]
     for _, layer in iter_layers(model):
@@ -90,35 +86,12 @@ def _arch_variables(model):
     return out
 
 
-def _loss_fn(model, loss):
-    """The task loss as a `keras.losses.Loss` (mean over the batch; under a distribution
-    strategy Keras divides it by the number of replicas)."""
-    chosen = loss if loss is not None else getattr(model, "loss", None)
-    if chosen:
-        fn = keras.losses.get(chosen)
-        return fn if isinstance(fn, keras.losses.Loss) else \
-            keras.losses.LossFunctionWrapper(fn)
-    last = model.layers[-1]
-    from_logits = getattr(getattr(last, "activation", None), "__name__", "") != "softmax"
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-
-
 def _batches(data, batch_size, rng):
     x, y = data
     order = rng.permutation(len(x))
     for start in range(0, len(x), batch_size):
         idx = order[start:start + batch_size]
         yield x[idx], y[idx]
-
-
-def _accuracy(model, data, batch_size=256):
-    x, y = data
-    hits = 0
-    for start in range(0, len(x), batch_size):
-        out = np.asarray(model(x[start:start + batch_size], training=False))
-        pred = out.argmax(-1) if out.shape[-1] > 1 else (out[..., 0] > 0).astype(int)
-        hits += int(np.sum(pred == np.asarray(y[start:start + batch_size]).reshape(pred.shape)))
-    return hits / len(x)
 
 
 class DifferentiableSearch:
@@ -160,7 +133,7 @@ class DifferentiableSearch:
         self.batch_size = batch_size
         self.precision_weight = float(precision_weight)
         self.tau = (float(tau_start), float(tau_end))
-        self.loss = _loss_fn(model, loss)
+        self.loss = task_loss(model, loss)
         self.seed = seed
         self.verbose = verbose
         # Trainable bits, and the constant cost of the rest, do not change during a search.
@@ -298,7 +271,7 @@ class DifferentiableSearch:
                 "precision_loss": float(np.mean(precs)) if precs else 0.0,
                 "temperature": tau, "seconds": round(time.perf_counter() - start, 2),
                 "expected_cost": float(expected_cost(self.model, self.size)),
-                "val_accuracy": _accuracy(self.model, self.val)}
+                "val_accuracy": top1_accuracy(self.model, self.val)}
 
 
 def _mixtures(model):
@@ -320,7 +293,7 @@ def unify_scheme(model) -> str | None:
     order. Returns the chosen name (None: no weight mixture).
     """
     mixtures, votes, names = [], None, None
-    for _, layer in _layers(model):
+    for _, layer in weighted_layers(model):
         for attr, q in layer.weight_quantizers.items():
             if q.logits is None:
                 continue
@@ -339,18 +312,3 @@ def unify_scheme(model) -> str | None:
     for q in mixtures:
         q.logits.assign(100.0 * np.eye(len(names), dtype="float32")[best])
     return names[best]
-
-
-def save_checkpoint(directory, model, history):
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save(path / "search.keras")
-    (path / "history.json").write_text(json.dumps(history, indent=1))
-
-
-def load_checkpoint(directory):
-    path = Path(directory)
-    if not (path / "search.keras").is_file() or not (path / "history.json").is_file():
-        return None, []
-    return keras.models.load_model(path / "search.keras"), json.loads(
-        (path / "history.json").read_text())

@@ -5,9 +5,9 @@ import threading
 import time
 
 import pytest
-
 from autoqnn.search import FuturesExecutor, SerialExecutor, ThreadExecutor
-from autoqnn.search.executor import get_executor
+
+from autoqnn.executor import get_executor
 
 
 def test_serial_and_errors():

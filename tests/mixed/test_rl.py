@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 import pytest
+from autoqnn.search import rl
 
 import autoqnn
-from autoqnn.search import rl
-from autoqnn.search.ddpg import DDPG, ReplayBuffer
+from autoqnn.mixed.ddpg import DDPG, ReplayBuffer
 
 RNG = np.random.default_rng(0)
 X = RNG.random((160, 10, 10, 1), dtype=np.float32)
@@ -161,7 +161,7 @@ def test_bad_inputs(cnn):
 
 def test_state_features_action_mapping_and_budget_rule(cnn):
     qmodel = autoqnn.quantize(cnn, weight_bits=8, calibration_data=X[:8])
-    from autoqnn.search.sensitivity import searchable_layers
+    from autoqnn.mixed.table import searchable_layers
 
     features = rl.layer_features(searchable_layers(qmodel))
     # index, conv, depthwise, c_in, c_out, kernel, stride, input h*w, params, share

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import autoqnn
-from autoqnn.search.budget import solve_policy
-from autoqnn.search.sensitivity import distortion, measure_sensitivity
+from autoqnn.mixed.budget import solve_policy
+from autoqnn.mixed.table import distortion, measure_sensitivity
 
 RNG = np.random.default_rng(0)
 X = RNG.random((64, 10, 10, 1), dtype=np.float32)

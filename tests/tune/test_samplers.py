@@ -5,9 +5,9 @@ import statistics
 
 import numpy as np
 import pytest
+from autoqnn.search import SearchSpace, SearchState, get_sampler, run_search
 
-from autoqnn.search import SearchSpace, SearchState, get_strategy, run_search
-from autoqnn.search.strategies import XGBOOST_PARAMS, XGBOOST_ROUNDS, XGBoostStrategy
+from autoqnn.tune.samplers import XGBOOST_PARAMS, XGBOOST_ROUNDS, XGBoostSampler
 
 SPACE = SearchSpace({
     "calibration": ["max", "percentile", "kl", "mse"],
@@ -74,24 +74,24 @@ def test_xgboost_beats_random_on_structured_surface():
 def test_transfer_rows_warm_start():
     table = _table()
     prior = (_features(), np.array([100 * (a - 0.9) for a in table]))
-    strategy = XGBoostStrategy(n_initial=3)
+    strategy = XGBoostSampler(n_initial=3)
     # With transfer rows the very first proposal already uses the cost model.
     assert _evaluations(strategy, 0, table, prior) <= 3
 
 
 def test_xgboost_needs_features():
     with pytest.raises(ValueError, match="needs state.features"):
-        get_strategy("xgboost").propose(SearchState(SPACE, {0: 1.0, 1: 0.0, 2: 0.5}))
+        get_sampler("xgboost").propose(SearchState(SPACE, {0: 1.0, 1: 0.0, 2: 0.5}))
 
 
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="strategy must be one of .* got 'bayes'"):
-        get_strategy("bayes")
+        get_sampler("bayes")
 
 
 def test_failed_trials_are_not_proposed_again():
     state = SearchState(SPACE, {i: None for i in range(70)}, _features())
-    assert sorted(get_strategy("genetic").propose(state, 5)) == [70, 71]
+    assert sorted(get_sampler("genetic").propose(state, 5)) == [70, 71]
 
 
 def test_tie_break_nearest_refines_around_the_best_random_does_not():
@@ -102,12 +102,12 @@ def test_tie_break_nearest_refines_around_the_best_random_does_not():
     def distance(index):
         return sum(a != b for a, b in zip(SPACE.digits(index), SPACE.digits(0)))
 
-    nearest = XGBoostStrategy().propose(state, 8)
+    nearest = XGBoostSampler().propose(state, 8)
     assert [distance(i) for i in nearest] == [1] * 8  # index 0 is the (first) best trial
-    random = XGBoostStrategy(tie_break="random").propose(state, 8)
+    random = XGBoostSampler(tie_break="random").propose(state, 8)
     untried = state.untried()
     jitter_order = [untried[i] for i in np.argsort(state.rng(2).random(len(untried)))]
     assert random == jitter_order[:8]
     assert max(distance(i) for i in random) > 1
     with pytest.raises(ValueError, match="tie_break must be"):
-        XGBoostStrategy(tie_break="none")
+        XGBoostSampler(tie_break="none")

@@ -6,10 +6,10 @@ import math
 import keras
 import numpy as np
 import pytest
+from autoqnn.search import SearchSpace, ThreadExecutor, read_history
 
 import autoqnn
-from autoqnn.search import SearchSpace, ThreadExecutor, read_history
-from autoqnn.search.features import model_descriptors
+from autoqnn.tune.features import model_descriptors
 
 SPACE = {"granularity": ["per_tensor", "per_channel"],
          "scheme": ["symmetric", "asymmetric"], "calibration": ["max", "mse"]}
@@ -39,7 +39,7 @@ def test_tune_returns_best_model_and_log(task, tmp_path):
     assert result.best_accuracy == max(t.accuracy for t in result.trials)
     assert isinstance(result.best_config, autoqnn.PTQConfig)
     assert result.best_config.weight_bits == 3
-    assert autoqnn.search.ptq_tuner.top1_accuracy(result.model, val) == result.best_accuracy
+    assert autoqnn.tune.tuner.top1_accuracy(result.model, val) == result.best_accuracy
     lines = [json.loads(line) for line in history.read_text().splitlines()]
     assert len(lines) == 5 and lines[0]["descriptors"] == model_descriptors(model)
     assert {"config", "accuracy", "error", "seconds", "strategy", "float_accuracy"} <= set(lines[0])

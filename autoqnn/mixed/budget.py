@@ -1,4 +1,6 @@
-"""The exact budget solver: one candidate per layer, least total sensitivity, budget held.
+"""Budget maths, all in one place: the `Budget` a search is given, what a policy costs,
+the exact solver (one candidate per layer, least total sensitivity, budget held) and the
+differentiable side (`expected_cost`, `project_bits`) the trained strategies use.
 
 Choosing bits `b_l` per layer to minimise `sum_l s(l, b_l)` under
 `sum_l params_l * b_l <= B` is a multiple-choice knapsack. It is solved exactly
@@ -17,7 +19,7 @@ Both may be given together (both rows hold). A budget below the smallest
 policy raises a `ValueError` stating the achievable minimum.
 
 Example:
-    >>> from autoqnn.search.budget import solve_policy
+    >>> from autoqnn.mixed.budget import solve_policy
     >>> values = {"a": {2: 5.0, 4: 1.0, 8: 0.0}, "b": {2: 0.1, 4: 0.05, 8: 0.0}}
     >>> params = {"a": 100, "b": 900}
     >>> solve_policy(values, params, weight_bits_budget=3.0)
@@ -26,7 +28,47 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from autoqnn.layers.quantized import QuantizedWeightsMixin
+from autoqnn.walk import iter_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What a search must stay under; at least one is given, each a positive number.
+
+    Attributes:
+        weight_bits: parameter-weighted average weight bits (`weight_bits_budget`).
+        size_bytes: the model's size as the report counts it (`size_budget_bytes`).
+        memory_bytes: the largest quantized activation tensor at batch 1
+            (`memory_budget_bytes`).
+    """
+
+    weight_bits: float | None = None
+    size_bytes: float | None = None
+    memory_bytes: float | None = None
+
+    def __post_init__(self):
+        if self.weight_bits is None and self.size_bytes is None and self.memory_bytes is None:
+            raise ValueError("give a budget: weight_bits_budget=, size_budget_bytes= or "
+                             "memory_budget_bytes=")
+        for name, value in self.to_dict().items():
+            check_budget(name, value)
+
+    @property
+    def on_weights(self) -> bool:
+        """Whether a weight-side budget (average bits or size) is given."""
+        return self.weight_bits is not None or self.size_bytes is not None
+
+    def to_dict(self) -> dict:
+        """`{"weight_bits_budget": ..., ...}`, the budgets given (the keyword names)."""
+        named = {"weight_bits_budget": self.weight_bits, "size_budget_bytes": self.size_bytes,
+                 "memory_budget_bytes": self.memory_bytes}
+        return {k: v for k, v in named.items() if v is not None}
 
 
 def _bits_rows(values, layers):
@@ -52,6 +94,14 @@ def fixed_bytes(report, paths=None) -> float:
                                                                    r.name in paths))
 
 
+def pinned_cost(report, pinned) -> tuple[int, float]:
+    """`(params, sum params * bits)` of the quantized layers in `pinned` (kept out of the
+    search by the user; they count in the average)."""
+    rows = [r for r in report if r.name in pinned and r.status == "quantized"]
+    return (sum(r.quantized_params for r in rows),
+            sum(r.quantized_params * r.weight_bits for r in rows))
+
+
 def solve_policy(values: dict, params: dict, *, weight_bits_budget=None, size_budget_bytes=None,
                  fixed_bytes: float = 0.0, pinned_params: int = 0, pinned_bit_params: float = 0.0
                  ) -> dict:
@@ -73,8 +123,6 @@ def solve_policy(values: dict, params: dict, *, weight_bits_budget=None, size_bu
     Raises:
         ValueError: no budget, a non-positive budget, or one no policy meets.
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
     if weight_bits_budget is None and size_budget_bytes is None:
         raise ValueError("give weight_bits_budget or size_budget_bytes, got neither")
     layers = list(values)
@@ -90,7 +138,7 @@ def solve_policy(values: dict, params: dict, *, weight_bits_budget=None, size_bu
     constraints.append(LinearConstraint(choose, 1.0, 1.0))
     cost_bits = np.array([params[p] * b for _, p, b in rows], "float64")
     if weight_bits_budget is not None:
-        _check_budget("weight_bits_budget", weight_bits_budget)
+        check_budget("weight_bits_budget", weight_bits_budget)
         if weight_bits_budget < min_bits_avg - 1e-9:
             raise ValueError(
                 f"weight_bits_budget={weight_bits_budget!r} is below the smallest achievable "
@@ -100,7 +148,7 @@ def solve_policy(values: dict, params: dict, *, weight_bits_budget=None, size_bu
             cost_bits[None, :], -np.inf,
             weight_bits_budget * total_params - pinned_bit_params + 1e-6))
     if size_budget_bytes is not None:
-        _check_budget("size_budget_bytes", size_budget_bytes)
+        check_budget("size_budget_bytes", size_budget_bytes)
         smallest_size = fixed_bytes + min_bytes
         if size_budget_bytes < smallest_size - 1e-6:
             raise ValueError(
@@ -122,7 +170,75 @@ def solve_policy(values: dict, params: dict, *, weight_bits_budget=None, size_bu
     return {p: chosen[p] for p in layers}
 
 
-def _check_budget(name, value):
+def check_budget(name, value):
+    """Raises unless `value` is a positive finite number (`name` in the message)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
             or value <= 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def weighted_layers(model):
+    """`(path, layer)` of the quantized weighted layers that have weight quantizers."""
+    return [(path, layer) for path, layer in iter_layers(model)
+            if isinstance(layer, QuantizedWeightsMixin) and layer.weight_quantizers]
+
+
+def expected_cost(model, size: bool):
+    """Differentiable `sum params * bits` (bits) or its average (size False)."""
+    total, params = 0.0, 0
+    for _, layer in weighted_layers(model):
+        for attr, q in layer.weight_quantizers.items():
+            n = int(np.prod(getattr(layer, attr).shape))
+            total = total + n * q.expected_bits()
+            params += n
+    return total if size else total / max(params, 1)
+
+
+def bit_plan(model):
+    """What `project_bits` needs, gathered once: `(variables, fixed, total_params)` with
+    `variables` the `(bits variable, params, low, high)` of the weight quantizers with
+    trainable bits, `fixed` the constant cost of the others (sum of params * expected
+    bits) and `total_params` all quantized weight parameters."""
+    out, fixed, total = [], 0.0, 0
+    for _, layer in weighted_layers(model):
+        for attr, q in layer.weight_quantizers.items():
+            n = int(np.prod(getattr(layer, attr).shape))
+            total += n
+            if q.bits_variable is not None:
+                out.append((q.bits_variable, n, *q.bits_range))
+            else:
+                fixed += n * float(q.expected_bits())
+    return out, fixed, total
+
+
+def project_bits(model, budget_cost, size=False, plan=None) -> float:
+    """Projects the trainable weight bitwidths onto the budget: when the expected cost is
+    over it, every bitwidth moves down by one common shift (each clipped to its range),
+    found by bisection, so that the cost meets the budget exactly (or every bitwidth sits at
+    its minimum). Returns the shift (0.0 when the cost was already within the budget).
+
+    The search applies it after every architecture step (with its `bit_plan`, gathered
+    once), so the network trains at bits that fit the budget and the rounded policy needs
+    at most a small repair.
+    """
+    variables, fixed, total_params = bit_plan(model) if plan is None else plan
+    if not variables:
+        return 0.0
+    bits = np.array([float(v.numpy()) for v, *_ in variables])
+    params = np.array([n for _, n, _, _ in variables], dtype=float)
+    low = np.array([lo for *_, lo, _ in variables], dtype=float)
+    high = np.array([hi for *_, hi in variables], dtype=float)
+    target = budget_cost if size else budget_cost * total_params
+
+    def cost(shift):
+        return fixed + float(np.sum(params * np.clip(bits - shift, low, high)))
+
+    if cost(0.0) <= target * (1 + 1e-6):  # float32 bits: within rounding
+        return 0.0
+    lo_shift, hi_shift = 0.0, float(np.max(bits - low))
+    for _ in range(40):
+        mid = 0.5 * (lo_shift + hi_shift)
+        lo_shift, hi_shift = (mid, hi_shift) if cost(mid) > target else (lo_shift, mid)
+    for (variable, *_), value in zip(variables, np.clip(bits - hi_shift, low, high)):
+        variable.assign(float(value))
+    return hi_shift

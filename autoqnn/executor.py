@@ -14,7 +14,7 @@ dies becomes a failed `Outcome` and is replaced. Ray is optional:
 `pip install autoqnn[distributed]`.
 
 Example:
-    >>> from autoqnn.search.executor import SerialExecutor, ThreadExecutor
+    >>> from autoqnn.executor import SerialExecutor, ThreadExecutor
     >>> def evaluate(x):
     ...     return 1.0 / x
     >>> [o.value for o in SerialExecutor().map(evaluate, [1, 2])]

@@ -16,12 +16,12 @@ weighs changes of the likely classes, unlike MSE of raw logits) or the mean
 squared error (`metric="mse"`, for regression outputs). A whole policy is
 scored by the sum of its layers' sensitivities (a first-order, additive model
 of the interactions; `tools/bench_sensitivity.py` checks that it ranks random
-policies as their accuracy does). The budget solver (`autoqnn.search.budget`)
+policies as their accuracy does). The budget solver (`autoqnn.mixed.budget`)
 minimises that sum.
 
 Example:
     >>> import keras, numpy as np, autoqnn
-    >>> from autoqnn.search.sensitivity import measure_sensitivity
+    >>> from autoqnn.mixed.table import measure_sensitivity
     >>> inputs = keras.Input((8,))
     >>> x = keras.layers.Dense(16, activation="relu", name="a")(inputs)
     >>> model = keras.Model(inputs, keras.layers.Dense(4, name="b")(x))

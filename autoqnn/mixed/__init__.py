@@ -1,0 +1,27 @@
+"""Mixed precision under a budget: `search` and its strategies ("sensitivity",
+"dnas" / "qpl" / "dnas+qpl", "rl"), each with its config, the budget maths and the
+`SearchResult`."""
+
+from autoqnn.mixed.budget import Budget, solve_policy
+from autoqnn.mixed.dispatch import STRATEGIES, search
+from autoqnn.mixed.dnas_qpl import DifferentiableConfig
+from autoqnn.mixed.result import PolicyRow, SearchResult
+from autoqnn.mixed.rl import RLConfig
+from autoqnn.mixed.rl_env import AgentConfig
+from autoqnn.mixed.sensitivity import SensitivityConfig
+from autoqnn.mixed.table import SensitivityTable, measure_sensitivity
+
+__all__ = [
+    "STRATEGIES",
+    "AgentConfig",
+    "Budget",
+    "DifferentiableConfig",
+    "PolicyRow",
+    "RLConfig",
+    "SearchResult",
+    "SensitivityConfig",
+    "SensitivityTable",
+    "measure_sensitivity",
+    "search",
+    "solve_policy",
+]

@@ -1,0 +1,111 @@
+"""The "sensitivity" strategy: retrain-free mixed precision, no labels needed.
+
+Quantize the model with every searchable layer at its largest candidate bits, measure
+each layer's sensitivity to each candidate on calibration images
+(`autoqnn.mixed.table`, in-place bit changes), pick the policy with the least total
+sensitivity that meets the budget exactly (`autoqnn.mixed.budget`, an integer program
+solved by HiGHS), then quantize the model at that policy with the same quantization path
+(calibration, and weight clipping and bias correction when a `ptq` recipe says so).
+
+Layers named in `config` keep their settings (pinned, outside the search) but count in the
+budget; the first and last layers are not special-cased.
+
+Example:
+    >>> import keras, numpy as np, autoqnn
+    >>> inputs = keras.Input((8,))
+    >>> x = keras.layers.Dense(32, activation="relu", name="a")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(4, name="b")(x))
+    >>> data = np.random.default_rng(0).random((64, 8), dtype=np.float32)
+    >>> result = autoqnn.search(model, calibration_data=data, weight_bits_budget=3.0,
+    ...                         verbose=0)
+    >>> result.average_weight_bits <= 3.0
+    True
+    >>> sorted(result.bits())
+    ['a', 'b']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from autoqnn.checkpoint import KeyedCheckpoint, data_sample
+from autoqnn.mixed.budget import Budget, fixed_bytes, pinned_cost, solve_policy
+from autoqnn.mixed.common import PTQSettings, fit_memory, inputs_of, pinned_paths
+from autoqnn.mixed.result import search_result
+from autoqnn.mixed.table import METRICS, SensitivityTable, measure_sensitivity
+from autoqnn.ptq.weights import search_weight_clips
+
+
+@dataclasses.dataclass(frozen=True)
+class SensitivityConfig(PTQSettings):
+    """Settings of the "sensitivity" strategy (the quantization path's, `PTQSettings`,
+    and the distortion metric).
+
+    Attributes:
+        metric: "kl" (classifier logits) or "mse" (other outputs).
+    """
+
+    metric: str = "kl"
+
+    name = "sensitivity"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {list(METRICS)}, got {self.metric!r}")
+
+
+def run(model, train_data, val_data, *, options: SensitivityConfig, budget: Budget,
+        calibration_data, config, checkpoint_dir, verbose):
+    """Runs the strategy (see the module doc); returns the `SearchResult`."""
+    start = time.perf_counter()
+    if val_data is not None:
+        raise ValueError("val_data= is not used by strategy 'sensitivity' (retrain-free, no "
+                         "labels); it is used by 'dnas', 'qpl', 'dnas+qpl' and 'rl'")
+    data = calibration_data if calibration_data is not None else inputs_of(train_data)
+    if data is None:
+        raise ValueError("search needs calibration_data= (inputs, no labels) or train_data=")
+    history = []
+    start_model = options.build(model, data, {}, config)
+    pinned = pinned_paths(model, config, options.ptq)
+    report = start_model.autoqnn_report
+    pinned_params, pinned_bit_params = pinned_cost(report, pinned)
+    checkpoint = KeyedCheckpoint(checkpoint_dir, "sensitivity",
+                                 {"options": options.to_dict(), "config": config,
+                                  "pinned": sorted(pinned)},
+                                 model.get_weights(), *data_sample(data, options.num_samples))
+    stored = checkpoint.read_json("table.json")
+    if stored is not None:
+        table = SensitivityTable.from_dict(stored)
+    else:
+        refine = None
+        if options.ptq is not None and options.ptq.weight_clipping == "mse":
+            def refine(layer):
+                search_weight_clips(start_model, layers=[layer])
+        table = measure_sensitivity(start_model, model, data, options.candidate_bits,
+                                    metric=options.metric, num_samples=options.num_samples,
+                                    refine=refine, exclude=pinned, verbose=verbose)
+        checkpoint.write_json("table.json", table.to_dict())
+    history.append({"step": "sensitivity", "layers": len(table.layers),
+                    "probes": sum(len(c) - 1 for c in table.candidates.values()),
+                    "seconds": round(table.seconds, 3), "metric": options.metric})
+    searched = list(table.layers)
+    solve_start = time.perf_counter()
+    if budget.on_weights:
+        policy = solve_policy({p: table.values[p] for p in searched},
+                              {p: table.params[p] for p in searched},
+                              weight_bits_budget=budget.weight_bits,
+                              size_budget_bytes=budget.size_bytes,
+                              fixed_bytes=fixed_bytes(report, searched),
+                              pinned_params=pinned_params, pinned_bit_params=pinned_bit_params)
+    else:
+        policy = {p: options.candidate_bits[-1] for p in searched}
+    history.append({"step": "solve", "seconds": round(time.perf_counter() - solve_start, 4),
+                    "predicted_distortion": table.start_distortion + sum(
+                        table.values[p][b] for p, b in policy.items())})
+    final = options.build(model, data, {p: {"weight_bits": b} for p, b in policy.items()}, config)
+    memory = fit_memory(final, budget.memory_bytes, options.candidate_activation_bits, data,
+                        options.observer, options.num_samples, history)
+    return search_result(final, history, "sensitivity", start, memory, budget, table,
+                         options.activation_bits)
