@@ -15,9 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from autoqnn import defaults
+from autoqnn.mixed.dispatch import STRATEGIES
+
 # TensorFlow's start-up log is quieted by autoqnn/_startup.py, which the package imports
-# before TensorFlow (this module is only reached through the package). Everything heavy
-# here is imported inside the commands.
+# before TensorFlow (this module is only reached through the package).
 
 
 def _load_inputs(path, model):
@@ -27,7 +29,12 @@ def _load_inputs(path, model):
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"error: --data file not found: {str(path)!r}")
-    with np.load(path) as data:
+    try:
+        archive = np.load(path)
+    except (OSError, ValueError, EOFError) as err:
+        raise SystemExit(f"error: --data {str(path)!r} is not a readable .npz file: "
+                         f"{err}") from None
+    with archive as data:
         key = next((k for k in ("x_calib", "x", "x_train", "x_test") if k in data.files), None)
         if key is None:
             raise SystemExit(
@@ -106,27 +113,47 @@ def cmd_quantize(args):
     print(f"saved {args.output}")
 
 
+_SEARCH_OPTIONS = {
+    "candidate_bits": ("--candidate-bits", ("sensitivity", "rl")),
+    "epochs": ("--epochs", ("dnas", "qpl", "dnas+qpl")),
+    "finetune_epochs": ("--finetune-epochs", ("dnas", "qpl", "dnas+qpl")),
+    "episodes": ("--episodes", ("rl",)),
+    "executor": ("--executor", ("rl",)),
+}
+"""Strategy options of `autoqnn search`: flag and the strategies that use it."""
+
+
+def _strategy_settings(args) -> dict:
+    """The strategy's own settings from the flags; a flag it does not use is an error."""
+    settings = {}
+    for name, (flag, users) in _SEARCH_OPTIONS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if args.strategy not in users:
+            raise SystemExit(f"error: {flag} is not used by --strategy {args.strategy} "
+                             f"(it is used by {', '.join(users)})")
+        settings[name] = tuple(value) if name == "candidate_bits" else value
+    return settings
+
+
 def cmd_search(args):
     import json
 
     import autoqnn
 
+    extra = _strategy_settings(args)
+    if args.budget is None and args.size_budget is None and args.memory_budget is None:
+        raise SystemExit("error: give --budget BITS, --size-budget BYTES or --memory-budget BYTES")
     model = _load_model(args.model)
     if not args.data:
         raise SystemExit("error: search needs --data X.npz (calibration inputs)")
     data = _load_inputs(args.data, model)
-    if args.budget is None and args.size_budget is None and args.memory_budget is None:
-        raise SystemExit("error: give --budget BITS, --size-budget BYTES or --memory-budget BYTES")
-    extra = {}
     if args.strategy == "rl":  # rewarded by accuracy: the labels of the same arrays
-        extra = {"val_data": (data, _load_labels(args.data, len(data))),
-                 "episodes": args.episodes, "finetune_epochs": 0}
-        if args.executor:
-            extra["executor"] = args.executor
+        extra.update(val_data=(data, _load_labels(args.data, len(data))),
+                     finetune_epochs=0)
     elif args.strategy in ("dnas", "qpl", "dnas+qpl"):  # trains: labels from the same file
-        extra = {"train_data": (data, _load_labels(args.data, len(data))),
-                 "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
-                 "checkpoint_dir": args.checkpoint_dir}
+        extra["train_data"] = (data, _load_labels(args.data, len(data)))
     result = autoqnn.search(
         model,
         calibration_data=data,
@@ -134,9 +161,9 @@ def cmd_search(args):
         weight_bits_budget=args.budget,
         size_budget_bytes=args.size_budget,
         memory_budget_bytes=args.memory_budget,
-        candidate_bits=tuple(args.candidate_bits),
         activation_bits=None if args.activation_bits == 0 else args.activation_bits,
         num_samples=args.calibration_samples,
+        checkpoint_dir=args.checkpoint_dir,
         verbose=args.verbose,
         **extra,
     )
@@ -206,26 +233,29 @@ def build_parser():
         help="an .npz like ../shared/data/fashion_mnist.npz (default: the bundled subset)",
     )
     demo.add_argument("--train-subset", type=int, default=6000, help="training images used")
-    demo.add_argument("--verbose", type=int, default=1)
+    demo.add_argument("--verbose", type=int, default=defaults.VERBOSE, help="0 hides progress")
     demo.set_defaults(func=cmd_demo)
 
     quantize = sub.add_parser("quantize", help="quantize a .keras model")
     quantize.add_argument("model")
     quantize.add_argument("-o", "--output", required=True)
-    quantize.add_argument("--scheme", default="uniform")
+    quantize.add_argument("--scheme", default=defaults.SCHEME)
     quantize.add_argument(
         "--weight-bits", type=int, default=None, help="default: the scheme's own default"
     )
     quantize.add_argument(
-        "--activation-bits", type=int, default=8, help="0 keeps activations float"
+        "--activation-bits", type=int, default=defaults.ACTIVATION_BITS,
+        help="0 keeps activations float"
     )
     quantize.add_argument(
-        "--granularity", default="per_channel", choices=["per_channel", "per_tensor"]
+        "--granularity", default=defaults.GRANULARITY, choices=["per_channel", "per_tensor"]
     )
     quantize.add_argument(
         "--data", help=".npz with calibration inputs (x_calib, x, x_train or x_test)"
     )
-    quantize.add_argument("--calibration-samples", type=int, default=512)
+    quantize.add_argument("--calibration-samples", type=int,
+                          default=defaults.CALIBRATION_SAMPLES,
+                          help="calibrate on at most this many samples (default: all)")
     quantize.set_defaults(func=cmd_quantize)
 
     search = sub.add_parser("search", help="search per-layer bits under a budget")
@@ -233,26 +263,35 @@ def build_parser():
     search.add_argument("-o", "--output", required=True)
     search.add_argument("--data", help=".npz with calibration inputs (x_calib, x, x_train or "
                         "x_test)")
-    search.add_argument("--strategy", default="sensitivity",
+    search.add_argument("--strategy", default="sensitivity", choices=list(STRATEGIES),
                         help="sensitivity (default), rl, or the trained dnas / qpl / dnas+qpl "
                              "(these need labels in --data)")
-    search.add_argument("--epochs", type=int, default=3, help="dnas / qpl search epochs")
-    search.add_argument("--finetune-epochs", type=int, default=3,
-                        help="dnas / qpl fine-tune epochs of the derived model")
+    search.add_argument("--epochs", type=int, default=None,
+                        help=f"dnas / qpl search epochs (default {defaults.SEARCH_EPOCHS})")
+    search.add_argument("--finetune-epochs", type=int, default=None,
+                        help="dnas / qpl fine-tune epochs of the derived model (default "
+                             f"{defaults.FINETUNE_EPOCHS})")
     search.add_argument("--checkpoint-dir", default=None,
-                        help="dnas / qpl: checkpoint every epoch here; a rerun resumes")
-    search.add_argument("--episodes", type=int, default=30, help="rl episodes")
+                        help="checkpoint here (a folder per model, data and settings); the "
+                             "same command resumes")
+    search.add_argument("--episodes", type=int, default=None,
+                        help=f"rl episodes (default {defaults.EPISODES})")
     search.add_argument("--executor", choices=["ray"], default=None,
                         help="rl: evaluate episodes on a local Ray instance")
     search.add_argument("--budget", type=float, help="average weight bits")
     search.add_argument("--size-budget", type=float, help="model bytes")
     search.add_argument("--memory-budget", type=float, help="largest activation, bytes")
-    search.add_argument("--candidate-bits", type=int, nargs="+", default=[2, 3, 4, 8])
-    search.add_argument("--activation-bits", type=int, default=8, help="0 keeps them float")
-    search.add_argument("--calibration-samples", type=int, default=512)
+    search.add_argument("--candidate-bits", type=int, nargs="+", default=None,
+                        help="sensitivity / rl: bits a layer may take (default "
+                             f"{' '.join(map(str, defaults.CANDIDATE_BITS))})")
+    search.add_argument("--activation-bits", type=int, default=defaults.ACTIVATION_BITS,
+                        help="0 keeps them float")
+    search.add_argument("--calibration-samples", type=int, default=defaults.SEARCH_SAMPLES,
+                        help="images the search calibrates and measures on")
     search.add_argument("--json", help="write the result (policy, sensitivities) here")
     search.add_argument("--plot", help="write the per-layer bits chart here (matplotlib)")
-    search.add_argument("--verbose", type=int, default=1)
+    search.add_argument("--verbose", type=int, default=defaults.VERBOSE,
+                        help="0 hides progress")
     search.set_defaults(func=cmd_search)
 
     info = sub.add_parser("info", help="print the per-layer quantization report of a .keras model")

@@ -1,5 +1,6 @@
 """The `autoqnn` command line, run in-process on tiny models (and once as a process)."""
 
+import json
 import os
 import re
 import subprocess
@@ -55,10 +56,16 @@ def test_bad_inputs_give_clear_errors(model_file, tmp_path, capsys):
     assert main(["quantize", str(model_file), "-o", str(tmp_path / "q.keras"),
                  "--weight-bits", "0"]) == 2
     assert "weight_bits" in capsys.readouterr().err
-    (tmp_path / "junk.npz").write_bytes(b"")
-    with pytest.raises(SystemExit):
+    (tmp_path / "junk.npz").write_bytes(b"not an archive")
+    with pytest.raises(SystemExit, match="is not a readable .npz file"):
+        main(["quantize", str(model_file), "-o", str(tmp_path / "q.keras"), "--data",
+              str(tmp_path / "junk.npz")])
+    with pytest.raises(SystemExit, match="--data file not found"):
         main(["quantize", str(model_file), "-o", str(tmp_path / "q.keras"), "--data",
               str(tmp_path / "nothing.npz")])
+    with pytest.raises(SystemExit, match="--epochs is not used by --strategy sensitivity"):
+        main(["search", str(model_file), "-o", str(tmp_path / "s.keras"), "--budget", "3",
+              "--data", str(tmp_path / "junk.npz"), "--epochs", "2"])
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
@@ -122,7 +129,10 @@ def test_search_writes_a_mixed_precision_model(model_file, tmp_path, capsys):
     report = autoqnn.quantization_report(loaded)
     assert report.weight_bits_avg <= 3.0
     assert "average weight bits" in capsys.readouterr().out
-    assert (tmp_path / "search.json").stat().st_size > 0
+    record = json.loads((tmp_path / "search.json").read_text())
+    assert record["strategy"] == "sensitivity" and record["average_weight_bits"] <= 3.0
+    assert {row["layer"] for row in record["policy"]} == {r.name for r in report
+                                                          if r.status == "quantized"}
     assert main(["search", str(model_file), "-o", str(out), "--budget", "1.0",
                  "--data", str(tmp_path / "calib.npz"), "--verbose", "0"]) == 2
     assert "smallest achievable average of 2.0000 bits" in capsys.readouterr().err

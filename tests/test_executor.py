@@ -5,9 +5,8 @@ import threading
 import time
 
 import pytest
-from autoqnn.search import FuturesExecutor, SerialExecutor, ThreadExecutor
 
-from autoqnn.executor import get_executor
+from autoqnn.executor import FuturesExecutor, SerialExecutor, ThreadExecutor, get_executor
 
 
 def test_serial_and_errors():

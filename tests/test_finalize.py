@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 import autoqnn
+from autoqnn.export import run_tflite
 from autoqnn.layers import ActivationQuantizer
+
+
+def _output_steps(info, model, x):
+    """The largest LiteRT-vs-Keras output difference, in steps of the int8 output."""
+    step = info.output_quantization[0][0]
+    return float(np.abs(run_tflite(info.path, x) - model.predict(x, verbose=0)).max() / step)
 
 RNG = np.random.default_rng(0)
 X = RNG.random((48, 8, 8, 3), dtype=np.float32)
@@ -65,7 +72,7 @@ def test_finalize_collapses_to_rounded_bits_and_argmax(tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(loaded.predict(X, verbose=0), final.predict(X, verbose=0))
     info = autoqnn.export_tflite(final, tmp_path / "final.tflite")
-    assert info.size_bytes > 0
+    assert _output_steps(info, final, X) <= 2.0
     with pytest.raises(autoqnn.export.ExportError, match="autoqnn.finalize"):
         autoqnn.export_tflite(qmodel, tmp_path / "mixed.tflite")
 
@@ -194,7 +201,8 @@ def test_finalize_folds_batchnorm_trained_unfolded(tmp_path):
     assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
     kept = autoqnn.finalize(qmodel, fold_batchnorm=False)
     np.testing.assert_array_equal(kept.predict(X, verbose=0), ref)
-    assert autoqnn.export_tflite(final, tmp_path / "folded.tflite").size_bytes > 0
+    info = autoqnn.export_tflite(final, tmp_path / "folded.tflite")
+    assert _output_steps(info, final, X) <= 2.0
 
 
 def test_per_channel_folding_after_training_unfolded_is_exact(tmp_path):

@@ -11,10 +11,10 @@ import sys
 import keras
 import numpy as np
 import pytest
-from autoqnn.search import SerialExecutor, read_history
 
 import autoqnn
-from autoqnn.executor import RayExecutor, get_executor
+from autoqnn.executor import RayExecutor, SerialExecutor, get_executor
+from autoqnn.tune import read_history
 
 SPACE = {"granularity": ["per_tensor", "per_channel"],
          "scheme": ["symmetric", "asymmetric"], "calibration": ["max", "mse"]}

@@ -91,14 +91,17 @@ def compare(model, train, val, test, args):
     rl_val = (val[0][:args.rl_val], val[1][:args.rl_val])
     runs = [
         ("rl", dict(val_data=rl_val, strategy="rl", episodes=args.episodes,
-                    rl_config={"warmup_episodes": args.warmup_episodes})),
+                    agent={"warmup_episodes": args.warmup_episodes})),
         ("dnas+qpl", dict(val_data=val, strategy="dnas+qpl", epochs=args.search_epochs)),
-        ("sensitivity", dict(val_data=val, strategy="sensitivity")),
+        ("sensitivity", dict(strategy="sensitivity")),
     ]
     for name, settings in runs:
         start = time.perf_counter()
         finetune_after = name == "sensitivity" and args.finetune_epochs
         kwargs = {**common, **settings}
+        if name == "sensitivity":  # retrain-free: no fine-tune, seed or learning rate
+            kwargs = {k: v for k, v in kwargs.items()
+                      if k not in ("finetune_epochs", "learning_rate", "seed")}
         result = autoqnn.search(model, train, **kwargs)
         before = None
         if name == "rl":
@@ -136,7 +139,7 @@ def tuner(model, train, val, args):
     out = {"trials": args.tuner_trials, "space": TUNER_SPACE, "fixed": {"weight_bits": 4}}
     start = time.perf_counter()
     serial = autoqnn.tune_ptq(model, calib, val, space=TUNER_SPACE, fixed={"weight_bits": 4},
-                              max_trials=args.tuner_trials, strategy="random",
+                              max_trials=args.tuner_trials, sampler="random",
                               seed=args.seed, verbose=0)
     seconds = time.perf_counter() - start
     out["serial"] = {"seconds": round(seconds, 1),
@@ -153,7 +156,7 @@ def tuner(model, train, val, args):
         start = time.perf_counter()
         on_ray = autoqnn.tune_ptq(model, calib, val, space=TUNER_SPACE,
                                   fixed={"weight_bits": 4}, max_trials=args.tuner_trials,
-                                  strategy="random", seed=args.seed, executor=executor,
+                                  sampler="random", seed=args.seed, executor=executor,
                                   verbose=0)
         seconds = time.perf_counter() - start
     finally:
@@ -201,7 +204,7 @@ def cost(references, train, val, args):
             x_val[0][:args.rl_val], x_val[1][:args.rl_val]), strategy="rl",
             weight_bits_budget=args.budget, activation_bits=args.activation_bits,
             episodes=args.cost_episodes, finetune_epochs=0, num_samples=256, verbose=0,
-            rl_config={"warmup_episodes": min(args.warmup_episodes, args.cost_episodes // 2)})
+            agent={"warmup_episodes": min(args.warmup_episodes, args.cost_episodes // 2)})
         row["rl_seconds"] = round(time.perf_counter() - start, 1)
         episodes = [h for h in result.history if h["step"] == "episode"]
         row["rl_episodes"] = len(episodes)

@@ -82,7 +82,7 @@ def cost_ratios(model, train, args) -> list:
         val = (images[0][:512], images[1][:512])  # cost only: one val batch per step anyway
         result = autoqnn.search(model, images, val, strategy=strategy, weight_bits_budget=3.0,
                                 activation_bits=4, epochs=2, finetune_epochs=0, verbose=0,
-                                seed=args.seed, arch_update=update)
+                                seed=args.seed, arch_update=update or "bilevel")
         epochs = [h for h in result.history if h["step"] == "search"]
         label = strategy if update is None else f"{strategy} ({update})"
         rows.append({"strategy": label, "images": len(images[0]),
@@ -108,7 +108,7 @@ def run_setting(model, train, val, test, budget, act_bits, lr, args, float_epoch
                                 activation_bits=act_bits, epochs=args.search_epochs,
                                 finetune_epochs=args.finetune_epochs, scheme_scope=scope,
                                 learning_rate=lr, verbose=args.verbose, seed=args.seed,
-                                arch_update=update)
+                                arch_update=update or "bilevel")
         seconds = time.perf_counter() - start
         epochs = [h for h in result.history if h["step"] == "search"]
         label = strategy if scope == "layer" else f"{strategy}, one scheme for the model"

@@ -6,7 +6,7 @@ What it does, honestly:
 1. Trains (or reloads) the float reference model on the first `--train-subset` training
    images (tools/common.py). The next `--val-size` training images (2,000 by default) are
    the validation split: never used to train the float model, and no test image.
-2. Runs the grid search for real: `autoqnn.tune_ptq(..., strategy="grid")` quantizes,
+2. Runs the grid search for real: `autoqnn.tune_ptq(..., sampler="grid")` quantizes,
    calibrates (on training images) and evaluates every configuration of the space on the
    validation split, timed. Trials go to a JSON-lines history, so an interrupted run
    resumes.
@@ -100,7 +100,7 @@ def grid_table(model, key, calibration, val, space, history, verbose=1):
               if t.model == key and space.index_of(t.config) is not None]
     start = time.perf_counter()
     result = autoqnn.tune_ptq(model, calibration, val, space=space, max_trials=len(space),
-                              strategy="grid", history=history, model_name=key, verbose=verbose)
+                              sampler="grid", history=history, model_name=key, verbose=verbose)
     seconds = time.perf_counter() - start
     table = [None] * len(space)
     for trial in result.trials:

@@ -29,6 +29,7 @@ Example:
     >>> qmodel = autoqnn.quantize(model, scheme="asd", weight_bits=5, calibration_data=x)
     >>> bool(np.allclose(autoqnn.shift_add_forward(qmodel, x), qmodel(x), atol=1e-5))
     True
+    >>> from autoqnn.export.shift_add_ops import signed_digits
     >>> signed_digits(7), signed_digits(-3)           # 7 = 8 - 1; -3 = -4 + 1
     ([(-1, 0), (1, 3)], [(1, 0), (-1, 2)])
     >>> row = autoqnn.adder_report(qmodel).layers[0]
@@ -47,6 +48,7 @@ from keras import tree
 from autoqnn.export.bitpack import packed_size
 from autoqnn.export.grid import channels_last
 from autoqnn.export.lowering import ExportError, plan_activation
+from autoqnn.export.shift_add_ops import accumulate, digit_planes, shift_add_matmul
 from autoqnn.layers.activation import ActivationQuantizer
 from autoqnn.layers.folded import FoldedBatchNorm
 from autoqnn.layers.quantized import QuantConv1D, QuantConv2D, QuantDense, QuantDepthwiseConv2D
@@ -60,74 +62,6 @@ _GRID_PRESERVING = tuple(getattr(keras.layers, f"{kind}{rank}D") for rank in (1,
     keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute, keras.layers.Dropout,
     keras.layers.Identity, FoldedBatchNorm)
 _SUPPORTED = (QuantDense, QuantConv1D, QuantConv2D, QuantDepthwiseConv2D)
-
-
-def signed_digits(n: int) -> list[tuple[int, int]]:
-    """The non-adjacent form of `n` as `[(sign, shift), ...]`, lowest shift first.
-
-    `n == sum(sign * 2**shift)`, every sign is -1 or +1, and the count is
-    `autoqnn.schemes.asd.naf_weight(n)` (the fewest possible); 0 gives [].
-    """
-    n = int(n)
-    mag, shift, out = abs(n), 0, []
-    while mag:
-        if mag & 1:
-            digit = 2 - (mag & 3)  # +1 if mag % 4 == 1, -1 if mag % 4 == 3
-            out.append((digit if n > 0 else -digit, shift))
-            mag -= digit
-        mag >>= 1
-        shift += 1
-    return out
-
-
-def _digit_planes(ints):
-    """`(plus, minus, shift)`, each `(D, *ints.shape)`: digit k of each weight is
-    `+(a << shift[k])` where `plus[k]`, `-(a << shift[k])` where `minus[k]`."""
-    ints = np.asarray(ints, dtype=np.int64)
-    table = {int(v): signed_digits(v) for v in np.unique(ints)}
-    depth = max((len(d) for d in table.values()), default=0)
-    plus = np.zeros((depth,) + ints.shape, bool)
-    minus = np.zeros_like(plus)
-    shift = np.zeros((depth,) + ints.shape, np.int64)
-    for value, digits in table.items():
-        where = ints == value
-        for k, (sign, e) in enumerate(digits):
-            (plus if sign > 0 else minus)[k][where] = True
-            shift[k][where] = e
-    return plus, minus, shift
-
-
-def _accumulate(taps, planes, shape):
-    """`acc[..., c] = sum_t sum_k ±(a_t << shift[k, t, c])` by shifts and masked adds only,
-    for `taps` `(t, a_t)` (`a_t` int64, broadcast to `shape`) and the `_digit_planes` of
-    the `(taps, channels)` weight matrix."""
-    plus, minus, shift = planes
-    acc = np.zeros(shape, np.int64)
-    for t, a_t in taps:
-        for k in range(plus.shape[0]):
-            add, sub = plus[k, t], minus[k, t]
-            if not (add.any() or sub.any()):
-                continue
-            shifted = np.left_shift(a_t, shift[k, t])
-            np.add(acc, shifted, out=acc, where=add)
-            np.subtract(acc, shifted, out=acc, where=sub)
-    return acc
-
-
-def shift_add_matmul(a_int, weight_ints):
-    """`a_int @ weight_ints` computed with shifts and adds only (exact, int64).
-
-    Args:
-        a_int: integer activations `(batch, in)`.
-        weight_ints: integer weights `(in, out)`.
-
-    Returns:
-        The int64 accumulator `(batch, out)`.
-    """
-    a_int = np.asarray(a_int, dtype=np.int64)
-    weight_ints = np.asarray(weight_ints, dtype=np.int64)
-    taps = ((i, a_int[:, i:i + 1]) for i in range(weight_ints.shape[0]))
-    return _accumulate(taps, _digit_planes(weight_ints), (a_int.shape[0], weight_ints.shape[1]))
 
 
 @dataclasses.dataclass
@@ -241,7 +175,7 @@ def _run_asd(path, layer, kernel, x, grid):
         else:  # kernel (kh, kw, cin, out) flattened: tap (ky * kw + kx) * cin + c
             taps = ((i * cin + c, w[..., c:c + 1]) for i, w in enumerate(windows)
                     for c in range(cin))
-        acc = _accumulate(taps, _digit_planes(kernel.by_channel), (len(a), oh, ow, channels))
+        acc = accumulate(taps, digit_planes(kernel.by_channel), (len(a), oh, ow, channels))
         acc = acc[:, 0] if one_d else acc
     y = acc.astype(np.float64) * (kernel.alpha * step)  # once per output, after the adds
     if layer.use_bias:

@@ -7,6 +7,7 @@ same step on one device, and `autoqnn.finetune` must train mirrored variables.
 """
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -39,7 +40,7 @@ SCRIPT = textwrap.dedent("""
         return autoqnn.quantize(model, weight_bits=4, activation_bits=4, calibration_data=x,
                                 fold_batchnorm=False, config=spec,
                                 activation_options={"learn_range": True},
-                                calibration_method="mse")
+                                calibration_method="mse", verbose=0)
 
     def one_epoch(q):
         loop = DifferentiableSearch(q, (x, y), (x, y), budget_cost=3.0, epochs=1,
@@ -55,7 +56,8 @@ SCRIPT = textwrap.dedent("""
         mirrored = searchable()
         replicas, record = one_epoch(mirrored)
         kinds = sorted({type(v.value).__name__ for v in mirrored.trainable_variables})
-        qat = autoqnn.quantize(model, weight_bits=4, activation_bits=4, calibration_data=x)
+        qat = autoqnn.quantize(model, weight_bits=4, activation_bits=4, calibration_data=x,
+                               verbose=0)
         history = finetune(qat, (x, y), epochs=2, val_data=(x, y), teacher=model,
                            batch_size=32, verbose=0)
         qat_kinds = sorted({type(v.value).__name__ for v in qat.trainable_variables})
@@ -83,4 +85,5 @@ def test_mirrored_search_step_matches_one_device_and_finetune_trains():
     assert result["diff"] < 0.25 * result["moved"], result
     assert abs(result["task_loss"][0] - result["task_loss"][1]) < 1e-4
     assert result["qat_kinds"] == ["MirroredVariable"]
-    assert all(loss == loss and loss < 5 for loss in result["qat_loss"])
+    # QAT under the mirrored strategy learns: below chance level (ln 3) and falling.
+    assert result["qat_loss"][-1] < min(math.log(3), result["qat_loss"][0])

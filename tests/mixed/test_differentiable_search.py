@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 import autoqnn
-from autoqnn.mixed.differentiable import DifferentiableSearch, expected_cost, project_bits
+from autoqnn.mixed.budget import expected_cost, project_bits
+from autoqnn.mixed.differentiable import DifferentiableSearch
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(384, 12)).astype("float32")
@@ -36,8 +37,9 @@ def test_qpl_learns_bits_under_the_budget(model):
     assert result.average_weight_bits == pytest.approx(
         result.model.autoqnn_report.weight_bits_avg)
     search = [h for h in result.history if h["step"] == "search"]
-    assert len(search) == 2 and search[1]["expected_cost"] < search[0]["expected_cost"] + 1e-6
-    assert result.history[-1]["step"] == "done"
+    assert len(search) == 2 and result.history[-1]["step"] == "done"
+    derive = next(h for h in result.history if h["step"] == "derive")
+    assert derive["val_accuracy"] > 0.5  # the searched (not yet fine-tuned) model works
     finetune = [h for h in result.history if h["step"] == "finetune"]
     assert finetune and finetune[0]["val_accuracy"] > 0.5  # a real (learnable) task
     # The result is a plain, finalized model: fixed bits everywhere, exportable.
@@ -51,8 +53,11 @@ def test_dnas_picks_one_candidate_per_layer(model):
                   {"name": "pot", "bits": 4}]
     result = autoqnn.search(model, (X, Y), strategy="dnas", candidates=candidates,
                             weight_bits_budget=4.0, epochs=1, finetune_epochs=0, verbose=0)
+    assert sorted(r.layer for r in result.policy) == ["fc1", "logits"]
     assert {r.scheme for r in result.policy} <= {"uniform", "pot"}
-    assert result.average_weight_bits <= 4.0
+    for layer in result.model.layers:  # one scheme left per tensor, no mixture
+        for q in getattr(layer, "weight_quantizers", {}).values():
+            assert q.is_final and len(q.candidates) == 1
 
 
 def test_precision_loss_pulls_the_bits_down(model):
@@ -62,7 +67,6 @@ def test_precision_loss_pulls_the_bits_down(model):
                                 batch_size=64, precision_weight=10.0, verbose=0,
                                 project=False)
     before = float(expected_cost(qmodel, size=False))
-    assert before == pytest.approx(6.0)
     record = loop.run_epoch(0)
     assert record["expected_cost"] < before and record["precision_loss"] > 0
 
@@ -131,21 +135,35 @@ def test_size_and_memory_budgets_hold(model):
 
 
 def test_checkpoint_resumes_and_a_finished_search_returns_at_once(model, tmp_path):
-    kwargs = dict(strategy="qpl", weight_bits_budget=3.0, finetune_epochs=0, verbose=0,
-                  checkpoint_dir=tmp_path)
-    first = autoqnn.search(model, (X, Y), epochs=1, **kwargs)
-    history = json.loads((tmp_path / "history.json").read_text())
-    assert [h["step"] for h in history] in (["start", "search", "derive", "repair", "done"],
-                                            ["start", "search", "derive", "done"])
+    kwargs = dict(strategy="qpl", weight_bits_budget=3.0, epochs=2, finetune_epochs=0,
+                  verbose=0, checkpoint_dir=tmp_path)
+    first = autoqnn.search(model, (X, Y), **kwargs)
+    (folder,) = tmp_path.iterdir()  # one folder, keyed by the model, data and settings
+    history = json.loads((folder / "history.json").read_text())
+    assert [h["step"] for h in history] == ["start", "search", "search"]
     # An interrupted search: only its first epoch finished.
-    (tmp_path / "final.keras").unlink()
-    (tmp_path / "history.json").write_text(json.dumps(history[:2]))
-    resumed = autoqnn.search(model, (X, Y), epochs=2, **kwargs)
+    (folder / "result.json").unlink()
+    (folder / "history.json").write_text(json.dumps(history[:2]))
+    resumed = autoqnn.search(model, (X, Y), **kwargs)
     steps = [h for h in resumed.history if h["step"] == "search"]
     assert len(steps) == 2 and steps[0] == history[1]  # the finished epoch is kept
-    again = autoqnn.search(model, (X, Y), epochs=2, **kwargs)
+    assert steps[1] != history[2]  # the second one ran again
+    again = autoqnn.search(model, (X, Y), **kwargs)
     assert again.history == resumed.history and again.bits() == resumed.bits()
     del first
+
+
+def test_another_budget_in_the_same_checkpoint_dir_starts_fresh(model, tmp_path):
+    kwargs = dict(strategy="qpl", epochs=1, finetune_epochs=0, verbose=0,
+                  checkpoint_dir=tmp_path)
+    high = autoqnn.search(model, (X, Y), weight_bits_budget=4.0, **kwargs)
+    low = autoqnn.search(model, (X, Y), weight_bits_budget=2.5, **kwargs)
+    assert low.average_weight_bits <= 2.5
+    assert high.average_weight_bits > 2.5  # (else the test proves nothing)
+    assert len(list(tmp_path.iterdir())) == 2
+    other_seed = autoqnn.search(model, (X, Y), weight_bits_budget=2.5, seed=1, **kwargs)
+    assert len(list(tmp_path.iterdir())) == 3
+    del other_seed
 
 
 def test_same_seed_same_policy(model):
@@ -168,9 +186,10 @@ def test_bad_input(model):
     with pytest.raises(ValueError, match="epochs must be a positive int, got 0"):
         autoqnn.search(model, (X, Y), strategy="dnas", weight_bits_budget=3.0, epochs=0)
     with pytest.raises(ValueError, match=r"strategy must be one of \['sensitivity', 'dnas', "
-                                         r"'qpl', 'dnas\+qpl'.*\], got 'annealing'"):
+                                         r"'qpl', 'dnas\+qpl'.*\] or a strategy config, "
+                                         r"got 'annealing'"):
         autoqnn.search(model, (X, Y), strategy="annealing", weight_bits_budget=3.0)
-    with pytest.raises(ValueError, match="arch_update must be None, 'bilevel' or 'joint', "
+    with pytest.raises(ValueError, match=r"arch_update must be one of \['bilevel', 'joint'\], "
                                          "got 'both'"):
         autoqnn.search(model, (X, Y), strategy="qpl", weight_bits_budget=3.0,
                        arch_update="both")
@@ -215,7 +234,8 @@ def test_one_scheme_for_the_whole_model(model):
     assert len({r.scheme for r in result.policy}) == 1
     chosen = [h["model_scheme"] for h in result.history if "model_scheme" in h]
     assert chosen == [result.policy[0].scheme]
-    with pytest.raises(ValueError, match="scheme_scope must be 'layer' or 'model', got 'net'"):
+    with pytest.raises(ValueError, match=r"scheme_scope must be one of \['layer', 'model'\], "
+                                         "got 'net'"):
         autoqnn.search(model, (X, Y), strategy="dnas", weight_bits_budget=4.0,
                        scheme_scope="net", verbose=0)
 
@@ -263,7 +283,8 @@ def test_qpl_starts_at_the_sensitivity_policy_or_at_the_budget(model):
     assert average <= 3.0 + 1e-9 and all(2 <= b <= 6 for b in start["policy"].values())
     plain = autoqnn.search(model, (X, Y), qpl_start="budget", **kwargs)
     assert "start" not in [h["step"] for h in plain.history]
-    with pytest.raises(ValueError, match="qpl_start must be 'sensitivity' or 'budget', got 'x'"):
+    with pytest.raises(ValueError, match=r"qpl_start must be one of \['sensitivity', 'budget'\], "
+                                         "got 'x'"):
         autoqnn.search(model, (X, Y), qpl_start="x", **kwargs)
 
 

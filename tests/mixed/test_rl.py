@@ -3,9 +3,10 @@
 import keras
 import numpy as np
 import pytest
-from autoqnn.search import rl
 
 import autoqnn
+from autoqnn.evaluate import top1_accuracy
+from autoqnn.mixed import rl_env
 from autoqnn.mixed.ddpg import DDPG, ReplayBuffer
 
 RNG = np.random.default_rng(0)
@@ -34,7 +35,7 @@ def cnn():
 
 def _search(model, train_data=None, **kwargs):
     settings = {"val_data": VAL, "calibration_data": X[:64], "strategy": "rl", "episodes": 4,
-                "verbose": 0, "num_samples": 64, "finetune_epochs": 0, "rl_config": SMALL}
+                "verbose": 0, "num_samples": 64, "finetune_epochs": 0, "agent": SMALL}
     settings.update(kwargs)
     return autoqnn.search(model, train_data, **settings)
 
@@ -45,7 +46,7 @@ def _episodes(result):
 
 def test_average_bits_budget_end_to_end(cnn):
     # HAQ's 300x300 agent, one warm-up episode
-    result = _search(cnn, weight_bits_budget=3.0, rl_config={"warmup_episodes": 1})
+    result = _search(cnn, weight_bits_budget=3.0, agent={"warmup_episodes": 1})
     report = result.model.autoqnn_report
     assert result.strategy == "rl"
     assert result.average_weight_bits <= 3.0
@@ -61,7 +62,8 @@ def test_average_bits_budget_end_to_end(cnn):
     steps = [h["step"] for h in result.history]
     assert steps[0] == "start" and steps[-2:] == ["best", "done"]
     start = result.history[0]
-    assert 0.0 <= start["float_accuracy"] <= 1.0 and start["layers"] == 5
+    assert start["float_accuracy"] == pytest.approx(top1_accuracy(cnn, VAL))
+    assert start["layers"] == 5
     # The reward: 0.1 x the accuracy change in percent, less the bit term.
     h = episodes[1]
     params = {r.layer: r.params for r in result.policy}
@@ -85,14 +87,14 @@ def test_size_budget_is_honoured_exactly(cnn):
 
 def test_resume_from_checkpoint_runs_no_episode_twice(cnn, tmp_path, monkeypatch):
     calls = []
-    original = rl.EpisodeEvaluator.__call__
+    original = rl_env.EpisodeEvaluator.__call__
 
     def counting(self, policy):
         calls.append(dict(policy))
         return original(self, policy)
 
-    monkeypatch.setattr(rl.EpisodeEvaluator, "__call__", counting)
-    settings = {"weight_bits_budget": 3.0, "seed": 3, "rl_config": SMALL}
+    monkeypatch.setattr(rl_env.EpisodeEvaluator, "__call__", counting)
+    settings = {"weight_bits_budget": 3.0, "seed": 3, "agent": SMALL}
     first = _search(cnn, episodes=2, checkpoint_dir=tmp_path, **settings)
     assert len(calls) == 2 and list(tmp_path.glob("rl_*.npz"))
     second = _search(cnn, episodes=5, checkpoint_dir=tmp_path, **settings)
@@ -121,7 +123,7 @@ def test_same_seed_same_policy_other_seed_other_episodes(cnn):
 
 def test_pinned_layers_memory_budget_and_finetune(cnn):
     result = _search(cnn, TRAIN, weight_bits_budget=3.5, episodes=2, finetune_epochs=1,
-                     rl_finetune_steps=1, batch_size=32, memory_budget_bytes=300,
+                     finetune_steps=1, batch_size=32, memory_budget_bytes=300,
                      config={"logits": {"weight_bits": 8}})
     assert "logits" not in _episodes(result)[0]["policy"]
     assert result.bits()["logits"] == 8 and result.average_weight_bits <= 3.5
@@ -149,21 +151,22 @@ def test_bad_inputs(cnn):
         _search(cnn, memory_budget_bytes=300)
     with pytest.raises(ValueError, match="threads would share the model"):
         _search(cnn, weight_bits_budget=3.0, executor=2)
-    with pytest.raises(ValueError, match="executor= is used by strategy='rl' only"):
+    with pytest.raises(ValueError, match="executor= is not a setting of strategy .sensitivity.; "
+                                         "it is used by .rl."):
         autoqnn.search(cnn, calibration_data=X, weight_bits_budget=3.0, executor="ray")
-    with pytest.raises(ValueError, match=r"rl_config has unknown keys \['gamma'\]"):
-        _search(cnn, weight_bits_budget=3.0, rl_config={"gamma": 1.0})
+    with pytest.raises(ValueError, match=r"agent has unknown keys \['gamma'\]"):
+        _search(cnn, weight_bits_budget=3.0, agent={"gamma": 1.0})
     with pytest.raises(ValueError, match="tau must be a number in"):
-        _search(cnn, weight_bits_budget=3.0, rl_config={"tau": 2.0})
-    with pytest.raises(ValueError, match="rl_finetune_steps > 0 trains"):
-        _search(cnn, weight_bits_budget=3.0, rl_finetune_steps=2)
+        _search(cnn, weight_bits_budget=3.0, agent={"tau": 2.0})
+    with pytest.raises(ValueError, match="finetune_steps > 0 trains"):
+        _search(cnn, weight_bits_budget=3.0, finetune_steps=2)
 
 
 def test_state_features_action_mapping_and_budget_rule(cnn):
     qmodel = autoqnn.quantize(cnn, weight_bits=8, calibration_data=X[:8])
     from autoqnn.mixed.table import searchable_layers
 
-    features = rl.layer_features(searchable_layers(qmodel))
+    features = rl_env.layer_features(searchable_layers(qmodel))
     # index, conv, depthwise, c_in, c_out, kernel, stride, input h*w, params, share
     np.testing.assert_array_equal(features[:, 0], [0, 1, 2, 3, 4])
     np.testing.assert_array_equal(features[:, 1], [1, 1, 1, 0, 0])
@@ -173,9 +176,9 @@ def test_state_features_action_mapping_and_budget_rule(cnn):
                                                      [32, 3, 1, 1, 1]])
     np.testing.assert_array_equal(features[:, 8], [72, 72, 128, 4608, 96])
     assert features[:, 9].sum() == pytest.approx(1.0)
-    state = rl.normalise(features)
+    state = rl_env.normalise(features)
     assert state.min() == 0.0 and state.max() == 1.0
-    assert [rl.action_index(a, 4) for a in (0.0, 0.24, 0.25, 0.99, 1.0)] == [0, 0, 1, 3, 3]
+    assert [rl_env.action_index(a, 4) for a in (0.0, 0.24, 0.25, 0.99, 1.0)] == [0, 0, 1, 3, 3]
     # HAQ's rule: from the last layer backwards, one step at a time, until it fits.
     params = [100, 100, 100]
     bits = (2, 4, 8)
@@ -183,9 +186,9 @@ def test_state_features_action_mapping_and_budget_rule(cnn):
     def fits(indices):
         return sum(p * bits[i] for p, i in zip(params, indices)) <= 4.0 * 300
 
-    assert rl.enforce_budget([2, 2, 2], fits) == [1, 1, 1]
-    assert rl.enforce_budget([2, 0, 2], fits) == [1, 0, 1]  # 8,2,4 > 4 bits; 4,2,4 fits
-    assert rl.enforce_budget([1, 1, 1], fits) == [1, 1, 1]
+    assert rl_env.enforce_budget([2, 2, 2], fits) == [1, 1, 1]
+    assert rl_env.enforce_budget([2, 0, 2], fits) == [1, 0, 1]  # 8,2,4 > 4 bits; 4,2,4 fits
+    assert rl_env.enforce_budget([1, 1, 1], fits) == [1, 1, 1]
 
 
 def test_actor_output_in_unit_interval():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import autoqnn
+from autoqnn.export import run_tflite
 from autoqnn.mixed.budget import solve_policy
 from autoqnn.mixed.table import distortion, measure_sensitivity
 
@@ -86,7 +87,9 @@ def test_search_honours_each_budget_exactly(cnn, tmp_path):
     assert sized.size_bytes == pytest.approx(sized.model.autoqnn_report.size_bytes)
     # The searched model exports (mixed precision per layer).
     info = autoqnn.export_tflite(result.model, tmp_path / "mixed.tflite")
-    assert info.size_bytes > 0
+    agree = np.mean(run_tflite(info.path, X[:32]).argmax(-1) ==
+                    result.model.predict(X[:32], verbose=0).argmax(-1))
+    assert agree >= 0.9
     same = autoqnn.search(cnn, calibration_data=X, weight_bits_budget=3.0, verbose=0,
                           num_samples=32)
     assert same.bits() == result.bits()  # deterministic
@@ -117,11 +120,52 @@ def test_pinned_layers_count_in_the_budget(cnn):
 def test_checkpoint_reuses_the_table(cnn, tmp_path):
     first = autoqnn.search(cnn, calibration_data=X, weight_bits_budget=3.0, verbose=0,
                            checkpoint_dir=tmp_path, num_samples=32)
-    assert len(list(tmp_path.glob("sensitivity_*.json"))) == 1
+    assert len(list(tmp_path.glob("sensitivity_*/table.json"))) == 1
     second = autoqnn.search(cnn, calibration_data=X, weight_bits_budget=4.0, verbose=0,
                             checkpoint_dir=tmp_path, num_samples=32)
     assert second.sensitivity.to_dict() == first.sensitivity.to_dict()
     assert second.average_weight_bits <= 4.0
+    assert len(list(tmp_path.glob("sensitivity_*/table.json"))) == 1  # the budget: same table
+
+
+@pytest.mark.parametrize("setting", [{"scheme": "pot"}, {"granularity": "per_tensor"},
+                                     {"activation_bits": 4}, {"config": {"logits": None}},
+                                     {"activation_scheme": "pact"}])
+def test_every_setting_that_changes_the_table_keys_it(cnn, tmp_path, setting):
+    kwargs = dict(calibration_data=X, weight_bits_budget=4.0, verbose=0,
+                  checkpoint_dir=tmp_path, num_samples=16, candidate_bits=(4, 8))
+    first = autoqnn.search(cnn, **kwargs)
+    other = autoqnn.search(cnn, **{**kwargs, **setting})
+    assert len(list(tmp_path.glob("sensitivity_*/table.json"))) == 2
+    assert other.sensitivity.to_dict() != first.sensitivity.to_dict()
+
+
+def test_every_setting_acts_or_raises(cnn):
+    """quantize's settings reach the searched model; a setting the strategy does not use
+    raises, naming the strategies that use it."""
+    qmodel = autoqnn.quantize(cnn, calibration_data=X, weight_bits_budget=4.0, verbose=0,
+                              activation_scheme="pact", scheme="pot", calibration_samples=16,
+                              input_bits=6, fold_batchnorm=False)
+    schemes = {layer.quantizer.scheme.name for layer in qmodel.layers
+               if isinstance(layer, autoqnn.ActivationQuantizer)}
+    assert "pact" in schemes
+    assert {r.scheme for r in qmodel.autoqnn_report if r.status == "quantized"} == {"pot"}
+    assert qmodel.autoqnn_search.strategy == "sensitivity"
+    for name, value in (("epochs", 2), ("seed", 1), ("precision_weight", 2.0),
+                        ("scheme_scope", "model"), ("qpl_start", "budget"),
+                        ("arch_update", "joint"), ("episodes", 3)):
+        with pytest.raises(ValueError, match=f"{name}= is not a setting of strategy "
+                                             "'sensitivity'; it is used by"):
+            autoqnn.search(cnn, calibration_data=X, weight_bits_budget=3, **{name: value})
+    with pytest.raises(ValueError, match="val_data= is not used by strategy 'sensitivity'"):
+        autoqnn.search(cnn, calibration_data=X, weight_bits_budget=3, val_data=(X, X))
+    with pytest.raises(ValueError, match=r"\['activation_scheme'\] do not apply to the "
+                                         "trained search"):
+        autoqnn.quantize(cnn, train_data=(X, np.zeros(len(X), "int64")),
+                         weight_bits_budget=3.0, activation_scheme="lsq")
+    with pytest.raises(ValueError, match=r"\['scheme'\] conflict with ptq="):
+        autoqnn.search(cnn, calibration_data=X, weight_bits_budget=3, scheme="pot",
+                       ptq={"weight_clipping": "mse"})
 
 
 def test_plot(cnn, tmp_path):
@@ -136,7 +180,8 @@ def test_bad_input(cnn):
                                          r"achievable average of 2.0000 bits"):
         autoqnn.search(cnn, calibration_data=X, weight_bits_budget=1.5, verbose=0)
     with pytest.raises(ValueError, match=r"strategy must be one of \['sensitivity', 'dnas', "
-                                         r"'qpl', 'dnas\+qpl', 'rl'\], got 'x'"):
+                                         r"'qpl', 'dnas\+qpl', 'rl'\] or a strategy config, "
+                                         r"got 'x'"):
         autoqnn.search(cnn, calibration_data=X, weight_bits_budget=3, strategy="x")
     with pytest.raises(ValueError, match="give a budget"):
         autoqnn.search(cnn, calibration_data=X)

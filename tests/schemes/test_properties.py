@@ -17,8 +17,10 @@ STATELESS = [n for n in list_schemes("weight") if n not in ("lsq", "acd")]  # le
 # values on an edge round differently); lsq (signed grid [-2^(b-1), 2^(b-1)-1]);
 # resq (sign(0) = +1 applies to every residual, and hypothesis finds inputs
 # whose residual is exactly 0, e.g. a channel of equal values: test_resq.py
-# checks symmetry on data whose residuals are non-zero); uniform (not mine).
-SYMMETRIC = ["apot", "asd", "binary", "clipq", "esb", "minifloat", "ml2q", "pot", "ternary"]
+# checks symmetry on data whose residuals are non-zero). Uniform is symmetric with its
+# default symmetric grid (zero point 0, round half to even).
+SYMMETRIC = ["apot", "asd", "binary", "clipq", "esb", "minifloat", "ml2q", "pot", "ternary",
+             "uniform"]
 SYMMETRIC += ["vecq"]
 
 

@@ -1,13 +1,14 @@
-"""Strategies: each proposes untried configs only, deterministically per seed, and finds a
+"""Samplers: each proposes untried configs only, deterministically per seed, and finds a
 planted optimum; the XGBoost cost model finds it in far fewer trials than random."""
 
+import json
 import statistics
 
 import numpy as np
 import pytest
-from autoqnn.search import SearchSpace, SearchState, get_sampler, run_search
 
-from autoqnn.tune.samplers import XGBOOST_PARAMS, XGBOOST_ROUNDS, XGBoostSampler
+from autoqnn.tune import SearchSpace, SearchState, get_sampler, run_search
+from autoqnn.tune.samplers import XGBoostSampler
 
 SPACE = SearchSpace({
     "calibration": ["max", "percentile", "kl", "mse"],
@@ -40,9 +41,20 @@ def _evaluations(strategy, seed, table, prior=None):
     return list(results.values()).index(best) + 1
 
 
-def test_quantune_parameters():
-    assert XGBOOST_PARAMS == {"objective": "reg:squarederror", "eta": 0.15, "gamma": 3.0}
-    assert XGBOOST_ROUNDS == 200
+def test_the_cost_model_is_trained_with_quantunes_parameters():
+    """The booster the sampler fits carries Quantune's settings (eta 0.15, gamma 3, squared
+    error, 200 rounds), and a caller's params override them."""
+    table = _table()
+    state = SearchState(SPACE, {i: 100 * (table[i] - 0.9) for i in range(6)}, _features())
+    sampler = XGBoostSampler()
+    config = json.loads(sampler.fit(state).save_config())["learner"]
+    assert config["objective"]["name"] == "reg:squarederror"
+    params = config["gradient_booster"]["tree_train_param"]
+    assert float(params["eta"]) == pytest.approx(0.15) and float(params["gamma"]) == 3.0
+    assert sampler.fit(state).num_boosted_rounds() == 200
+    other = XGBoostSampler(params={"eta": 0.5}).fit(state)
+    assert float(json.loads(other.save_config())["learner"]["gradient_booster"][
+        "tree_train_param"]["eta"]) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("name", ["xgboost", "random", "grid", "genetic"])

@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from autoqnn.search import DEFAULT_SPACE, SearchSpace
+
+from autoqnn.tune import DEFAULT_SPACE, SearchSpace
 
 
 def test_default_space_is_quantune_like():

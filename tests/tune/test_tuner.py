@@ -6,9 +6,10 @@ import math
 import keras
 import numpy as np
 import pytest
-from autoqnn.search import SearchSpace, ThreadExecutor, read_history
 
 import autoqnn
+from autoqnn.executor import ThreadExecutor
+from autoqnn.tune import SearchSpace, read_history
 from autoqnn.tune.features import model_descriptors
 
 SPACE = {"granularity": ["per_tensor", "per_channel"],

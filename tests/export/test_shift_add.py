@@ -7,12 +7,8 @@ import numpy as np
 import pytest
 
 import autoqnn
-from autoqnn.export.shift_add import (
-    adder_report,
-    shift_add_forward,
-    shift_add_matmul,
-    signed_digits,
-)
+from autoqnn.export.shift_add import adder_report, shift_add_forward
+from autoqnn.export.shift_add_ops import shift_add_matmul, signed_digits
 from autoqnn.layers import ActivationQuantizer, QuantDense
 from autoqnn.schemes.asd import asd_levels, naf_weight
 
