@@ -4,11 +4,20 @@ Its `quantizer` (a `Quantizer`: one scheme with fixed or trainable bits, or a
 mixture) does the math. The layer owns the range of its input (`range_min`,
 `range_max`, per tensor or per channel) for range-based schemes (uniform,
 minifloat): calibration sets it (`autoqnn.calibrate`, pluggable observers);
-while training it follows an exponential moving average of the batch min/max,
-or, with `learn_range=True` on the uniform scheme, it is trained (LSQ+
+while training it follows an exponential moving average (EMA) of the batch
+min/max, or, with `learn_range=True` on the uniform scheme, it is trained (LSQ+
 gradients). Until a range is observed the layer passes its input through
 unchanged and `is_calibrated` is False; the quantization report says so.
 Nothing is assigned in an inference forward pass.
+
+A range no data calibrated initialises itself in training (plain `fit` works
+without `autoqnn.calibrate`): the first batch sets it, then it is the mean of
+the batches seen (an EMA with momentum `k / (k + 1)` after `k` batches, the
+bias-corrected start) until that momentum reaches `momentum`, from where the
+plain EMA goes on. A range from the untrained network's first batch alone is
+too narrow once the weights move, and a fixed range passes no gradient to the
+values it clips. `range_observed` holds the state: 0 never observed, 1 set
+(calibrated, learned, or past the warm-up), `k + 1` after `k` warm-up batches.
 
 Example:
     >>> import numpy as np
@@ -190,11 +199,15 @@ class ActivationQuantizer(keras.layers.Layer):
             if training:
                 # The range follows the batches from the first training step on (a
                 # learned range is only initialised from its first batch); the Python
-                # flag keeps the inference graph free of branches.
+                # flag keeps the inference graph of an observed range free of branches.
                 self._update_range(inputs)
                 self._calibrated = True
             elif not self._calibrated:
-                return inputs
+                # Not observed yet: pass through, and quantize once fit or calibrate has
+                # observed it, also in a predict function traced now and cached.
+                return ops.cond(self.range_observed > 0,
+                                lambda: ops.cast(self.quantizer(inputs), inputs.dtype),
+                                lambda: inputs)
         outputs = self.quantizer(inputs, training=training)
         if training:
             if self.quantizer.sqnr_weight:
@@ -208,13 +221,27 @@ class ActivationQuantizer(keras.layers.Layer):
         x = ops.stop_gradient(inputs)
         axes = tuple(range(len(x.shape))) if self.range_axis is None else tuple(
             range(len(x.shape) - 1))
-        lo = ops.minimum(ops.min(x, axis=axes), 0.0)
-        hi = ops.maximum(ops.max(x, axis=axes), 0.0)
-        seen = self.range_observed > 0
-        m = 1.0 if self.learns_range else self.momentum
-        self.range_min.assign(ops.where(seen, m * self.range_min + (1 - m) * lo, lo))
-        self.range_max.assign(ops.where(seen, m * self.range_max + (1 - m) * hi, hi))
-        self.range_observed.assign(1.0)
+        dtype = self.range_min.dtype
+        lo = ops.cast(ops.minimum(ops.min(x, axis=axes), 0.0), dtype)
+        hi = ops.cast(ops.maximum(ops.max(x, axis=axes), 0.0), dtype)
+        state = self.range_observed
+        if self.learns_range:  # the first batch initialises it, its gradients train it
+            seen = state > 0
+            self.range_min.assign(ops.where(seen, self.range_min, lo))
+            self.range_max.assign(ops.where(seen, self.range_max, hi))
+            self.range_observed.assign(1.0)
+            return
+        # k batches averaged so far while warming up (0: never observed); see the module
+        # docstring. A set range (state 1) follows the plain EMA.
+        warming = ops.not_equal(state, 1.0)
+        batches = ops.maximum(state - 1.0, 0.0)
+        m = ops.where(warming, ops.minimum(batches / (batches + 1.0), self.momentum),
+                      self.momentum)
+        self.range_min.assign(m * self.range_min + (1.0 - m) * lo)
+        self.range_max.assign(m * self.range_max + (1.0 - m) * hi)
+        seen = batches + 1.0
+        going_on = ops.logical_and(warming, seen / (seen + 1.0) < self.momentum)
+        self.range_observed.assign(ops.where(going_on, seen + 1.0, 1.0))  # else: the EMA's
 
     def compute_output_shape(self, input_shape):
         return input_shape
