@@ -61,7 +61,9 @@ def quantize(
 
     Args:
         model: a built Functional or Sequential Keras model (nested models ok).
-        scheme: weight scheme name (`autoqnn.list_schemes("weight")`).
+        scheme: weight scheme name (`autoqnn.list_schemes("weight")`); the
+            activations take `activation_scheme` (e.g. `scheme="lsq"` gives LSQ
+            weights and uniform activations; the report lists both).
         weight_bits: bits of the weights (the scheme's valid range applies);
             None: the scheme's default (8 for uniform, 1 for binary, 2 for
             ternary; `autoqnn schemes` lists them).
@@ -88,7 +90,8 @@ def quantize(
         calibration_method: observer used with `calibration_data`
             (`autoqnn.list_calibration_methods()`).
         calibration_samples: calibrate on at most this many samples.
-        verbose: 1 shows progress.
+        verbose: 1 (default) shows calibration progress and names the layers left
+            float; 0 is silent.
         config: also a whole `QuantizationConfig` (its `overrides` are the
             per-layer settings); the keyword settings above must then keep
             their defaults.
@@ -103,12 +106,18 @@ def quantize(
 
         weight_bits_budget, size_budget_bytes, memory_budget_bytes: a budget
             makes this one call `autoqnn.search(model, calibration_data=...,
-            strategy="sensitivity", ...)` (per-layer bits, retrain-free) and
-            returns its model; `model.autoqnn_search` holds the `SearchResult`.
+            strategy="sensitivity", ...)` (per-layer bits, retrain-free) with the
+            settings above (scheme, activation scheme and bits, input bits,
+            granularity, options, BatchNorm folding, calibration method, `ptq`,
+            `config`; `calibration_samples` is the number of images the search
+            measures and calibrates on, default 512) and returns its model;
+            `model.autoqnn_search` holds the `SearchResult`.
         train_data, val_data: labelled `(x, y)` data: with a weight-bits or size
             budget the search is the trained `strategy="dnas+qpl"` (a scheme and
             bits per layer, then a distilled fine-tune; `search`'s defaults)
-            instead of the retrain-free one.
+            instead of the retrain-free one. It takes `activation_bits` and
+            `config`; the other settings raise (it chooses the schemes and learns
+            the activation ranges itself).
 
     Returns:
         A new `keras.Model`; `model.autoqnn_report` holds the per-layer report
@@ -123,7 +132,8 @@ def quantize(
         >>> inputs = keras.Input((8,))
         >>> model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
         >>> x = np.random.rand(32, 8).astype("float32")
-        >>> qmodel = autoqnn.quantize(model, scheme="pot", weight_bits=4, calibration_data=x)
+        >>> qmodel = autoqnn.quantize(model, scheme="pot", weight_bits=4, calibration_data=x,
+        ...                           verbose=0)
         >>> qmodel.predict(x, verbose=0).shape
         (32, 4)
     """

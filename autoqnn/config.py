@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from autoqnn import defaults
+from autoqnn.layers.quantizer import Quantizer
 from autoqnn.schemes import GRANULARITIES, get_scheme, list_schemes
 from autoqnn.schemes.base import scheme_class
 
@@ -67,11 +69,11 @@ class LayerConfig:
     """
 
     quantize: bool = True
-    scheme: str = "uniform"
+    scheme: str = defaults.SCHEME
     weight_bits: int | None = None
-    activation_bits: int | None = 8
-    activation_scheme: str = "uniform"
-    granularity: str = "per_channel"
+    activation_bits: int | None = defaults.ACTIVATION_BITS
+    activation_scheme: str = defaults.ACTIVATION_SCHEME
+    granularity: str = defaults.GRANULARITY
     scheme_options: dict = dataclasses.field(default_factory=dict)
     activation_options: dict = dataclasses.field(default_factory=dict)
     weight_quantizer: dict = dataclasses.field(default_factory=dict)
@@ -148,8 +150,6 @@ class LayerConfig:
 def _quantizer(argument, given, options, scheme):
     """A `Quantizer` from the `Quantizer` options of a config field (`given`, for messages):
     a mixture when they name candidates, else `scheme` with those options."""
-    from autoqnn.layers.quantizer import Quantizer
-
     try:
         if "candidates" in options:
             return Quantizer(**options)
@@ -191,15 +191,15 @@ class QuantizationConfig:
         overrides: {selector: dict of LayerConfig fields, or None for float}.
     """
 
-    scheme: str = "uniform"
+    scheme: str = defaults.SCHEME
     weight_bits: int | None = None
-    activation_bits: int | None = 8
-    activation_scheme: str = "uniform"
-    granularity: str = "per_channel"
+    activation_bits: int | None = defaults.ACTIVATION_BITS
+    activation_scheme: str = defaults.ACTIVATION_SCHEME
+    granularity: str = defaults.GRANULARITY
     scheme_options: dict = dataclasses.field(default_factory=dict)
     activation_options: dict = dataclasses.field(default_factory=dict)
     input_bits: int | None = None
-    fold_batchnorm: bool = True
+    fold_batchnorm: bool = defaults.FOLD_BATCHNORM
     overrides: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):

@@ -4,13 +4,12 @@ builds the config from keywords and routes a budget to `autoqnn.mixed`); the sea
 it for every model they build.
 
 Example:
-    >>> import keras, numpy as np
+    >>> import keras
     >>> from autoqnn.config import QuantizationConfig
     >>> from autoqnn.core import quantize_config
     >>> inputs = keras.Input((8,))
     >>> model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
-    >>> x = np.random.rand(32, 8).astype("float32")
-    >>> qmodel = quantize_config(model, QuantizationConfig(weight_bits=4), x)
+    >>> qmodel = quantize_config(model, QuantizationConfig(weight_bits=4, activation_bits=None))
     >>> qmodel.autoqnn_report[1].weight_bits
     4
 """

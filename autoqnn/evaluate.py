@@ -67,6 +67,22 @@ def split_validation(train, fraction: float = VALIDATION_FRACTION):
     return (x[:-cut], y[:-cut]), (x[-cut:], y[-cut:])
 
 
+def top1_of_outputs(outputs, labels, sigmoid: bool = False) -> float:
+    """Top-1 accuracy of model `outputs` against integer or one-hot `labels`; a single
+    output column is a binary classifier (logit > 0, or probability > 0.5 if `sigmoid`)."""
+    out = np.asarray(outputs)
+    labels = np.asarray(labels)
+    if labels.ndim > 1 and labels.shape[-1] > 1:
+        labels = labels.argmax(axis=-1)
+    if out.shape[-1] > 1:
+        predictions = out.argmax(axis=-1)
+    else:
+        predictions = (out[..., 0] > (0.5 if sigmoid else 0.0)).astype(int)
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} outputs but {len(labels)} labels")
+    return float(np.mean(predictions == labels.reshape(predictions.shape)))
+
+
 def top1_accuracy(model, data, batch_size: int = 256, argument: str = "val_data") -> float:
     """Top-1 accuracy on `(x, y)` (integer or one-hot labels), eagerly, in inference mode.
     A single-output model is a binary classifier (logit > 0, or probability > 0.5 after
@@ -74,19 +90,11 @@ def top1_accuracy(model, data, batch_size: int = 256, argument: str = "val_data"
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise ValueError(f"{argument} must be an (x, y) tuple of arrays")
     x, y = data
-    labels = np.asarray(y)
-    if labels.ndim > 1 and labels.shape[-1] > 1:
-        labels = labels.argmax(axis=-1)
     sigmoid = getattr(getattr(model.layers[-1], "activation", None), "__name__", "") == \
         "sigmoid"
-    predictions = []
-    for batch in iterate_batches(model, x, batch_size, argument=argument):
-        out = np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)))
-        if out.shape[-1] > 1:
-            predictions.append(out.argmax(axis=-1))
-        else:
-            predictions.append((out[..., 0] > (0.5 if sigmoid else 0.0)).astype(int))
-    predictions = np.concatenate(predictions)
-    if len(predictions) != len(labels):
-        raise ValueError(f"{argument} has {len(predictions)} inputs but {len(labels)} labels")
-    return float(np.mean(predictions == labels.reshape(-1)))
+    outputs = [np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)))
+               for batch in iterate_batches(model, x, batch_size, argument=argument)]
+    outputs = np.concatenate(outputs)
+    if len(outputs) != len(np.asarray(y)):
+        raise ValueError(f"{argument} has {len(outputs)} inputs but {len(np.asarray(y))} labels")
+    return top1_of_outputs(outputs, y, sigmoid)

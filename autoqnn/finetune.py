@@ -56,6 +56,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from autoqnn.evaluate import outputs_probabilities, task_loss, top1_of_outputs
+from autoqnn.layers.activation import ActivationQuantizer, reset_compiled_functions
+from autoqnn.layers.quantized import QuantizedWeightsMixin
+from autoqnn.ptq.calibrate import activation_quantizers, calibrate
+from autoqnn.walk import iter_layers
+
 WARMUP_FRACTION = 0.05
 CLIP_NORM = 1.0
 DEFAULT_LEARNING_RATE = 1e-3
@@ -74,9 +80,6 @@ def _check_number(name, value, low=0.0, allow_none=False, strict=False):
 
 def _quantizers(model):
     """Every `Quantizer` of the model (weights and activations)."""
-    from autoqnn.layers.activation import ActivationQuantizer
-    from autoqnn.layers.quantized import QuantizedWeightsMixin
-    from autoqnn.walk import iter_layers
 
     out = []
     for _, layer in iter_layers(model):
@@ -102,18 +105,6 @@ def _split(data, argument):
     return x, y
 
 
-def _outputs_probabilities(model) -> bool:
-    last = model.layers[-1]
-    return getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
-
-
-def _task_loss(model, loss):
-    if loss is not None:
-        return keras.losses.get(loss)
-    return keras.losses.SparseCategoricalCrossentropy(
-        from_logits=not _outputs_probabilities(model))
-
-
 def _log_softmax(outputs, probabilities, temperature):
     if probabilities:
         outputs = ops.log(ops.clip(outputs, 1e-7, 1.0))
@@ -129,8 +120,8 @@ class _Trainer(keras.Model):
         self.teacher = teacher
         self.distill_weight = distill_weight
         self.temperature = temperature
-        self.student_probabilities = _outputs_probabilities(student)
-        self.teacher_probabilities = teacher is not None and _outputs_probabilities(teacher)
+        self.student_probabilities = outputs_probabilities(student)
+        self.teacher_probabilities = teacher is not None and outputs_probabilities(teacher)
 
     def call(self, inputs, training=False):
         return self.student(inputs, training=training)
@@ -196,7 +187,6 @@ def qat_optimizer(learning_rate: float, total_steps: int | None):
 
 
 def _batchnorms(model):
-    from autoqnn.walk import iter_layers
 
     return [layer for _, layer in iter_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
@@ -214,7 +204,6 @@ def reestimate_batchnorm(model, inputs, batch_size: int = 128) -> int:
     Returns:
         The number of BatchNorm layers re-estimated.
     """
-    from autoqnn.ptq.calibrate import activation_quantizers
 
     bns = _batchnorms(model)
     if not bns:
@@ -276,8 +265,6 @@ def finetune(qmodel, train_data, epochs: int = 3, *, val_data=None, teacher=None
         ValueError: a model autoqnn did not quantize, bad numbers, data that
             is not `(x, y)`, a teacher whose outputs differ.
     """
-    from autoqnn.layers.activation import ActivationQuantizer, reset_compiled_functions
-    from autoqnn.ptq.calibrate import activation_quantizers, calibrate
 
     if not isinstance(qmodel, keras.Model):
         raise ValueError(f"qmodel must be a Keras model, got {type(qmodel).__name__}")
@@ -328,14 +315,14 @@ def finetune(qmodel, train_data, epochs: int = 3, *, val_data=None, teacher=None
         lr = DEFAULT_LEARNING_RATE if learning_rate is None else float(learning_rate)
         optimizer = qat_optimizer(lr, None if steps is None else steps * epochs)
         trainer = _Trainer(qmodel, teacher, float(distill_weight), float(temperature))
-        task_loss = _task_loss(qmodel, loss)
+        task_loss_fn = task_loss(qmodel, loss)
         for epoch in range(epochs):
             if epoch == freeze_batchnorm_after:
                 for bn in _batchnorms(qmodel):
                     bn.trainable = False
                     frozen.append(bn)
             if epoch == 0 or epoch == freeze_batchnorm_after:
-                trainer.compile(optimizer=optimizer, loss=task_loss)
+                trainer.compile(optimizer=optimizer, loss=task_loss_fn)
             fit_args = dict(epochs=epoch + 1, initial_epoch=epoch, verbose=verbose)
             if y is None:
                 record = trainer.fit(train_data, **fit_args)
@@ -349,8 +336,8 @@ def finetune(qmodel, train_data, epochs: int = 3, *, val_data=None, teacher=None
             if val is not None:
                 vx, vy = val
                 out = ops.convert_to_tensor(qmodel.predict(vx, batch_size=256, verbose=0))
-                history["val_loss"].append(float(ops.mean(task_loss(vy, out))))
-                acc = float(np.mean(np.argmax(np.asarray(out), -1) == np.asarray(vy)))
+                history["val_loss"].append(float(ops.mean(task_loss_fn(vy, out))))
+                acc = top1_of_outputs(out, vy)
                 history["val_accuracy"].append(acc)
                 if restore_best and acc > best:
                     best, best_weights = acc, [v.numpy() for v in qmodel.variables]

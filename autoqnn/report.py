@@ -150,6 +150,10 @@ class QuantizationReport:
             f"total: {self.size_bytes / 1024:.1f} KiB, average weight bits "
             f"{self.weight_bits_avg:.2f}, float weighted layers: {len(self.float_layers)}"
         )
+        weights = sorted({r.scheme for r in self if r.status == "quantized" and r.scheme})
+        activations = sorted({r.scheme for r in self if r.status == "activation" and r.scheme})
+        lines.append(f"schemes: weights {', '.join(weights) or 'none'}; activations "
+                     f"{', '.join(activations) or 'float'}")
         return "\n".join(lines)
 
     __repr__ = __str__

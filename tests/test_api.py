@@ -192,3 +192,36 @@ def test_ptq_config_is_the_same_vocabulary():
     assert config.scheme_options == {"symmetric": True, "power_of_two_scale": False}
     with pytest.raises(ValueError, match=r"weight_bits=3 conflicts with ptq="):
         autoqnn.quantize(model, weight_bits=3, ptq=ptq)
+
+
+def test_a_weight_scheme_leaves_the_activation_scheme_to_its_own_setting():
+    """`scheme` names the weight scheme only; the report says what the activations got."""
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    q = autoqnn.quantize(_dense_model(), scheme="lsq", weight_bits=4, calibration_data=x,
+                         verbose=0)
+    assert "schemes: weights lsq; activations uniform" in str(q.autoqnn_report)
+    both = autoqnn.quantize(_dense_model(), scheme="lsq", weight_bits=4, activation_scheme="lsq",
+                            calibration_data=x, verbose=0)
+    assert "schemes: weights lsq; activations lsq" in str(both.autoqnn_report)
+
+
+def test_one_defaults_table():
+    """quantize, search's configs and the configs read their defaults from one table."""
+    import inspect
+
+    from autoqnn import defaults
+
+    params = inspect.signature(autoqnn.quantize).parameters
+    assert params["activation_bits"].default == defaults.ACTIVATION_BITS
+    assert params["granularity"].default == defaults.GRANULARITY
+    assert params["calibration_samples"].default == defaults.CALIBRATION_SAMPLES
+    assert params["verbose"].default == inspect.signature(autoqnn.search).parameters[
+        "verbose"].default == defaults.VERBOSE
+    config = autoqnn.QuantizationConfig()
+    assert (config.activation_bits, config.granularity, config.scheme) == (
+        defaults.ACTIVATION_BITS, defaults.GRANULARITY, defaults.SCHEME)
+    sensitivity = autoqnn.SensitivityConfig()
+    assert sensitivity.candidate_bits == defaults.CANDIDATE_BITS
+    assert sensitivity.num_samples == defaults.SEARCH_SAMPLES
+    assert autoqnn.DifferentiableConfig().epochs == defaults.SEARCH_EPOCHS
+    assert autoqnn.RLConfig().episodes == defaults.EPISODES

@@ -78,20 +78,20 @@ def test_get_executor_ray_uses_the_running_instance(executor):
 def test_tune_ptq_on_ray_resumes_from_the_same_history(executor, model, tmp_path):
     calib, val = X[:48], (X[96:], Y[96:])
     history = tmp_path / "h.jsonl"
-    first = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=3, strategy="random",
+    first = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=3, sampler="random",
                              history=history, executor=executor, seed=1, verbose=0)
     assert len(first.trials) == 3 and len(read_history(history)) == 3
-    second = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=5, strategy="random",
+    second = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=5, sampler="random",
                               history=history, executor=executor, seed=1, verbose=0)
     assert [t.config for t in second.trials[:3]] == [t.config for t in first.trials]
     lines = [json.loads(line) for line in history.read_text().splitlines()]
     assert len(lines) == 5 and len({json.dumps(r["config"], sort_keys=True)
                                     for r in lines}) == 5
-    assert {"config", "accuracy", "error", "seconds", "strategy", "float_accuracy"} <= \
+    assert {"config", "accuracy", "error", "seconds", "sampler", "float_accuracy"} <= \
         set(lines[0])
     # A serial run resumes the Ray history too, and each config's accuracy is the one a
     # serial evaluation gives.
-    third = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=6, strategy="random",
+    third = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=6, sampler="random",
                              history=history, seed=1, verbose=0)
     assert len(third.trials) == 6
     from autoqnn.evaluate import top1_accuracy

@@ -24,7 +24,7 @@ Example:
     >>> inputs = keras.Input((8,))
     >>> model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
     >>> x = np.random.default_rng(0).random((16, 8), dtype=np.float32)
-    >>> qmodel = autoqnn.quantize(model, weight_bits=3, calibration_data=x)
+    >>> qmodel = autoqnn.quantize(model, weight_bits=3, calibration_data=x, verbose=0)
     >>> path = os.path.join(tempfile.mkdtemp(), "model.aqnn")
     >>> _ = autoqnn.export_packed(qmodel, path)
     >>> restored = autoqnn.load_packed(path)

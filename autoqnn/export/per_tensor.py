@@ -37,6 +37,8 @@ from __future__ import annotations
 import numpy as np
 
 from autoqnn.layers.activation import ActivationQuantizer
+from autoqnn.ptq.calibrate import activation_quantizers, calibrate
+from autoqnn.report import float_reasons, quantization_report
 from autoqnn.rewrite.clone import Change, clone_quantized
 from autoqnn.schemes import get_scheme, serialize_scheme
 
@@ -62,9 +64,6 @@ def per_tensor_activations(model, calibration_data=None, method: str = "mse",
     Raises:
         ValueError: a per-channel quantizer that is not final or not calibrated.
     """
-    from autoqnn.ptq.calibrate import activation_quantizers, calibrate
-    from autoqnn.report import float_reasons, quantization_report
-
     if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int)
                              or not 2 <= bits <= 16):
         raise ValueError(f"bits must be an int in [2, 16] or None, got {bits!r}")

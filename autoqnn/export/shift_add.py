@@ -26,7 +26,8 @@ Example:
     >>> inputs = keras.Input((6,))
     >>> model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(inputs))
     >>> x = np.random.default_rng(0).random((8, 6), dtype=np.float32)
-    >>> qmodel = autoqnn.quantize(model, scheme="asd", weight_bits=5, calibration_data=x)
+    >>> qmodel = autoqnn.quantize(model, scheme="asd", weight_bits=5, calibration_data=x,
+    ...                           verbose=0)
     >>> bool(np.allclose(autoqnn.shift_add_forward(qmodel, x), qmodel(x), atol=1e-5))
     True
     >>> from autoqnn.export.shift_add_ops import signed_digits

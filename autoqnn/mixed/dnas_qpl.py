@@ -24,7 +24,7 @@ from autoqnn.evaluate import labelled_arrays, split_validation, top1_accuracy
 from autoqnn.finalize import finalize, set_bits
 from autoqnn.mixed import sensitivity
 from autoqnn.mixed.budget import Budget, fixed_bytes, solve_policy, weighted_layers
-from autoqnn.mixed.common import check_int, finetune_stage, fit_memory
+from autoqnn.mixed.common import check_bits_list, check_int, finetune_stage, fit_memory
 from autoqnn.mixed.differentiable import (
     ARCH_UPDATES,
     DEFAULT_CANDIDATES,
@@ -96,6 +96,10 @@ class DifferentiableConfig:
         check_int("batch_size", self.batch_size)
         check_int("num_samples", self.num_samples)
         check_int("seed", self.seed, low=0)
+        object.__setattr__(self, "candidate_activation_bits", check_bits_list(
+            "candidate_activation_bits", self.candidate_activation_bits))
+        if self.activation_bits is not None:
+            check_int("activation_bits", self.activation_bits, low=2)
         for name in ("learning_rate", "precision_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \

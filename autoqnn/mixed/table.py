@@ -26,7 +26,7 @@ Example:
     >>> x = keras.layers.Dense(16, activation="relu", name="a")(inputs)
     >>> model = keras.Model(inputs, keras.layers.Dense(4, name="b")(x))
     >>> data = np.random.default_rng(0).random((64, 8), dtype=np.float32)
-    >>> qmodel = autoqnn.quantize(model, weight_bits=8, calibration_data=data)
+    >>> qmodel = autoqnn.quantize(model, weight_bits=8, calibration_data=data, verbose=0)
     >>> table = measure_sensitivity(qmodel, model, data, candidate_bits=(2, 8))
     >>> table.layers, table.values["a"][8]
     (['a', 'b'], 0.0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import keras
 
+from autoqnn.config import QuantizationConfig
 from autoqnn.ptq.adaround import adaround
 from autoqnn.ptq.calibrate import calibrate
 from autoqnn.ptq.config import PTQConfig
@@ -78,8 +79,6 @@ def quantization_config(model, ptq: PTQConfig, overrides: dict | None = None):
     Returns:
         A validated `QuantizationConfig`.
     """
-    from autoqnn.config import QuantizationConfig
-
     kept = {}
     keep = {"weight_bits": ptq.keep_bits, "activation_bits": ptq.keep_bits}
     for name in select_layers(model, ptq.keep_layers):

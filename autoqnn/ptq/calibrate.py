@@ -9,7 +9,7 @@ Example:
     >>> import numpy as np, keras, autoqnn
     >>> inputs = keras.Input((4,)); model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     >>> x = np.random.rand(16, 4).astype("float32")
-    >>> qmodel = autoqnn.quantize(model, calibration_data=x[:1])
+    >>> qmodel = autoqnn.quantize(model, calibration_data=x[:1], verbose=0)
     >>> autoqnn.calibrate(qmodel, x, method="max")   # calibrate again, on more data
     >>> all(layer.is_calibrated for layer in autoqnn.activation_quantizers(qmodel))
     True

@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from autoqnn import defaults
+from autoqnn.ptq.calibrate import list_calibration_methods
+
 SCHEMES = ("symmetric", "asymmetric", "symmetric_pot")
 """Grid variants: zero point 0; min/max with a zero point; zero point 0 and a power-of-two step."""
 GRANULARITIES = ("per_tensor", "per_channel")
@@ -111,10 +114,10 @@ class PTQConfig:
 
     weight_bits: int = 8
     activation_bits: int | None = 8
-    calibration: str = "max"
-    calibration_samples: int | None = 1000
+    calibration: str = defaults.CALIBRATION_METHOD
+    calibration_samples: int | None = defaults.PTQ_CALIBRATION_SAMPLES
     scheme: str = "asymmetric"
-    granularity: str = "per_channel"
+    granularity: str = defaults.GRANULARITY
     weight_clipping: str = "max"
     rounding: str = "nearest"
     adaround_iterations: int = DEFAULT_ADAROUND_ITERATIONS
@@ -124,8 +127,6 @@ class PTQConfig:
     percentile: float = 99.99
 
     def __post_init__(self):
-        from autoqnn.ptq.calibrate import list_calibration_methods
-
         _check_bits("weight_bits", self.weight_bits)
         _check_bits("activation_bits", self.activation_bits, allow_none=True)
         _check_bits("keep_bits", self.keep_bits, allow_none=True)

@@ -96,7 +96,7 @@ def test_resume_from_checkpoint_runs_no_episode_twice(cnn, tmp_path, monkeypatch
     monkeypatch.setattr(rl_env.EpisodeEvaluator, "__call__", counting)
     settings = {"weight_bits_budget": 3.0, "seed": 3, "agent": SMALL}
     first = _search(cnn, episodes=2, checkpoint_dir=tmp_path, **settings)
-    assert len(calls) == 2 and list(tmp_path.glob("rl_*.npz"))
+    assert len(calls) == 2 and list(tmp_path.glob("rl_*/agent.npz"))
     second = _search(cnn, episodes=5, checkpoint_dir=tmp_path, **settings)
     assert len(calls) == 5  # episodes 2, 3, 4 only
     assert _episodes(second)[:2] == _episodes(first)
@@ -134,7 +134,8 @@ def test_pinned_layers_memory_budget_and_finetune(cnn):
 
 def test_bad_inputs(cnn):
     with pytest.raises(ValueError, match=r"strategy must be one of \['sensitivity', 'dnas', "
-                                         r"'qpl', 'dnas\+qpl', 'rl'\], got 'x'"):
+                                         r"'qpl', 'dnas\+qpl', 'rl'\] or a strategy config, "
+                                         r"got 'x'"):
         _search(cnn, weight_bits_budget=3.0, strategy="x")
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match=f"episodes must be a positive int, got {bad!r}"):

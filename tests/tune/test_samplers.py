@@ -33,9 +33,9 @@ def _features():
     return np.concatenate([SPACE.encode_all(), np.zeros((len(SPACE), 3), "float32")], axis=1)
 
 
-def _evaluations(strategy, seed, table, prior=None):
+def _evaluations(sampler, seed, table, prior=None):
     best = max(table)
-    results = run_search(SPACE, lambda i: table[i], strategy, len(SPACE), seed=seed,
+    results = run_search(SPACE, lambda i: table[i], sampler, len(SPACE), seed=seed,
                          features=_features(), prior=prior, float_accuracy=0.9,
                          stop=lambda r: best in r.values())
     return list(results.values()).index(best) + 1
@@ -96,8 +96,8 @@ def test_xgboost_needs_features():
         get_sampler("xgboost").propose(SearchState(SPACE, {0: 1.0, 1: 0.0, 2: 0.5}))
 
 
-def test_unknown_strategy():
-    with pytest.raises(ValueError, match="strategy must be one of .* got 'bayes'"):
+def test_unknown_sampler():
+    with pytest.raises(ValueError, match="sampler must be one of .* got 'bayes'"):
         get_sampler("bayes")
 
 

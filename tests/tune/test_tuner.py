@@ -34,7 +34,7 @@ def task():
 def test_tune_returns_best_model_and_log(task, tmp_path):
     model, calib, val = task
     history = tmp_path / "h.jsonl"
-    result = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=5, strategy="xgboost",
+    result = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=5, sampler="xgboost",
                               history=history, fixed={"weight_bits": 3}, verbose=0)
     assert len(result.trials) == 5
     assert result.best_accuracy == max(t.accuracy for t in result.trials)
@@ -43,25 +43,25 @@ def test_tune_returns_best_model_and_log(task, tmp_path):
     assert autoqnn.tune.tuner.top1_accuracy(result.model, val) == result.best_accuracy
     lines = [json.loads(line) for line in history.read_text().splitlines()]
     assert len(lines) == 5 and lines[0]["descriptors"] == model_descriptors(model)
-    assert {"config", "accuracy", "error", "seconds", "strategy", "float_accuracy"} <= set(lines[0])
+    assert {"config", "accuracy", "error", "seconds", "sampler", "float_accuracy"} <= set(lines[0])
 
 
 def test_resume_after_interruption(task, tmp_path):
     model, calib, val = task
     history = tmp_path / "h.jsonl"
-    first = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=3, strategy="random",
+    first = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=3, sampler="random",
                              history=history, seed=4, verbose=0)
     # A cut last line (the process was killed while writing) is skipped.
     with open(history, "a") as handle:
         handle.write('{"trial": 3, "config": {"granul')
-    second = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=5, strategy="random",
+    second = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=5, sampler="random",
                               history=history, seed=4, verbose=0)
     assert [t.config for t in second.trials[:3]] == [t.config for t in first.trials]
     assert len(second.trials) == 5 and len(read_history(history)) == 5
     configs = [json.dumps(t.config, sort_keys=True) for t in second.trials]
     assert len(set(configs)) == 5  # resumed trials are not evaluated again
     # Same as an uninterrupted run with the same seed.
-    fresh = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=5, strategy="random",
+    fresh = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=5, sampler="random",
                              seed=4, verbose=0)
     assert [t.config for t in fresh.trials] == [t.config for t in second.trials]
 
@@ -69,12 +69,12 @@ def test_resume_after_interruption(task, tmp_path):
 def test_transfer_rows_come_from_other_models(task, tmp_path):
     model, calib, val = task
     history = tmp_path / "h.jsonl"
-    autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=8, strategy="grid",
+    autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=8, sampler="grid",
                      history=history, model_name="other", verbose=0)
     # With 8 transfer rows, xgboost predicts from the first trial on (no random start).
-    result = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=1, strategy="xgboost",
+    result = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=1, sampler="xgboost",
                               history=history, model_name="target", verbose=0)
-    assert result.trials[0].strategy == "xgboost" and len(read_history(history)) == 9
+    assert result.trials[0].sampler == "xgboost" and len(read_history(history)) == 9
 
 
 @pytest.mark.parametrize("bad", ["raise", "nan", "none"])
@@ -90,7 +90,7 @@ def test_failed_evaluations_are_recorded_and_search_continues(task, tmp_path, ba
             return float("nan") if bad == "nan" else None
         return 0.5
 
-    result = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=4, strategy="grid",
+    result = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=4, sampler="grid",
                               history=tmp_path / "h.jsonl", metric=metric, verbose=0)
     assert len(result.trials) == 4
     failed = [t for t in result.trials if t.failed]
@@ -120,7 +120,7 @@ def test_every_trial_failing(task):
 
 def test_parallel_executor(task):
     model, calib, val = task
-    result = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=4, strategy="random",
+    result = autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=4, sampler="random",
                               executor=ThreadExecutor(2), verbose=0)
     assert len(result.trials) == 4 and all(not t.failed for t in result.trials)
 
@@ -133,8 +133,8 @@ def test_bad_inputs(task):
         autoqnn.tune_ptq(model, calib, val, space={"calibration": ["entropy"]}, verbose=0)
     with pytest.raises(ValueError, match="calibration_data has samples of shape \\(7,\\)"):
         autoqnn.tune_ptq(model, np.zeros((4, 7), "float32"), val, space=SPACE, verbose=0)
-    with pytest.raises(ValueError, match="strategy must be one of"):
-        autoqnn.tune_ptq(model, calib, val, space=SPACE, strategy="annealing", verbose=0)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        autoqnn.tune_ptq(model, calib, val, space=SPACE, sampler="annealing", verbose=0)
     with pytest.raises(ValueError, match="max_trials must be a positive int, got 0"):
         autoqnn.tune_ptq(model, calib, val, space=SPACE, max_trials=0, verbose=0)
     with pytest.raises(ValueError, match="val_data must be an \\(x, y\\) tuple"):
@@ -144,7 +144,7 @@ def test_bad_inputs(task):
 def test_search_space_object_and_features(task):
     model, calib, val = task
     space = SearchSpace({"calibration_samples": [1, 48]}, fixed={"activation_bits": 4})
-    result = autoqnn.tune_ptq(model, calib, val, space=space, max_trials=2, strategy="genetic",
+    result = autoqnn.tune_ptq(model, calib, val, space=space, max_trials=2, sampler="genetic",
                               verbose=0)
     assert {t.config["calibration_samples"] for t in result.trials} == {1, 48}
     assert all(math.isfinite(t.accuracy) for t in result.trials)
