@@ -174,7 +174,7 @@ def quantize(
 def _ptq_config(model, ptq, overrides, changed, calibration_changed):
     """The `QuantizationConfig` of a PTQ recipe, with the keywords it does not decide."""
     qconfig = quantization_config(model, ptq, overrides=overrides)
-    from_ptq = {"calibration_method": ptq.calibration,
+    from_ptq = {"calibration_method": ptq.calibration_method,
                 "calibration_samples": ptq.calibration_samples}
     conflicts = {name: value for name, value in changed.items()
                  if name not in _NOT_PTQ and value != getattr(qconfig, name)}

@@ -184,7 +184,7 @@ def test_ptq_config_is_the_same_vocabulary():
     inputs = keras.Input((6,))
     x = keras.layers.Dense(4, name="first")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(3, name="last")(x))
-    ptq = autoqnn.PTQConfig(weight_bits=4, scheme="symmetric", keep_layers="last")
+    ptq = autoqnn.PTQConfig(weight_bits=4, grid="symmetric", keep_layers="last")
     config = quantization_config(model, ptq, overrides={"first": {"weight_bits": 6}})
     assert isinstance(config, autoqnn.QuantizationConfig)
     assert config.for_layer("last", keras.layers.Dense).weight_bits == 8

@@ -17,7 +17,7 @@ from autoqnn.executor import RayExecutor, SerialExecutor, get_executor
 from autoqnn.tune import read_history
 
 SPACE = {"granularity": ["per_tensor", "per_channel"],
-         "scheme": ["symmetric", "asymmetric"], "calibration": ["max", "mse"]}
+         "grid": ["symmetric", "asymmetric"], "calibration_method": ["max", "mse"]}
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(160, 10)).astype("float32")
 Y = (X[:, :3].sum(axis=1) > 0).astype("int64") + (X[:, 3] > 1).astype("int64")
@@ -109,7 +109,7 @@ class _TwoAtATime(SerialExecutor):
 def test_rl_search_on_ray_matches_local_batches_and_resumes(executor, model, tmp_path):
     settings = {"val_data": (X[96:], Y[96:]), "calibration_data": X[:64], "strategy": "rl",
                 "weight_bits_budget": 3.0, "verbose": 0, "finetune_epochs": 0, "seed": 2,
-                "rl_config": {"hidden": (16, 16), "batch_size": 8, "warmup_episodes": 2}}
+                "agent": {"hidden": (16, 16), "batch_size": 8, "warmup_episodes": 2}}
     on_ray = autoqnn.search(model, episodes=4, executor=executor, **settings)
     local = autoqnn.search(model, episodes=4, executor=_TwoAtATime(), **settings)
 

@@ -64,8 +64,8 @@ from autoqnn.evaluate import top1_accuracy  # noqa: E402
 
 LEARNING_RATE = 1e-3  # the search's default; fine-tunes run at a tenth of it
 TUNER_SPACE = {"granularity": ["per_tensor", "per_channel"],
-               "scheme": ["symmetric", "asymmetric"],
-               "calibration": ["max", "percentile", "mse", "kl"],
+               "grid": ["symmetric", "asymmetric"],
+               "calibration_method": ["max", "percentile", "mse", "kl"],
                "calibration_samples": [100, 500]}
 
 

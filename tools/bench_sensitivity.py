@@ -36,7 +36,7 @@ from common import accuracy, load_splits, reference_parser, train_reference, wri
 
 import autoqnn  # noqa: E402
 
-RECIPE = autoqnn.PTQConfig(weight_bits=8, activation_bits=8, calibration="max",
+RECIPE = autoqnn.PTQConfig(weight_bits=8, activation_bits=8, calibration_method="max",
                            weight_clipping="mse", bias_correction=True,
                            calibration_samples=512)
 """PTQConfig's defaults (asymmetric grids) plus MSE clipping and bias correction: the recipe

@@ -146,10 +146,11 @@ class PTQSettings:
     @property
     def observer(self) -> str:
         """The calibration method the built models use."""
-        return self.ptq.calibration if self.ptq is not None else self.calibration_method
+        return self.ptq.calibration_method if self.ptq is not None else self.calibration_method
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
+        """The settings as a dict (no deep copy: an executor or loss object stays itself)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["ptq"] = None if self.ptq is None else self.ptq.to_dict()
         return out
 

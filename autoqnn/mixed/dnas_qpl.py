@@ -127,7 +127,7 @@ class DifferentiableConfig:
                 get_scheme(spec)  # validates
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         loss = self.loss
         out["loss"] = loss if loss is None or isinstance(loss, str) else \
             getattr(loss, "__name__", type(loss).__name__)

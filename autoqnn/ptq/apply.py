@@ -134,8 +134,8 @@ def apply_ptq(qmodel, ptq: PTQConfig, calibration_data=None, verbose: int = 0) -
     if ptq.weight_clipping == "mse":
         result["weight_clips"] = search_weight_clips(qmodel)
     if calibration_data is not None:
-        options = {"percentile": ptq.percentile} if ptq.calibration == "percentile" else None
-        calibrate(qmodel, calibration_data, method=ptq.calibration,
+        options = {"percentile": ptq.percentile} if ptq.calibration_method == "percentile" else None
+        calibrate(qmodel, calibration_data, method=ptq.calibration_method,
                   num_samples=ptq.calibration_samples, batch_size=CALIBRATION_BATCH_SIZE,
                   verbose=verbose, observer_options=options)
     if ptq.rounding == "adaround":

@@ -11,25 +11,26 @@ searches over a space of them.
 
 Example:
     >>> from autoqnn.ptq.config import PTQConfig
-    >>> cfg = PTQConfig(weight_bits=4, calibration="kl", keep_layers="first+last")
+    >>> cfg = PTQConfig(weight_bits=4, calibration_method="kl", keep_layers="first+last")
     >>> cfg.keep_layers
     ('first', 'last')
     >>> cfg.to_dict()["keep_layers"]
     'first+last'
-    >>> PTQConfig(calibration="median")
+    >>> PTQConfig(calibration_method="median")
     Traceback (most recent call last):
     ...
-    ValueError: calibration must be one of ['kl', 'max', 'mse', 'percentile'], got 'median'
+    ValueError: calibration_method must be one of ['kl', 'max', 'mse', 'percentile'], got 'median'
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 from autoqnn import defaults
 from autoqnn.ptq.calibrate import list_calibration_methods
 
-SCHEMES = ("symmetric", "asymmetric", "symmetric_pot")
+GRIDS = ("symmetric", "asymmetric", "symmetric_pot")
 """Grid variants: zero point 0; min/max with a zero point; zero point 0 and a power-of-two step."""
 GRANULARITIES = ("per_tensor", "per_channel")
 WEIGHT_CLIPPINGS = ("max", "mse")
@@ -38,6 +39,9 @@ ROUNDINGS = ("nearest", "adaround")
 DEFAULT_ADAROUND_ITERATIONS = 500
 """Adam steps per layer: in all about 15 s for the reference mobilenet, 25-30 s for the
 cnn, on 2 CPU cores."""
+RENAMED = {"calibration": "calibration_method", "scheme": "grid"}
+"""Old field names still accepted (with a DeprecationWarning) by `PTQConfig(...)`,
+`PTQConfig.from_dict` and search spaces."""
 LAYER_KINDS = ("first", "last", "depthwise", "pointwise", "conv", "dense")
 """Layer kinds `keep_layers` can name (see `autoqnn.ptq.apply.select_layers`)."""
 BITS = range(2, 17)
@@ -81,18 +85,20 @@ def parse_keep_layers(value) -> tuple[str, ...]:
     return tuple(sorted(set(parts), key=LAYER_KINDS.index))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class PTQConfig:
     """A post-training quantization recipe (uniform integer grids).
 
     Args:
         weight_bits: bits of the weights, 2..16.
         activation_bits: bits of the activations, 2..16, or None (float).
-        calibration: activation range observer: "max", "percentile", "kl"
-            (entropy) or "mse", or any method added with `register_observer`.
+        calibration_method: activation range observer: "max", "percentile", "kl"
+            (entropy) or "mse", or any method added with `register_observer` (the
+            name `quantize` uses; `calibration=` is its deprecated alias).
         calibration_samples: calibrate on at most this many samples (None: all).
-        scheme: "symmetric", "asymmetric" or "symmetric_pot" (symmetric with a
-            power-of-two step), for weights and activations.
+        grid: "symmetric", "asymmetric" or "symmetric_pot" (symmetric with a
+            power-of-two step), for weights and activations, on the uniform scheme
+            (`scheme=` is its deprecated alias: `quantize`'s `scheme` names a scheme).
         granularity: "per_channel" or "per_tensor" weights.
         weight_clipping: "max" (range of the weights) or "mse" (per-channel
             clip ratio minimising the weight quantization error).
@@ -113,10 +119,10 @@ class PTQConfig:
     """
 
     weight_bits: int = 8
-    activation_bits: int | None = 8
-    calibration: str = defaults.CALIBRATION_METHOD
+    activation_bits: int | None = defaults.ACTIVATION_BITS
+    calibration_method: str = defaults.CALIBRATION_METHOD
     calibration_samples: int | None = defaults.PTQ_CALIBRATION_SAMPLES
-    scheme: str = "asymmetric"
+    grid: str = "asymmetric"
     granularity: str = defaults.GRANULARITY
     weight_clipping: str = "max"
     rounding: str = "nearest"
@@ -126,16 +132,41 @@ class PTQConfig:
     keep_bits: int | None = 8
     percentile: float = 99.99
 
+    def __init__(self, weight_bits: int = 8, activation_bits: int | None = defaults.ACTIVATION_BITS,
+                 calibration_method: str = defaults.CALIBRATION_METHOD,
+                 calibration_samples: int | None = defaults.PTQ_CALIBRATION_SAMPLES,
+                 grid: str = "asymmetric", granularity: str = defaults.GRANULARITY,
+                 weight_clipping: str = "max", rounding: str = "nearest",
+                 adaround_iterations: int = DEFAULT_ADAROUND_ITERATIONS,
+                 bias_correction: bool = False, keep_layers: tuple = (),
+                 keep_bits: int | None = 8, percentile: float = 99.99, **renamed):
+        values = {"weight_bits": weight_bits, "activation_bits": activation_bits,
+                  "calibration_method": calibration_method,
+                  "calibration_samples": calibration_samples, "grid": grid,
+                  "granularity": granularity, "weight_clipping": weight_clipping,
+                  "rounding": rounding, "adaround_iterations": adaround_iterations,
+                  "bias_correction": bias_correction, "keep_layers": keep_layers,
+                  "keep_bits": keep_bits, "percentile": percentile}
+        for old, value in renamed.items():
+            if old not in RENAMED:
+                raise TypeError(f"PTQConfig got an unexpected keyword argument {old!r}")
+            warnings.warn(f"PTQConfig {old}= is deprecated; use {RENAMED[old]}=",
+                          DeprecationWarning, stacklevel=2)
+            values[RENAMED[old]] = value
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        self.__post_init__()
+
     def __post_init__(self):
         _check_bits("weight_bits", self.weight_bits)
         _check_bits("activation_bits", self.activation_bits, allow_none=True)
         _check_bits("keep_bits", self.keep_bits, allow_none=True)
-        _choice("calibration", self.calibration, list_calibration_methods())
+        _choice("calibration_method", self.calibration_method, list_calibration_methods())
         samples = self.calibration_samples
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
                                     or samples < 1):
             raise ValueError(f"calibration_samples must be a positive int or None, got {samples!r}")
-        _choice("scheme", self.scheme, SCHEMES)
+        _choice("grid", self.grid, GRIDS)
         _choice("granularity", self.granularity, GRANULARITIES)
         _choice("weight_clipping", self.weight_clipping, WEIGHT_CLIPPINGS)
         _choice("rounding", self.rounding, ROUNDINGS)
@@ -153,8 +184,8 @@ class PTQConfig:
     def scheme_options(self) -> dict:
         """Options of the "uniform" scheme for this grid variant."""
         return {
-            "symmetric": self.scheme != "asymmetric",
-            "power_of_two_scale": self.scheme == "symmetric_pot",
+            "symmetric": self.grid != "asymmetric",
+            "power_of_two_scale": self.grid == "symmetric_pot",
         }
 
     def to_dict(self) -> dict:
@@ -170,6 +201,11 @@ class PTQConfig:
             return values
         if not isinstance(values, dict):
             raise ValueError(f"ptq must be a PTQConfig or a dict, got {values!r}")
+        old = [k for k in values if k in RENAMED]
+        if old:
+            warnings.warn(f"PTQConfig fields {old} are deprecated names; use "
+                          f"{[RENAMED[k] for k in old]}", DeprecationWarning, stacklevel=2)
+        values = {RENAMED.get(k, k): v for k, v in values.items()}
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(

@@ -9,7 +9,8 @@ Example:
     >>> import numpy as np
     >>> from autoqnn.tune.space import SearchSpace
     >>> from autoqnn.tune.samplers import SearchState, get_sampler
-    >>> space = SearchSpace({"calibration": ["max", "kl"], "scheme": ["symmetric", "asymmetric"]})
+    >>> space = SearchSpace({"calibration_method": ["max", "kl"],
+    ...                      "grid": ["symmetric", "asymmetric"]})
     >>> state = SearchState(space, tried={0: -1.0, 3: None})
     >>> get_sampler("grid").propose(state, 2)
     [1, 2]

@@ -15,16 +15,17 @@ for low-bit tunes.
 
 Example:
     >>> from autoqnn.tune.space import SearchSpace
-    >>> options = {"calibration": ["max", "kl"], "granularity": ["per_tensor", "per_channel"]}
+    >>> options = {"calibration_method": ["max", "kl"],
+    ...            "granularity": ["per_tensor", "per_channel"]}
     >>> space = SearchSpace(options, fixed={"weight_bits": 4})
     >>> len(space), space.config(3)["granularity"], space.config(3)["weight_bits"]
     (4, 'per_channel', 4)
     >>> space.encode(space.config(1)).tolist()
     [1.0, 0.0, 0.0, 1.0]
-    >>> SearchSpace({"calibration": []})
+    >>> SearchSpace({"calibration_method": []})
     Traceback (most recent call last):
     ...
-    ValueError: space['calibration'] must be a non-empty list of values, got []
+    ValueError: space['calibration_method'] must be a non-empty list of values, got []
 """
 
 from __future__ import annotations
@@ -33,20 +34,30 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import warnings
 
 import numpy as np
 
-from autoqnn.ptq.config import PTQConfig
+from autoqnn.ptq.config import RENAMED, PTQConfig
 
 DEFAULT_SPACE = {
-    "calibration": ["max", "percentile", "kl", "mse"],
+    "calibration_method": ["max", "percentile", "kl", "mse"],
     "calibration_samples": [1, 100, 1000],
     "granularity": ["per_tensor", "per_channel"],
-    "scheme": ["symmetric", "asymmetric", "symmetric_pot"],
+    "grid": ["symmetric", "asymmetric", "symmetric_pot"],
 }
 """Quantune's space on this library's options (72 configurations per bit setting)."""
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(PTQConfig))
+
+
+def _renamed(options: dict, argument: str) -> dict:
+    """`options` with the PTQConfig fields' old names replaced (DeprecationWarning)."""
+    old = [k for k in options if k in RENAMED]
+    if old:
+        warnings.warn(f"{argument} options {old} are deprecated names; use "
+                      f"{[RENAMED[k] for k in old]}", DeprecationWarning, stacklevel=3)
+    return {RENAMED.get(k, k): v for k, v in options.items()}
 
 
 def _canonical(option, value):
@@ -73,7 +84,7 @@ class SearchSpace:
         options = DEFAULT_SPACE if options is None else options
         if not isinstance(options, dict) or not options:
             raise ValueError(f"space must be a non-empty dict of option -> values, got {options!r}")
-        fixed = dict(fixed or {})
+        options, fixed = _renamed(options, "space"), _renamed(dict(fixed or {}), "fixed")
         self.options: dict[str, list] = {}
         for option, values in options.items():
             if option not in _FIELDS:
@@ -128,7 +139,9 @@ class SearchSpace:
         return json.dumps({o: config.get(o) for o in self.options}, sort_keys=True)
 
     def index_of(self, config: dict) -> int | None:
-        """Grid index of a configuration, or None if it lies outside the space."""
+        """Grid index of a configuration (old field names accepted, e.g. from a history
+        file written before the rename), or None if it lies outside the space."""
+        config = {RENAMED.get(k, k): v for k, v in config.items()}
         if not hasattr(self, "_index"):
             self._index = {self.key(c): i for i, c in enumerate(self._configs)}
         for option, value in self.fixed.items():

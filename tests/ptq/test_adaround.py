@@ -91,7 +91,7 @@ def test_keras_round_trip_is_identical(small_cnn, data, tmp_path):
 
 def test_bias_correction_and_tflite_export(small_cnn, data, tmp_path):
     qmodel = autoqnn.quantize(small_cnn, calibration_data=data,
-                              ptq={"weight_bits": 4, "scheme": "symmetric", "rounding": "adaround",
+                              ptq={"weight_bits": 4, "grid": "symmetric", "rounding": "adaround",
                                    "adaround_iterations": 50, "bias_correction": True})
     result = qmodel.autoqnn_ptq
     assert set(result["bias_shifts"]) == {"conv1", "dw", "logits"}

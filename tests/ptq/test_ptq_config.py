@@ -14,22 +14,33 @@ def test_defaults_and_round_trip():
     assert PTQConfig(keep_layers="none").keep_layers == ()
 
 
-@pytest.mark.parametrize("scheme, options", [
+@pytest.mark.parametrize("grid, options", [
     ("symmetric", {"symmetric": True, "power_of_two_scale": False}),
     ("asymmetric", {"symmetric": False, "power_of_two_scale": False}),
     ("symmetric_pot", {"symmetric": True, "power_of_two_scale": True}),
 ])
-def test_scheme_options(scheme, options):
-    assert PTQConfig(scheme=scheme).scheme_options == options
+def test_scheme_options(grid, options):
+    assert PTQConfig(grid=grid).scheme_options == options
+
+
+def test_old_field_names_warn_and_map():
+    """`scheme` (a grid here, a scheme name in quantize) and `calibration` (quantize's
+    calibration_method) were renamed; the old names still work, with a warning."""
+    with pytest.warns(DeprecationWarning, match="scheme= is deprecated; use grid="):
+        assert PTQConfig(scheme="symmetric").grid == "symmetric"
+    with pytest.warns(DeprecationWarning, match=r"\['calibration'\] are deprecated"):
+        assert PTQConfig.from_dict({"calibration": "kl"}).calibration_method == "kl"
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bits'"):
+        PTQConfig(bits=4)
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("weight_bits", 1, "weight_bits must be an int in [2, 16], got 1"),
     ("weight_bits", 4.5, "weight_bits must be an int in [2, 16], got 4.5"),
     ("activation_bits", 17, "activation_bits must be an int in [2, 16] or None, got 17"),
-    ("calibration", "median", "calibration must be one of"),
+    ("calibration_method", "median", "calibration_method must be one of"),
     ("calibration_samples", 0, "calibration_samples must be a positive int or None, got 0"),
-    ("scheme", "pot", "scheme must be one of"),
+    ("grid", "pot", "grid must be one of"),
     ("granularity", "per_row", "granularity must be one of"),
     ("weight_clipping", "kl", "weight_clipping must be one of"),
     ("bias_correction", "yes", "bias_correction must be a bool, got 'yes'"),

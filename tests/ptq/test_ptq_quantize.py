@@ -39,7 +39,7 @@ def test_every_option_quantizes_and_calibrates(small_cnn, images, option, values
 
 
 def test_settings_reach_the_layers(small_cnn, images):
-    cfg = PTQConfig(weight_bits=4, activation_bits=6, scheme="symmetric_pot",
+    cfg = PTQConfig(weight_bits=4, activation_bits=6, grid="symmetric_pot",
                     granularity="per_tensor", keep_layers="depthwise", keep_bits=None)
     qmodel = autoqnn.quantize(small_cnn, calibration_data=images, ptq=cfg)
     conv = qmodel.get_layer("conv1")
@@ -98,7 +98,7 @@ def test_calibration_data_of_wrong_shape(small_cnn):
 
 def test_unknown_option_value(small_cnn, images):
     with pytest.raises(ValueError, match="calibration must be one of .* got 'entropy'"):
-        autoqnn.quantize(small_cnn, calibration_data=images, ptq={"calibration": "entropy"})
+        autoqnn.quantize(small_cnn, calibration_data=images, ptq={"calibration_method": "entropy"})
 
 
 def test_conflicting_arguments(small_cnn, images):
@@ -117,7 +117,8 @@ def test_user_config_wins_over_keep_layers(small_cnn, images):
 
 
 def test_saved_ptq_model_loads(small_cnn, images, tmp_path):
-    cfg = PTQConfig(weight_bits=4, weight_clipping="mse", calibration="kl", bias_correction=True)
+    cfg = PTQConfig(weight_bits=4, weight_clipping="mse", calibration_method="kl",
+                    bias_correction=True)
     qmodel = autoqnn.quantize(small_cnn, calibration_data=images, ptq=cfg)
     path = tmp_path / "q.keras"
     qmodel.save(path)

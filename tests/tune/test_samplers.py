@@ -11,20 +11,20 @@ from autoqnn.tune import SearchSpace, SearchState, get_sampler, run_search
 from autoqnn.tune.samplers import XGBoostSampler
 
 SPACE = SearchSpace({
-    "calibration": ["max", "percentile", "kl", "mse"],
+    "calibration_method": ["max", "percentile", "kl", "mse"],
     "calibration_samples": [1, 100, 1000],
     "granularity": ["per_tensor", "per_channel"],
-    "scheme": ["symmetric", "asymmetric", "symmetric_pot"],
+    "grid": ["symmetric", "asymmetric", "symmetric_pot"],
 })
 
 
 def _table():
     """A structured accuracy surface: additive option effects, one best config."""
     effects = {
-        "calibration": {"max": 0.0, "percentile": 0.4, "kl": -3.0, "mse": 0.6},
+        "calibration_method": {"max": 0.0, "percentile": 0.4, "kl": -3.0, "mse": 0.6},
         "calibration_samples": {1: -4.0, 100: 0.0, 1000: 0.2},
         "granularity": {"per_tensor": -5.0, "per_channel": 0.0},
-        "scheme": {"symmetric": -0.5, "asymmetric": 0.3, "symmetric_pot": -2.0},
+        "grid": {"symmetric": -0.5, "asymmetric": 0.3, "symmetric_pot": -2.0},
     }
     return [0.9 + sum(effects[o][c[o]] for o in effects) / 100 for c in SPACE.configs()]
 
@@ -59,8 +59,8 @@ def test_the_cost_model_is_trained_with_quantunes_parameters():
 
 @pytest.mark.parametrize("name", ["xgboost", "random", "grid", "genetic"])
 def test_full_budget_covers_space_once(name):
-    space = SearchSpace({"calibration": ["max", "kl", "mse"],
-                         "scheme": ["symmetric", "asymmetric"]})
+    space = SearchSpace({"calibration_method": ["max", "kl", "mse"],
+                         "grid": ["symmetric", "asymmetric"]})
     results = run_search(space, lambda i: 0.5 + 0.01 * i, name, len(space), seed=1,
                          features=space.encode_all())
     assert sorted(results) == list(range(len(space)))

@@ -14,7 +14,7 @@ def test_default_space_is_quantune_like():
 
 
 def test_enumeration_and_index_round_trip():
-    space = SearchSpace({"scheme": ["symmetric", "asymmetric"], "keep_layers": [(), ("last",)]},
+    space = SearchSpace({"grid": ["symmetric", "asymmetric"], "keep_layers": [(), ("last",)]},
                         fixed={"weight_bits": 4})
     configs = space.configs()
     assert [c["keep_layers"] for c in configs] == ["none", "last", "none", "last"]
@@ -29,10 +29,10 @@ def test_enumeration_and_index_round_trip():
 
 @pytest.mark.parametrize("options, fixed, message", [
     ({}, None, "space must be a non-empty dict"),
-    ({"calibration": []}, None, "space\\['calibration'\\] must be a non-empty list"),
-    ({"calibration": "max"}, None, "must be a non-empty list of values, got 'max'"),
+    ({"calibration_method": []}, None, "space\\['calibration_method'\\] must be a non-empty list"),
+    ({"calibration_method": "max"}, None, "must be a non-empty list of values, got 'max'"),
     ({"bits": [4]}, None, "unknown option 'bits'"),
-    ({"calibration": ["max", "entropy"]}, None, "invalid value 'entropy'"),
+    ({"calibration_method": ["max", "entropy"]}, None, "invalid value 'entropy'"),
     ({"weight_bits": [4, 5, 4]}, None, "duplicate values"),
     ({"granularity": ["per_tensor"]}, {"granularity": "per_channel"}, "both searched and fixed"),
     ({"granularity": ["per_tensor"]}, {"weight_bits": 1}, "weight_bits must be an int"),

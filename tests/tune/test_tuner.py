@@ -13,7 +13,7 @@ from autoqnn.tune import SearchSpace, read_history
 from autoqnn.tune.features import model_descriptors
 
 SPACE = {"granularity": ["per_tensor", "per_channel"],
-         "scheme": ["symmetric", "asymmetric"], "calibration": ["max", "mse"]}
+         "grid": ["symmetric", "asymmetric"], "calibration_method": ["max", "mse"]}
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_bad_inputs(task):
     with pytest.raises(ValueError, match="space must be a non-empty dict"):
         autoqnn.tune_ptq(model, calib, val, space={}, verbose=0)
     with pytest.raises(ValueError, match="invalid value 'entropy'"):
-        autoqnn.tune_ptq(model, calib, val, space={"calibration": ["entropy"]}, verbose=0)
+        autoqnn.tune_ptq(model, calib, val, space={"calibration_method": ["entropy"]}, verbose=0)
     with pytest.raises(ValueError, match="calibration_data has samples of shape \\(7,\\)"):
         autoqnn.tune_ptq(model, np.zeros((4, 7), "float32"), val, space=SPACE, verbose=0)
     with pytest.raises(ValueError, match="sampler must be one of"):
