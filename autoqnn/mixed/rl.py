@@ -88,15 +88,14 @@ from autoqnn import defaults
 from autoqnn.checkpoint import KeyedCheckpoint, data_sample
 from autoqnn.evaluate import labelled_arrays, split_validation, task_loss, top1_accuracy
 from autoqnn.executor import FuturesExecutor, get_executor
-from autoqnn.mixed.budget import Budget, fixed_bytes, pinned_cost, solve_policy
+from autoqnn.mixed.budget import Budget
 from autoqnn.mixed.common import PTQSettings, check_int, finetune_stage, fit_memory, pinned_paths
 from autoqnn.mixed.ddpg import EpisodeLoop
 from autoqnn.mixed.result import search_result
 from autoqnn.mixed.rl_env import (
     AgentConfig,
     EpisodeEvaluator,
-    action_index,
-    enforce_budget,
+    PolicySpace,
     layer_features,
     normalise,
     reward,
@@ -238,44 +237,19 @@ def run(model, train_data, val_data, *, options: RLConfig, budget: Budget, calib
                                  finetune)
     qmodel = evaluator.ensure_built()
     pinned = pinned_paths(model, config, options.ptq)
-    report = qmodel.autoqnn_report
     layers, candidates, params = _layers(qmodel, pinned, options.candidate_bits)
-    pinned_params, pinned_bit_params = pinned_cost(report, pinned)
-    fixed = fixed_bytes(report, params)
-    # The same checks and messages as the exact solver (a budget below the minimum).
-    solve_policy({p: dict.fromkeys(c, 0.0) for (p, _), c in zip(layers, candidates)}, params,
-                 weight_bits_budget=budget.weight_bits, size_budget_bytes=budget.size_bytes,
-                 fixed_bytes=fixed, pinned_params=pinned_params,
-                 pinned_bit_params=pinned_bit_params)
-    paths = [p for p, _ in layers]
-    total_params = sum(params.values()) + pinned_params
-
-    def measure(policy):
-        bit_params = sum(params[p] * b for p, b in policy.items())
-        return (bit_params + pinned_bit_params) / total_params, fixed + bit_params / 8
-
-    def fits(indices):
-        average, size = measure({p: c[i] for p, c, i in zip(paths, candidates, indices)})
-        return (budget.weight_bits is None or average <= budget.weight_bits + 1e-9) and \
-            (budget.size_bytes is None or size <= budget.size_bytes + 1e-6)
-
+    space = PolicySpace(layers, candidates, params, qmodel.autoqnn_report, pinned, budget)
     float_accuracy = top1_accuracy(model, val)
     executor = _executor(options.executor)
-    bits = [b for c in candidates for b in c]
-    low, high = min(bits), max(bits)
-
-    def policy_of(actions):
-        chosen = [action_index(a, len(c)) for a, c in zip(actions, candidates)]
-        return {p: int(c[i]) for p, c, i in zip(paths, candidates, enforce_budget(chosen, fits))}
 
     def score(policy, value):
         accuracy = float(value["accuracy"])
-        average_bits, size = measure(policy)
-        return {"reward": reward(accuracy, float_accuracy, policy, params, (low, high),
+        average_bits, size = space.measure(policy)
+        return {"reward": reward(accuracy, float_accuracy, policy, params, space.bits_range,
                                  options.agent.bits_weight),
                 "accuracy": accuracy, "average_bits": average_bits, "size_bytes": size}
 
-    loop = EpisodeLoop(normalise(layer_features(layers)), policy_of, score, evaluator,
+    loop = EpisodeLoop(normalise(layer_features(layers)), space.policy_of, score, evaluator,
                        config=options.agent, episodes=options.episodes, seed=options.seed,
                        executor=executor, checkpoint=checkpoint.file("agent.npz"),
                        verbose=verbose,

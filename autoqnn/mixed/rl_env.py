@@ -21,6 +21,7 @@ import numpy as np
 from autoqnn.evaluate import top1_accuracy
 from autoqnn.finalize import set_bits
 from autoqnn.finetune import finetune
+from autoqnn.mixed.budget import fixed_bytes, pinned_cost, solve_policy
 from autoqnn.mixed.common import fit_memory
 from autoqnn.ptq.weights import search_weight_clips
 from autoqnn.walk import find_layer
@@ -212,3 +213,42 @@ class EpisodeEvaluator:
                      batch_size=self.finetune["batch_size"], verbose=0, restore_best=False,
                      learning_rate=self.finetune["learning_rate"])
         return {"accuracy": top1_accuracy(qmodel, self.val)}
+
+
+class PolicySpace:
+    """The searched layers' candidate bits under the budget: what a policy costs, HAQ's
+    budget rule on the agent's actions, and the exact solver's check that the budget is
+    reachable at all (raised at construction, with the achievable minimum)."""
+
+    def __init__(self, layers, candidates, params, report, pinned, budget):
+        self.paths = [p for p, _ in layers]
+        self.candidates, self.params, self.budget = candidates, params, budget
+        self.pinned_params, self.pinned_bit_params = pinned_cost(report, pinned)
+        self.fixed = fixed_bytes(report, params)
+        solve_policy({p: dict.fromkeys(c, 0.0) for p, c in zip(self.paths, candidates)},
+                     params, weight_bits_budget=budget.weight_bits,
+                     size_budget_bytes=budget.size_bytes, fixed_bytes=self.fixed,
+                     pinned_params=self.pinned_params,
+                     pinned_bit_params=self.pinned_bit_params)
+        self.total_params = sum(params.values()) + self.pinned_params
+        bits = [b for c in candidates for b in c]
+        self.bits_range = (min(bits), max(bits))
+
+    def measure(self, policy) -> tuple[float, float]:
+        """`(average weight bits, size in bytes)` of a policy, pinned layers included."""
+        bit_params = sum(self.params[p] * b for p, b in policy.items())
+        return ((bit_params + self.pinned_bit_params) / self.total_params,
+                self.fixed + bit_params / 8)
+
+    def fits(self, indices) -> bool:
+        average, size = self.measure({p: c[i] for p, c, i in
+                                      zip(self.paths, self.candidates, indices)})
+        return (self.budget.weight_bits is None or
+                average <= self.budget.weight_bits + 1e-9) and \
+            (self.budget.size_bytes is None or size <= self.budget.size_bytes + 1e-6)
+
+    def policy_of(self, actions) -> dict:
+        """The policy of one action per layer, lowered by HAQ's rule until it fits."""
+        chosen = [action_index(a, len(c)) for a, c in zip(actions, self.candidates)]
+        return {p: int(c[i]) for p, c, i in
+                zip(self.paths, self.candidates, enforce_budget(chosen, self.fits))}

@@ -37,7 +37,7 @@ from autoqnn.core import quantize_ptq
 from autoqnn.data import iterate_batches
 from autoqnn.evaluate import top1_accuracy
 from autoqnn.executor import Outcome, get_executor
-from autoqnn.ptq.config import PTQConfig
+from autoqnn.ptq.config import RENAMED, PTQConfig
 from autoqnn.tune.features import descriptor_vector, model_descriptors, model_fingerprint
 from autoqnn.tune.samplers import SearchState, get_sampler
 from autoqnn.tune.space import SearchSpace
@@ -103,6 +103,8 @@ def read_history(path) -> list[Trial]:
                 record = json.loads(line)
                 if "strategy" in record:  # the field's name before 0.2
                     record.setdefault("sampler", record.pop("strategy"))
+                record["config"] = {RENAMED.get(k, k): v
+                                    for k, v in record.get("config", {}).items()}
                 trials.append(Trial(**{k: v for k, v in record.items() if k in fields}))
             except (json.JSONDecodeError, TypeError):
                 continue  # a line cut by an interruption
@@ -221,6 +223,25 @@ def _check_data(model, data, argument):
         raise ValueError(f"{argument} is empty") from None
 
 
+def _resume(records, key, space, transfer):
+    """From the history: `(done, trials, prior)`, this model's finished trials in the space
+    (`{index: accuracy}` and their records) and the other models' trials as cost-model
+    transfer rows (`(features, scores)` or None)."""
+    done, trials = {}, []
+    prior_features, prior_scores = [], []
+    for record in records:
+        if record.model == key:
+            index = space.index_of(record.config)
+            if index is not None and index not in done:
+                done[index] = record.accuracy
+                trials.append(record)
+        elif transfer and record.accuracy is not None and record.float_accuracy is not None:
+            prior_features.append(config_features(space, record.config, record.descriptors))
+            prior_scores.append(_score(record.accuracy, record.float_accuracy))
+    prior = (np.array(prior_features), np.array(prior_scores)) if prior_features else None
+    return done, trials, prior
+
+
 def tune_ptq(model, calibration_data, val_data, space=None,
              max_trials: int = defaults.TUNER_TRIALS, sampler="xgboost", history=None,
              seed: int = 0, *, fixed: dict | None = None, executor=None, metric=None,
@@ -276,18 +297,7 @@ def tune_ptq(model, calibration_data, val_data, space=None,
         qmodel = quantize_ptq(model, space.ptq_config(index), calibration_data)
         return metric(qmodel)
 
-    records = read_history(history)
-    done, trials = {}, []
-    prior_features, prior_scores = [], []
-    for record in records:
-        if record.model == key:
-            index = space.index_of(record.config)
-            if index is not None and index not in done:
-                done[index] = record.accuracy
-                trials.append(record)
-        elif transfer and record.accuracy is not None and record.float_accuracy is not None:
-            prior_features.append(config_features(space, record.config, record.descriptors))
-            prior_scores.append(_score(record.accuracy, record.float_accuracy))
+    done, trials, prior = _resume(read_history(history), key, space, transfer)
     features = np.stack([config_features(space, c, descriptors) for c in space.configs()])
 
     def on_trial(index, outcome):
@@ -299,7 +309,6 @@ def tune_ptq(model, calibration_data, val_data, space=None,
 
     if verbose and done:
         print(f"tune_ptq: resuming with {len(done)} trial(s) from {history}")
-    prior = (np.array(prior_features), np.array(prior_scores)) if prior_features else None
     results = run_search(space, evaluate, sampler, max_trials, seed=seed, features=features,
                          prior=prior, done=done, executor=executor,
                          float_accuracy=float_accuracy, on_trial=on_trial, verbose=verbose)
