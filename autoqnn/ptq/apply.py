@@ -109,8 +109,7 @@ def apply_ptq(qmodel, ptq: PTQConfig, calibration_data=None, verbose: int = 0) -
     `rounding="adaround"` the layers it rounds are bias-corrected by it,
     right after each is rounded, against their original weights (the other
     layers are not corrected). Activations are not re-calibrated after
-    rounding: measured on the reference cnn and mobilenet (W3/W4, A8) it
-    changed top-1 by -0.25..+0.35 points, no consistent gain for a pass.
+    rounding (a second calibration pass showed no consistent gain).
 
     Args:
         qmodel: the rewritten model (from `autoqnn.quantize`).

@@ -37,8 +37,7 @@ WEIGHT_CLIPPINGS = ("max", "mse")
 ROUNDINGS = ("nearest", "adaround")
 """Weight rounding: to the nearest level, or learned per layer (`autoqnn.ptq.adaround`)."""
 DEFAULT_ADAROUND_ITERATIONS = 500
-"""Adam steps per layer: in all about 15 s for the reference mobilenet, 25-30 s for the
-cnn, on 2 CPU cores."""
+"""Adam steps per layer of AdaRound (seconds per layer on a CPU)."""
 RENAMED = {"calibration": "calibration_method", "scheme": "grid"}
 """Old field names still accepted (with a DeprecationWarning) by `PTQConfig(...)`,
 `PTQConfig.from_dict` and search spaces."""

@@ -7,11 +7,9 @@ grid order (the last option varies fastest).
 
 Any field is an option, e.g. `{"rounding": ["nearest", "adaround"]}`
 (learned rounding, `autoqnn.ptq.adaround`). `DEFAULT_SPACE` leaves rounding
-out: AdaRound costs seconds per layer in every trial it is on (the
-reference cnn: about 30 s per trial, against 1-2 s for the other
-options), which would double a default tune for a gain that is largest at
-3-4 weight bits; add it (or fix it with `fixed={"rounding": "adaround"}`)
-for low-bit tunes.
+out: AdaRound costs seconds per layer in every trial it is on, many times
+a trial without it, for a gain that is largest at 3-4 weight bits; add it
+(or fix it with `fixed={"rounding": "adaround"}`) for low-bit tunes.
 
 Example:
     >>> from autoqnn.tune.space import SearchSpace
