@@ -28,12 +28,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
+
+import numpy as np
 
 from autoqnn.checkpoint import KeyedCheckpoint, data_sample
 from autoqnn.mixed.budget import Budget, fixed_bytes, pinned_cost, solve_policy
 from autoqnn.mixed.common import PTQSettings, fit_memory, inputs_of, pinned_paths
 from autoqnn.mixed.result import search_result
-from autoqnn.mixed.table import METRICS, SensitivityTable, measure_sensitivity
+from autoqnn.mixed.table import (
+    METRICS,
+    SensitivityTable,
+    layer_candidates,
+    measure_sensitivity,
+    searchable_layers,
+)
 from autoqnn.ptq.weights import search_weight_clips
 
 
@@ -56,6 +65,32 @@ class SensitivityConfig(PTQSettings):
             raise ValueError(f"metric must be one of {list(METRICS)}, got {self.metric!r}")
 
 
+def _check_reachable(qmodel, pinned, options, budget, report, pinned_params,
+                     pinned_bit_params):
+    """Before the sensitivity pass: a budget below the smallest policy raises (with the
+    achievable minimum); one above the largest warns that it does not bind."""
+    layers = [(p, layer) for p, layer in searchable_layers(qmodel) if p not in pinned]
+    if not budget.on_weights or not layers:
+        return
+    bits = {p: layer_candidates(layer, options.candidate_bits) for p, layer in layers}
+    params = {p: int(sum(np.prod(getattr(layer, a).shape) for a in layer.weight_quantizers))
+              for p, layer in layers}
+    solve_policy({p: dict.fromkeys(b or (options.candidate_bits[-1],), 0.0)
+                  for p, b in bits.items()}, params,
+                 weight_bits_budget=budget.weight_bits, size_budget_bytes=budget.size_bytes,
+                 fixed_bytes=fixed_bytes(report, params), pinned_params=pinned_params,
+                 pinned_bit_params=pinned_bit_params)
+    top = {p: max(b) for p, b in bits.items() if b}
+    largest_bits = (sum(params[p] * b for p, b in top.items()) + pinned_bit_params) / \
+        max(sum(params.values()) + pinned_params, 1)
+    largest_size = fixed_bytes(report, params) + sum(params[p] * b for p, b in top.items()) / 8
+    if (budget.weight_bits is None or budget.weight_bits >= largest_bits) and \
+            (budget.size_bytes is None or budget.size_bytes >= largest_size):
+        warnings.warn(f"the budget {budget.to_dict()} does not bind: every searched layer "
+                      f"fits at its largest candidate ({largest_bits:.2f} average bits, "
+                      f"{largest_size / 1024:.1f} KiB)", stacklevel=4)
+
+
 def run(model, train_data, val_data, *, options: SensitivityConfig, budget: Budget,
         calibration_data, config, checkpoint_dir, verbose):
     """Runs the strategy (see the module doc); returns the `SearchResult`."""
@@ -71,6 +106,8 @@ def run(model, train_data, val_data, *, options: SensitivityConfig, budget: Budg
     pinned = pinned_paths(model, config, options.ptq)
     report = start_model.autoqnn_report
     pinned_params, pinned_bit_params = pinned_cost(report, pinned)
+    _check_reachable(start_model, pinned, options, budget, report, pinned_params,
+                     pinned_bit_params)
     checkpoint = KeyedCheckpoint(checkpoint_dir, "sensitivity",
                                  {"options": options.to_dict(), "config": config,
                                   "pinned": sorted(pinned)},

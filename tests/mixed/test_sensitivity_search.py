@@ -216,3 +216,20 @@ def test_quantize_with_a_budget_is_the_search(cnn):
     assert qmodel.autoqnn_search.strategy == "sensitivity"
     with pytest.raises(ValueError, match="weight_bits=4 conflicts with a budget"):
         autoqnn.quantize(cnn, weight_bits=4, calibration_data=X, weight_bits_budget=3.0)
+
+
+def test_budget_checked_before_the_sensitivity_pass(cnn, monkeypatch):
+    """An unreachable budget raises before any probe; one that cannot bind warns."""
+    from autoqnn.mixed import sensitivity
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the sensitivity pass ran")
+
+    monkeypatch.setattr(sensitivity, "measure_sensitivity", no_probe)
+    with pytest.raises(ValueError, match="below the smallest achievable average of 2.0000"):
+        autoqnn.search(cnn, calibration_data=X, weight_bits_budget=0.5, verbose=0)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="does not bind"):
+        result = autoqnn.search(cnn, calibration_data=X, weight_bits_budget=40, verbose=0,
+                                num_samples=16)
+    assert set(result.bits().values()) == {8}
