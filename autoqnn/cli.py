@@ -17,6 +17,7 @@ from pathlib import Path
 
 from autoqnn import defaults
 from autoqnn.mixed.dispatch import STRATEGIES
+from autoqnn.schemes import get_scheme, list_schemes
 
 # TensorFlow's start-up log is quieted by autoqnn/_startup.py, which the package imports
 # before TensorFlow (this module is only reached through the package).
@@ -202,8 +203,6 @@ def cmd_export(args):
 
 
 def cmd_schemes(args):
-    from autoqnn.schemes import get_scheme, list_schemes
-
     for name in list_schemes():
         scheme_cls = type(get_scheme(name))
         kinds = [
@@ -222,7 +221,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
-        "demo", help="train, quantize and compare on the bundled Fashion-MNIST subset"
+        "demo", help="train, quantize and compare on the bundled Fashion-MNIST subset",
+        description="Train the reference cnn, quantize it and compare accuracy, bits and size."
     )
     demo.add_argument("--out", default="autoqnn_demo", help="folder for the .keras files")
     demo.add_argument("--epochs", type=int, default=3, help="float training epochs")
@@ -236,10 +236,13 @@ def build_parser():
     demo.add_argument("--verbose", type=int, default=defaults.VERBOSE, help="0 hides progress")
     demo.set_defaults(func=cmd_demo)
 
-    quantize = sub.add_parser("quantize", help="quantize a .keras model")
-    quantize.add_argument("model")
-    quantize.add_argument("-o", "--output", required=True)
-    quantize.add_argument("--scheme", default=defaults.SCHEME)
+    quantize = sub.add_parser("quantize", help="quantize a .keras model",
+                              description="Quantize a .keras model (W8A8 by default).")
+    quantize.add_argument("model", help="the float model, a .keras file")
+    quantize.add_argument("-o", "--output", required=True,
+                          help="where to write the quantized .keras model")
+    quantize.add_argument("--scheme", default=defaults.SCHEME, choices=list_schemes("weight"),
+                          help=f"weight scheme (default {defaults.SCHEME})")
     quantize.add_argument(
         "--weight-bits", type=int, default=None, help="default: the scheme's own default"
     )
@@ -258,9 +261,11 @@ def build_parser():
                           help="calibrate on at most this many samples (default: all)")
     quantize.set_defaults(func=cmd_quantize)
 
-    search = sub.add_parser("search", help="search per-layer bits under a budget")
-    search.add_argument("model")
-    search.add_argument("-o", "--output", required=True)
+    search = sub.add_parser("search", help="search per-layer bits under a budget",
+                            description="Search per-layer bits under a budget.")
+    search.add_argument("model", help="the float model, a .keras file")
+    search.add_argument("-o", "--output", required=True,
+                        help="where to write the searched .keras model")
     search.add_argument("--data", help=".npz with calibration inputs (x_calib, x, x_train or "
                         "x_test)")
     search.add_argument("--strategy", default="sensitivity", choices=list(STRATEGIES),
@@ -295,13 +300,13 @@ def build_parser():
     search.set_defaults(func=cmd_search)
 
     info = sub.add_parser("info", help="print the per-layer quantization report of a .keras model")
-    info.add_argument("model")
+    info.add_argument("model", help="a .keras model")
     info.set_defaults(func=cmd_info)
 
     export = sub.add_parser("export", help="export a quantized .keras model to TFLite / packed")
-    export.add_argument("model")
-    export.add_argument("--tflite")
-    export.add_argument("--packed")
+    export.add_argument("model", help="a quantized .keras model")
+    export.add_argument("--tflite", help="write a full-integer .tflite file here")
+    export.add_argument("--packed", help="write a bit-packed .aqnn file here")
     export.add_argument("--data", help=".npz with representative inputs (optional)")
     export.set_defaults(func=cmd_export)
 
