@@ -15,10 +15,8 @@ for each quantized layer, the constant-range fake-quant that computes the
   uniform-valued scheme works) and lowers it to an 8-bit fake-quant, plus a
   clamp when the grid has fewer than 256 levels.
 
-`lowered(model, plans)` patches the layers for the duration of a trace.
-`einsum_as_conv_call` and `layer_norm_call` are the converter-friendly calls
-`export_tflite` gives EinsumDense projections (a 1x1 conv on the flattened
-kernel) and LayerNormalization (no NEG, which has no int8 kernel).
+`lowered(model, plans)` patches the layers for the duration of a trace
+(`autoqnn.export.calls` has the converter-friendly calls of single layers).
 """
 
 from __future__ import annotations
@@ -137,6 +135,15 @@ def plan_weights(layer_path, layer, *, int4=True, inexact="error") -> list[Weigh
         scheme = quantizer.scheme
         values = keras.ops.convert_to_numpy(layer.quantized_weight(attr)).astype(np.float32)
         axis = layer.weight_channel_axes[attr] if scheme.per_channel else None
+        if axis is not None and isinstance(layer, keras.layers.Embedding):
+            # LiteRT's GATHER takes one scale per table (per-axis tables are invalid).
+            grid = embed_in_int_grid(values, None, INT8_MAX)
+            if grid is None:
+                plans.append(WeightPlan(layer_path, attr, values, None, 8, False, None,
+                                        "per-channel table re-quantized per-tensor to int8: "
+                                        "LiteRT's GATHER takes one scale"))
+                continue
+            axis = None
         grid = embed_in_int_grid(values, axis, INT8_MAX)
         note = ""
         if grid is None:
@@ -297,67 +304,3 @@ def quantized_layers(model):
         elif isinstance(layer, ActivationQuantizer):
             acts.append((path, layer))
     return weights, acts
-
-
-def einsum_as_matmul(equation: str):
-    """`(free axes, contracted axes)` of the input when an EinsumDense equation is a
-    matmul of the input's trailing axes with the kernel's leading ones, else None."""
-    if "." in equation or "->" not in equation or equation.count(",") != 1:
-        return None
-    lhs, rest = equation.split(",")
-    kernel, out = rest.split("->")
-    contracted = [c for c in kernel if c in lhs and c not in out]
-    kernel_out = [c for c in kernel if c not in lhs]
-    free = [c for c in lhs if c not in kernel]
-    if (kernel != "".join(contracted + kernel_out) or lhs != "".join(free + contracted)
-            or out != "".join(free + kernel_out) or not contracted):
-        return None
-    return len(free), len(contracted)
-
-
-def einsum_as_conv_call(layer, plan: WeightPlan):
-    """`call` of a QuantEinsumDense as a 1x1 conv on its flattened kernel (see the doc)."""
-    _free, n_contracted = einsum_as_matmul(layer.equation)
-    shape = plan.values.shape
-    rows, cols = int(np.prod(shape[:n_contracted])), int(np.prod(shape[n_contracted:]))
-    flat = plan.values.reshape(rows, cols)
-    axis = -1 if plan.channel_axis is not None else None
-    flat_plan = dataclasses.replace(plan, values=flat, grid=embed_in_int_grid(flat, axis),
-                                    channel_axis=axis)
-    if flat_plan.grid is None and plan.grid is not None:
-        raise ExportError(f"internal error: the flattened kernel of {plan.layer!r} lost its grid")
-
-    def call(inputs, training=None):
-        del training
-        kernel = flat_plan.fake_quant(shape=(1, 1, rows, cols))
-        lead = tf.shape(inputs)[:len(inputs.shape) - n_contracted]
-        x = tf.reshape(inputs, (-1, 1, 1, rows))
-        y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
-        y = tf.reshape(y, tf.concat([lead, list(shape[n_contracted:])], axis=0))
-        return layer._bias_and_activation(y)
-
-    return call
-
-
-def layer_norm_call(layer):
-    """`call` of a LayerNormalization as `(x - mean) * rsqrt(var + eps) * gamma + beta`:
-    Keras computes `x * inv - mean * inv`, whose NEG has no int8 TFLite kernel."""
-    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
-
-    def call(inputs, *args, **kwargs):
-        del args, kwargs
-        rank = len(inputs.shape)
-        axis = sorted(a % rank for a in axes)
-        shape = [1] * rank
-        for a in axis:
-            shape[a] = inputs.shape[a]
-        centered = inputs - tf.reduce_mean(inputs, axis=axis, keepdims=True)
-        variance = tf.reduce_mean(centered * centered, axis=axis, keepdims=True)
-        outputs = centered * tf.math.rsqrt(variance + layer.epsilon)
-        if layer.gamma is not None:
-            outputs = outputs * tf.reshape(layer.gamma, shape)
-        if layer.beta is not None:
-            outputs = outputs + tf.reshape(layer.beta, shape)
-        return outputs
-
-    return call

@@ -47,21 +47,27 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 from autoqnn.data import iterate_batches
-from autoqnn.export.lowering import (
-    ExportError,
-    WeightPlan,
+from autoqnn.export.calls import (
+    affine_call,
+    affine_parameters,
+    dense_as_conv_call,
     einsum_as_conv_call,
     einsum_as_matmul,
-    iter_layers,
     layer_norm_call,
+)
+from autoqnn.export.diagnose import float_hint, float_operators, layer_names_in
+from autoqnn.export.lowering import (
+    ExportError,
+    iter_layers,
     lowered,
     plan_activation,
     plan_weights,
     quantized_layers,
 )
-from autoqnn.layers.composite import QuantizedComposite
+from autoqnn.finalize import finalize
 from autoqnn.layers.quantized import QuantDense, QuantEinsumDense
 from autoqnn.rewrite.clone import clone_quantized
 
@@ -158,21 +164,21 @@ def _has_unfolded_batchnorm(model) -> bool:
                for _, layer in iter_layers(model))
 
 
-def _dense_as_conv(layer, plan: WeightPlan):
-    """`call` of a per-channel QuantDense as a 1x1 conv (int8 per-channel FC workaround)."""
-    units = layer.units
-
-    def call(inputs, training=None):
-        del training
-        in_dim = inputs.shape[-1]
-        kernel = plan.fake_quant(shape=(1, 1, in_dim, units))
-        lead = tf.shape(inputs)[:-1]
-        x = tf.reshape(inputs, (-1, 1, 1, in_dim))
-        # Bias and activation before the reshape back, so CONV_2D fuses them.
-        y = layer._bias_and_activation(tf.nn.conv2d(x, kernel, strides=1, padding="VALID"))
-        return tf.reshape(y, tf.concat([lead, [units]], axis=0))
-
-    return call
+def affine_calls(layers: dict) -> list:
+    """`(layer, call)` for the float per-channel affine layers (`autoqnn.export.calls`)."""
+    found = []
+    for path, layer in layers.items():
+        if not isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Rescaling,
+                                  keras.layers.Normalization)) or not layer.built:
+            continue
+        try:
+            channels = layer.input.shape[-1]
+        except (AttributeError, ValueError):  # never called in a graph
+            continue
+        parameters = affine_parameters(layer, channels) if channels else None
+        if parameters is not None:
+            found.append((layer, affine_call(layer, path, *parameters)))
+    return found
 
 
 def _representative(model, data):
@@ -185,23 +191,13 @@ def _representative(model, data):
     return gen
 
 
-def _layer_names_in(message: str, model) -> list[str]:
-    found = []
-    for path, _layer in iter_layers(model):
-        name = path.split("/")[-1]
-        if re.search(rf"/{re.escape(name)}(_\d+)?/", message):
-            found.append(path)
-    # Keep the most specific names ("conv1_bn" over "conv1").
-    return [n for n in found if not any(o != n and o.startswith(n) for o in found)]
-
-
 def convert(model, weight_plans, activation_plans, *, representative_data=None, int8_io=True):
     """Traces a lowered copy of the model and runs the TFLite converter; returns the
     flatbuffer bytes. The model itself is never changed: the lowering patches a clone."""
     model = clone_quantized(model)
     layers = dict(iter_layers(model))
     dense_calls = [
-        (layers[p.layer], _dense_as_conv(layers[p.layer], p))
+        (layers[p.layer], dense_as_conv_call(layers[p.layer], p))
         for p in weight_plans
         if isinstance(layers[p.layer], QuantDense) and p.channel_axis is not None
     ] + [
@@ -212,7 +208,7 @@ def convert(model, weight_plans, activation_plans, *, representative_data=None, 
     ] + [
         (layer, layer_norm_call(layer)) for layer in layers.values()
         if isinstance(layer, keras.layers.LayerNormalization) and not layer.rms_scaling
-    ]
+    ] + affine_calls(layers)
     with tempfile.TemporaryDirectory(prefix="autoqnn_export_") as tmp:
         saved = os.path.join(tmp, "saved_model")
         with lowered(model, weight_plans, activation_plans):
@@ -235,7 +231,7 @@ def convert(model, weight_plans, activation_plans, *, representative_data=None, 
             return converter.convert()
         except Exception as err:  # ConverterError and friends: name the layers
             message = str(err)
-            names = _layer_names_in(message, model)
+            names = layer_names_in(message, model)
             ops = sorted(set(re.findall(r"'(tf\.\w+|tfl\.\w+)' op", message)))
             where = f"layers {names}" if names else "the model"
             detail = next((line.strip() for line in message.splitlines() if "error:" in line),
@@ -246,51 +242,6 @@ def convert(model, weight_plans, activation_plans, *, representative_data=None, 
                 f"{detail[-400:]}. Keep such layers out of the model, or pass "
                 "representative_data= to calibrate layers without a quantized range"
             ) from None
-
-
-def _float_hint(model) -> str:
-    """Why a model with normalization or attention layers has tensors without a range."""
-    layers = [layer for _, layer in iter_layers(model)]
-    hints = []
-    if any(isinstance(layer, keras.layers.LayerNormalization) for layer in layers):
-        hints.append("LayerNormalization's mean, variance and rsqrt")
-    attention = [layer for layer in layers if isinstance(layer, keras.layers.MultiHeadAttention)]
-    if any(not getattr(layer, "attention_aq", None) for layer in attention):
-        hints.append("the attention core of MultiHeadAttention (query/key/value, scores, "
-                     "softmax; config={MultiHeadAttention: {'attention_activations': True}} "
-                     "quantizes its matmul operands)")
-    elif attention:
-        hints.append("the attention scores and the softmax input")
-    if any(isinstance(layer, QuantizedComposite) and not isinstance(
-            layer, keras.layers.MultiHeadAttention) for layer in layers):
-        hints.append("float sublayers inside composite layers")
-    if not hints:
-        return ""
-    return (". In this model, " + "; ".join(hints) + " compute on tensors that have no int8 "
-            "range in the model (TFLite needs one per tensor); representative_data= lets the "
-            "converter calibrate them")
-
-
-def float_operators(flatbuffer: bytes) -> list[tuple[str, str]]:
-    """`(op name, output tensor name)` of every operator computing in float32.
-
-    QUANTIZE / DEQUANTIZE (the float I/O ends) are not counted.
-    """
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    found = []
-    for graph in model.subgraphs:
-        for op in graph.operators:
-            code = model.operatorCodes[op.opcodeIndex]
-            name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
-            if name in ("QUANTIZE", "DEQUANTIZE"):
-                continue
-            tensors = [graph.tensors[i] for i in list(op.outputs) if i >= 0]
-            if any(t.type == schema.TensorType.FLOAT32 for t in tensors):
-                found.append((name, tensors[0].name.decode("utf-8", "replace")))
-    return found
 
 
 def export_tflite(model, path, representative_data=None, *, int8_io=True, int4=True,
@@ -322,35 +273,55 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True, int4=T
     plan_model(model, int4=int4, inexact=inexact)  # checks the model as the user gave it
     if _has_unfolded_batchnorm(model):
         # Trained with BatchNorm unfolded (QAT): export the folded twin, as TFLite runs it.
-        from autoqnn.finalize import finalize
-
         model = finalize(model, fold_batchnorm=True)
     weight_plans, activation_plans = plan_model(model, int4=int4, inexact=inexact)
     flatbuffer = convert(model, weight_plans, activation_plans,
                          representative_data=representative_data, int8_io=int8_io)
     float_ops = float_operators(flatbuffer)
     if float_ops:
-        names = sorted({n for _op, tensor in float_ops for n in _layer_names_in(
+        names = sorted({n for _op, tensor in float_ops for n in layer_names_in(
             "/" + tensor + "/", model)})
         ops = sorted({op for op, _tensor in float_ops})
         raise ExportError(
             f"layers {names or [t for _o, t in float_ops][:5]} have no int8 range and stay float "
             f"(ops {ops}), so the graph is not full-integer; quantize them (or keep them out of "
             "the model), or pass representative_data= to let the converter calibrate them"
-            + _float_hint(model)
+            + float_hint(model)
         )
-    try:
-        path.write_bytes(flatbuffer)
-    except OSError as err:
-        raise ExportError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=flatbuffer)
+    interpreter = checked_interpreter(flatbuffer, model)
+    write_atomically(path, flatbuffer)
     return TFLiteExport(
         str(path), len(flatbuffer), weight_plans, activation_plans,
         [tuple(d["quantization"]) for d in interpreter.get_input_details()],
         [tuple(d["quantization"]) for d in interpreter.get_output_details()],
     )
+
+
+def checked_interpreter(flatbuffer: bytes, model):
+    """A LiteRT interpreter with its tensors allocated, or `ExportError`: a file LiteRT
+    cannot load (an invalid quantization) is never written."""
+    try:
+        interpreter = Interpreter(model_content=flatbuffer)
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as err:
+        names = layer_names_in("/" + str(err) + "/", model)
+        where = f" (layers {names})" if names else ""
+        raise ExportError(f"LiteRT cannot load the converted model{where}: "
+                          f"{str(err).strip()[:400]}; nothing was written") from None
+    return interpreter
+
+
+def write_atomically(path: Path, data: bytes):
+    """Writes `data` to a temporary file beside `path`, then renames it into place."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent or ".", prefix=f".{path.name}.",
+                                         delete=False) as handle:
+            handle.write(data)
+        os.replace(handle.name, path)
+    except OSError as err:
+        if "handle" in locals() and os.path.exists(handle.name):
+            os.unlink(handle.name)
+        raise ExportError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
 
 
 def run_tflite(path_or_bytes, inputs, *, num_threads=1, batch_size=1) -> np.ndarray:
@@ -367,8 +338,6 @@ def run_tflite(path_or_bytes, inputs, *, num_threads=1, batch_size=1) -> np.ndar
     Returns:
         The float outputs, batch first.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
     kwargs = {"num_threads": num_threads}
     if isinstance(path_or_bytes, (bytes, bytearray)):
         interpreter = Interpreter(model_content=bytes(path_or_bytes), **kwargs)

@@ -44,7 +44,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import threading
 
@@ -52,14 +51,18 @@ import keras
 from keras import ops
 
 from autoqnn.layers.activation import ActivationQuantizer
+from autoqnn.layers.slots import (
+    class_reference,
+    get_slot,
+    resolve_class,
+    serialize_sublayer,
+)
 
 REGISTERED_NAME = "autoqnn>QuantizedComposite"
 ATTENTION_TENSORS = ("query", "key", "value", "probabilities")
 
 _PENDING = threading.local()
 _CLASSES: dict = {}
-_TRACKING_ATTRIBUTES = {"_layers", "_tracker", "_trainable_variables", "_non_trainable_variables",
-                        "_metrics", "_seed_generators", "_inbound_nodes", "_outbound_nodes"}
 
 
 def _pending_stack() -> list:
@@ -85,7 +88,8 @@ class QuantizedComposite:
         info = stack.pop()[1] if stack and stack[-1][0] is type(self) else {}
         info = {"sublayers": dict(info.get("sublayers") or {}),
                 "output_quantizer": info.get("output_quantizer"),
-                "attention_quantizers": dict(info.get("attention_quantizers") or {})}
+                "attention_quantizers": dict(info.get("attention_quantizers") or {}),
+                "live": dict(info.get("live") or {})}
         object.__setattr__(self, "_autoqnn", info)
         object.__setattr__(self, "_autoqnn_swapped", {})
 
@@ -150,8 +154,11 @@ class QuantizedComposite:
         entry = pending.get(key)
         if entry is None or not isinstance(value, keras.layers.Layer):
             return value
-        replacement = keras.saving.deserialize_keras_object(entry)
-        if not isinstance(replacement, type(value)):
+        live = self._autoqnn.get("live") or {}
+        replacement = live.pop(key) if key in live else keras.saving.deserialize_keras_object(
+            entry)
+        models = isinstance(value, keras.Model) and isinstance(replacement, keras.Model)
+        if not models and not isinstance(replacement, type(value)):
             raise TypeError(
                 f"{type(self).__name__} {self.name!r}: sublayer {key!r} is a "
                 f"{type(value).__name__} here, but the quantized layer stored for it is a "
@@ -265,10 +272,37 @@ class _QuantizedAttention:
         return ops.einsum(self._combine_equation, dropped, value), probabilities
 
 
+_BASE_KWARGS = ("name", "trainable", "dtype")
+
+
+def unaccepted_base_kwargs(cls, kwargs) -> dict:
+    """The Keras base-layer arguments (name, trainable, dtype) in `kwargs` that
+    `cls.__init__` does not accept: a layer written without `**kwargs`, as keras.io
+    examples write them, whose `from_config(get_config())` would fail on them."""
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return {}
+    return {k: kwargs[k] for k in _BASE_KWARGS if k in kwargs and k not in parameters}
+
+
+def apply_base_kwargs(layer, values: dict):
+    """Sets the base-layer arguments an `__init__` without `**kwargs` did not take."""
+    if "name" in values and values["name"]:
+        layer.name = values["name"]
+    if "trainable" in values:
+        layer.trainable = bool(values["trainable"])
+    if values.get("dtype") is not None:
+        layer.dtype_policy = values["dtype"]
+
+
 def _twin_init(base):
     def __init__(self, *args, **kwargs):
         self._autoqnn_start()
+        extra = unaccepted_base_kwargs(base, kwargs)
+        for key in extra:
+            del kwargs[key]
         super(QuantizedComposite, self).__init__(*args, **kwargs)
+        apply_base_kwargs(self, extra)
         self._autoqnn_finish()
 
     # Keras reads the constructor signature for auto-configs: keep the base's.
@@ -307,7 +341,7 @@ def composite_class(base, attention: bool = False):
 
 
 def quantized_composite(layer, sublayers: dict, *, output_quantizer: dict | None = None,
-                        attention_quantizers: dict | None = None):
+                        attention_quantizers: dict | None = None, live: bool = False):
     """The (unbuilt) twin of `layer` with `sublayers` swapped in.
 
     Args:
@@ -317,6 +351,8 @@ def quantized_composite(layer, sublayers: dict, *, output_quantizer: dict | None
         output_quantizer: `ActivationQuantizer` config of an output quantizer.
         attention_quantizers: `{tensor: ActivationQuantizer config}` for the
             tensors of `ATTENTION_TENSORS` (MultiHeadAttention only).
+        live: the twin holds the given sublayer objects themselves (built models
+            keep their weights) instead of copies rebuilt from their configs.
 
     Returns:
         A `Quantized<Base>` instance with the layer's config and name.
@@ -327,6 +363,8 @@ def quantized_composite(layer, sublayers: dict, *, output_quantizer: dict | None
     config.setdefault("name", layer.name)  # auto-configs (no get_config) leave it out
     info = {"base": class_reference(base),
             "sublayers": {key: serialize_sublayer(sub) for key, sub in sublayers.items()}}
+    if live:
+        info["live"] = dict(sublayers)
     if output_quantizer:
         info["output_quantizer"] = _named(output_quantizer, "output_aq")
     if attention_quantizers:
@@ -344,80 +382,3 @@ def _named(config, name):
     config = dict(config)
     config.setdefault("name", name)
     return config
-
-
-def serialize_sublayer(layer) -> dict:
-    """`keras.saving.serialize_keras_object(layer)` without its build state (a twin builds
-    its sublayers as the layer's own code does)."""
-    config = keras.saving.serialize_keras_object(layer)
-    config.pop("build_config", None)
-    config.pop("compile_config", None)
-    return config
-
-
-def class_reference(cls) -> dict:
-    """How a twin's config names its base class."""
-    return {"module": cls.__module__, "class_name": cls.__name__,
-            "registered_name": keras.saving.get_registered_name(cls)}
-
-
-def resolve_class(reference: dict):
-    """The layer class a `class_reference` names: a registered (or `custom_objects`)
-    class, else a class of the keras / keras_hub / autoqnn packages.
-
-    Raises:
-        TypeError: the class cannot be found.
-    """
-    registered = reference.get("registered_name")
-    if registered:
-        found = keras.saving.get_registered_object(registered)
-        if isinstance(found, type) and issubclass(found, keras.layers.Layer):
-            return found
-    module, name = reference.get("module", ""), reference.get("class_name", "")
-    if module.split(".")[0] in ("keras", "keras_hub", "autoqnn"):
-        try:
-            found = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            found = None
-        if isinstance(found, type) and issubclass(found, keras.layers.Layer):
-            return found
-    raise TypeError(
-        f"cannot find the layer class {module}.{name} of a quantized composite layer; "
-        "register it with @keras.saving.register_keras_serializable() (or pass it in "
-        "custom_objects=) before loading")
-
-
-def sublayer_slots(layer) -> dict:
-    """`{slot key: sublayer}` of the sublayers `layer` holds in attributes (key: the
-    attribute name) or in lists, tuples and dicts of them ("blocks[0]", "heads[q]").
-    Keras' own tracking lists are skipped; a sublayer held twice keeps its first key."""
-    slots, seen = {}, set()
-
-    def add(key, value):
-        if isinstance(value, keras.layers.Layer) and id(value) not in seen:
-            seen.add(id(value))
-            slots[key] = value
-
-    for name, value in vars(layer).items():
-        if name in _TRACKING_ATTRIBUTES or name.startswith(("_autoqnn", "_self_unconditional")):
-            continue
-        if isinstance(value, (list, tuple)):
-            for i, item in enumerate(value):
-                add(f"{name}[{i}]", item)
-        elif isinstance(value, dict):
-            for k, item in value.items():
-                if isinstance(k, str):
-                    add(f"{name}[{k}]", item)
-        else:
-            add(name, value)
-    return slots
-
-
-def get_slot(layer, key):
-    """The sublayer at a slot key of `sublayer_slots`."""
-    if key.endswith("]") and "[" in key:
-        name, index = key[:-1].split("[", 1)
-        container = getattr(layer, name)
-        return container[int(index)] if isinstance(container, (list, tuple)) else \
-            container[index]
-    return getattr(layer, key)

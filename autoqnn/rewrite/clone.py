@@ -17,8 +17,10 @@ import keras
 from keras import tree
 
 from autoqnn.layers.activation import ActivationQuantizer
-from autoqnn.layers.composite import QuantizedComposite, get_slot, quantized_composite
-from autoqnn.rewrite.composite import copy_in_order, sync_quantizer_flags
+from autoqnn.layers.composite import QuantizedComposite, quantized_composite
+from autoqnn.layers.slots import get_slot
+from autoqnn.rewrite.composite import sync_quantizer_flags
+from autoqnn.rewrite.replica import copy_in_order, copy_state, replicate
 
 
 @dataclasses.dataclass
@@ -51,7 +53,7 @@ def clone_quantized(model, change=None, prefix: str = ""):
             pairs.append((layer, clone, copy))
             return clone
         if changed is None:
-            clone = layer.__class__.from_config(layer.get_config())
+            clone, _note = replicate(layer)
             pairs.append((layer, clone, None))
         else:
             clone = changed.layer
@@ -87,13 +89,15 @@ def clone_composite(layer, change, path):
     for key, sub in layer.replaced_sublayers.items():
         sub_path = f"{path}/{sub.name}"
         changed = change(sub_path, sub) if change is not None else None
-        if changed is None and isinstance(sub, QuantizedComposite):
+        if isinstance(sub, keras.Model):  # rewritten by QAG inside a custom layer
+            plans[key] = (sub, clone_quantized(sub, change, sub_path + "/"), "live")
+        elif changed is None and isinstance(sub, QuantizedComposite):
             new, copier = clone_composite(sub, change, sub_path)
             plans[key] = (sub, new, copier)
         elif changed is None and getattr(sub, "input_quantizer", None) is not None:
             plans[key] = _with_input_quantizer_changed(sub, change, sub_path)
         elif changed is None:
-            plans[key] = (sub, sub.__class__.from_config(sub.get_config()), None)
+            plans[key] = (sub, replicate(sub)[0], None)
         else:
             plans[key] = (sub, changed.layer, changed)
     own = {}  # quantizer name -> (original, new config, Change | None)
@@ -104,13 +108,16 @@ def clone_composite(layer, change, path):
     attention = {name: own[q.name][1] for name, q in getattr(layer, "attention_aq", {}).items()}
     output = own[layer.output_aq.name][1] if layer.output_aq is not None else None
     clone = quantized_composite(layer, {key: plan[1] for key, plan in plans.items()},
-                                output_quantizer=output, attention_quantizers=attention or None)
+                                output_quantizer=output, attention_quantizers=attention or None,
+                                live=True)
 
     def copy(original, built):
         done_original, done_clone = set(), set()
         for key, (src, _new, how) in plans.items():
             dst = get_slot(built, key)
-            if callable(how):
+            if how == "live":
+                pass  # a model cloned with its weights
+            elif callable(how):
                 how(src, dst)
             else:
                 _apply(src, dst, how)
@@ -154,7 +161,7 @@ def _with_input_quantizer_changed(layer, change, path):
 def _apply(original, clone, changed):
     """Copies one rebuilt layer's variables as `changed` (a `Change` or None) says."""
     if changed is None:
-        _copy_variables(original, clone, {}, strict=True)
+        copy_state(original, clone)
         return
     _copy_variables(original, clone, changed.renames, strict=False)
     targets = {v.name: v for v in clone.weights}
@@ -165,6 +172,8 @@ def _apply(original, clone, changed):
 
 
 def _copy_variables(original, clone, renames, strict):
+    """Copies by (renamed) variable name: a rebuilt quantized layer, whose own variable
+    names are unique, with state renamed or dropped."""
     targets = {v.name: v for v in clone.weights}
     for variable in original.weights:
         name = renames.get(variable.name, variable.name)

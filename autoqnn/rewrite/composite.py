@@ -42,15 +42,11 @@ from keras import tree
 
 from autoqnn.config import LayerConfig, QuantizationConfig
 from autoqnn.layers.activation import ActivationQuantizer
-from autoqnn.layers.composite import (
-    ATTENTION_TENSORS,
-    QuantizedComposite,
-    get_slot,
-    quantized_composite,
-    sublayer_slots,
-)
+from autoqnn.layers.composite import ATTENTION_TENSORS, QuantizedComposite, quantized_composite
 from autoqnn.layers.quantized import QuantizedWeightsMixin
+from autoqnn.layers.slots import get_slot, sublayer_slots
 from autoqnn.rewrite.registry import Unsupported, find_handler
+from autoqnn.rewrite.replica import copy_in_order, finalize_states
 from autoqnn.walk import sublayers
 
 
@@ -61,7 +57,7 @@ def is_composite(layer) -> bool:
 
 
 def quantize_composite(layer, path: str, layer_config: LayerConfig,
-                       config: QuantizationConfig, float_reasons: dict):
+                       config: QuantizationConfig, float_reasons: dict, rewrite_model=None):
     """The unbuilt twin of a composite layer (see the module docstring).
 
     Args:
@@ -70,13 +66,16 @@ def quantize_composite(layer, path: str, layer_config: LayerConfig,
         layer_config: its resolved config.
         config: the model's `QuantizationConfig` (overrides reach sublayers).
         float_reasons: `{path: reason}` to record float weighted sublayers in.
+        rewrite_model: `rewrite_model(model, prefix)` -> the quantized twin of a
+            Functional or Sequential model held by the layer (QAG's own rewrite, with
+            its weights copied); None leaves such models float.
 
     Raises:
         Unsupported: nothing in it can be quantized (the message says why).
     """
     arguments = example_arguments(layer)
     readers = input_readers(layer, arguments) if arguments is not None else None
-    planner = _Planner(config, float_reasons, readers)
+    planner = _Planner(config, float_reasons, readers, rewrite_model)
     twin = planner.plan(layer, path, layer_config)
     if twin is None:
         inner = sorted({type(s).__name__ for s in layer._flatten_layers(include_self=False)})
@@ -92,10 +91,11 @@ def quantize_composite(layer, path: str, layer_config: LayerConfig,
 
 
 class _Planner:
-    def __init__(self, config, float_reasons, readers):
+    def __init__(self, config, float_reasons, readers, rewrite_model):
         self.config = config
         self.float_reasons = float_reasons
         self.readers = readers  # (ids called on the composite's inputs, ids called) or None
+        self.rewrite_model = rewrite_model
 
     def needs_input_quantizer(self, layer) -> bool:
         if self.readers is None:
@@ -119,7 +119,8 @@ class _Planner:
                 attention = dict.fromkeys(ATTENTION_TENSORS, spec)
         if not replacements and not attention:
             return None
-        return quantized_composite(layer, replacements, attention_quantizers=attention or None)
+        return quantized_composite(layer, replacements, attention_quantizers=attention or None,
+                                   live=True)
 
     def plan_sublayer(self, sub, path, parent_config):
         cfg = self.config.for_layer(sub.name, type(sub), path, base=parent_config)
@@ -128,6 +129,12 @@ class _Planner:
             if weighted:
                 self.float_reasons[path] = "excluded by config"
             return None
+        if isinstance(sub, keras.Model):
+            if self.rewrite_model is None or not weighted:
+                return None
+            # A model in a custom layer (a convolutional tokenizer): QAG rewrites it as
+            # it rewrites nested models, quantizers on its internal tensors included.
+            return self.rewrite_model(sub, path + "/")
         handler = find_handler(sub)
         if handler is not None:
             try:
@@ -256,7 +263,9 @@ def copy_into_twin(original, twin):
     done_original, done_twin = set(), set()
     for key, dst in twin.replaced_sublayers.items():
         src = get_slot(original, key)
-        if isinstance(dst, QuantizedComposite):
+        if isinstance(dst, keras.Model):
+            pass  # rewritten by QAG, which copied its weights
+        elif isinstance(dst, QuantizedComposite):
             copy_into_twin(src, dst)
         else:
             targets = {v.name: v for v in dst.weights}
@@ -274,18 +283,7 @@ def copy_into_twin(original, twin):
     rest_src = [v for v in original.weights if id(v) not in done_original]
     rest_dst = [v for v in twin.weights if id(v) not in done_twin]
     copy_in_order(rest_src, rest_dst, original)
-
-
-def copy_in_order(sources, targets, layer):
-    """Assigns `sources` to `targets` pairwise (same creation order and shapes)."""
-    if len(sources) != len(targets) or any(tuple(s.shape) != tuple(t.shape)
-                                           for s, t in zip(sources, targets)):
-        raise RuntimeError(
-            f"internal error: the float weights of {layer.name!r} "
-            f"{[(v.name, tuple(v.shape)) for v in sources]} do not pair up with its quantized "
-            f"twin's {[(v.name, tuple(v.shape)) for v in targets]}")
-    for source, target in zip(sources, targets):
-        target.assign(keras.ops.convert_to_numpy(source))
+    finalize_states(twin)
 
 
 def sync_quantizer_flags(layer):

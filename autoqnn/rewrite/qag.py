@@ -25,7 +25,14 @@ from autoqnn.layers.folded import FoldedBatchNorm
 from autoqnn.layers.quantized import QuantizedWeightsMixin
 from autoqnn.rewrite import composite, fold
 from autoqnn.rewrite.graph import ModelGraph
-from autoqnn.rewrite.registry import Unsupported, find_handler, layer_role
+from autoqnn.rewrite.registry import (
+    Unsupported,
+    find_handler,
+    fuses_into,
+    has_unfusable_activation,
+    layer_role,
+)
+from autoqnn.rewrite.replica import copy_state, replicate
 from autoqnn.walk import iter_layers, iter_sublayers, own_weights
 
 
@@ -115,7 +122,8 @@ class _Rewriter:
         """The compute layer heading the fused chain that ends at `layer`."""
         while layer_role(layer) == "fusable":
             producers = graph.producers(layer)
-            if len(producers) != 1 or graph.consumers(producers[0]) != [layer]:
+            if (len(producers) != 1 or graph.consumers(producers[0]) != [layer]
+                    or not fuses_into(layer, producers[0])):
                 break
             layer = producers[0]
         return layer
@@ -132,7 +140,7 @@ class _Rewriter:
                 continue
             consumers = graph.consumers(layer)
             fused = consumers and all(
-                layer_role(c) == "fusable" and graph.producers(c) == [layer] for c in consumers
+                fuses_into(c, layer) and graph.producers(c) == [layer] for c in consumers
             )
             if fused and not graph.is_output(layer):
                 continue
@@ -150,6 +158,7 @@ class _CloneState:
         self.pairs = []  # (original, clone, kind)
         self.origin = {}  # id(clone) -> original
         self.input_quantizers = {}
+        self.split_activations = {}  # id(clone) -> the activation taken out of it
         self.used_names = {layer.name for layer in graph.layers}
 
     def unique_name(self, base):
@@ -194,7 +203,8 @@ class _CloneState:
                 path = self.rewriter.prefix + layer.name
                 twin = composite.quantize_composite(layer, path, layer_config,
                                                     self.rewriter.config,
-                                                    self.rewriter.log.float_reasons)
+                                                    self.rewriter.log.float_reasons,
+                                                    rewrite_model=self._rewrite_nested)
                 return twin, "composite"
             except Unsupported as err:
                 reason = str(err)
@@ -209,23 +219,38 @@ class _CloneState:
                 clone = handler(layer, layer_config)
                 if id(layer) in self.folds:
                     clone.use_bias = True
+                if layer_config.activation_bits is not None and has_unfusable_activation(clone):
+                    # Softmax, GELU, sigmoid, swish...: TFLite runs them as ops of their
+                    # own, so the tensor before them needs a range; split them off.
+                    self.split_activations[id(clone)] = clone.activation
+                    clone.activation = keras.activations.linear
                 return clone, "quantized"
             except Unsupported as err:
                 reason = str(err)
+        path = self.rewriter.prefix + layer.name
+        reasons = self.rewriter.log.float_reasons
         if layer.weights:
-            path = self.rewriter.prefix + layer.name
-            reasons = self.rewriter.log.float_reasons
             reasons[path] = reason
             if composite.is_composite(layer) and not reason.startswith("no quantization handler"):
                 for sub_path, sub in iter_sublayers(layer, path + "/"):
                     if own_weights(sub):
                         reasons.setdefault(sub_path, reason)
-        return layer.__class__.from_config(layer.get_config()), "float"
+        clone, note = replicate(layer)
+        if note:
+            reasons[path] = f"{reasons[path]}; {note}" if path in reasons else note
+        return clone, "float"
+
+    def _rewrite_nested(self, model, prefix):
+        """The quantized twin of a model held by a custom layer, weights copied."""
+        return _Rewriter(self.rewriter.config, self.rewriter.log,
+                         self.rewriter.prefix + prefix).rewrite(model)
 
     def call_layer(self, layer, *args, **kwargs):
         args = tree.map_structure(self._quantize_if_model_input, args)
         outputs = layer(*args, **kwargs)
         original = self.origin.get(id(layer))
+        if id(layer) in self.split_activations:
+            outputs = self._split_activation(layer, original, outputs)
         scheme = self.output_schemes.get(id(original)) if original is not None else None
         if scheme is None:
             return outputs
@@ -237,6 +262,16 @@ class _CloneState:
             return ActivationQuantizer(name=name, **scheme)(tensor)
 
         return tree.map_structure(quantize_output, outputs)
+
+    def _split_activation(self, layer, original, outputs):
+        """The split-off activation of `layer` on its quantized pre-activation output."""
+        activation = self.split_activations[id(layer)]
+        spec = self.rewriter.layer_config(original).output_quantizer_spec()
+        pre = ActivationQuantizer(name=self.unique_name(f"{original.name}_preact_aq"),
+                                  **spec)(outputs)
+        suffix = getattr(activation, "__name__", "activation")
+        return keras.layers.Activation(
+            activation, name=self.unique_name(f"{original.name}_{suffix}"))(pre)
 
     def _quantize_if_model_input(self, tensor):
         if not isinstance(tensor, keras.KerasTensor) or not _is_float_tensor(tensor):
@@ -272,7 +307,7 @@ class _CloneState:
             if kind in ("model", "folded", "op"):
                 continue
             if kind == "float":
-                clone.set_weights(original.get_weights())
+                copy_state(original, clone)
                 continue
             if kind == "composite":
                 composite.copy_into_twin(original, clone)

@@ -7,8 +7,8 @@ the layer stays float. Register handlers for custom layers with
 
 Layers are also sorted into graph roles that decide where activation
 quantizers go (`layer_role`): "compute" (has a handler), "fusable"
-(BatchNormalization and activations, fused into the preceding op by
-TFLite), "passthrough" (reshape-like ops that keep the integer grid),
+(BatchNormalization and the ReLU family, fused into the preceding op by
+TFLite where `fuses_into` says so), "passthrough" (reshape-like ops that keep the integer grid),
 "model" (a nested model) and "op" (everything else whose output changes the
 range: Add, Concatenate, average pooling, unknown layers...).
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import keras
 
 from autoqnn.layers.quantized import QUANTIZED_LAYERS
+from autoqnn.rewrite.fold import can_fold
 
 
 class Unsupported(Exception):
@@ -110,6 +111,26 @@ def is_fusable(layer) -> bool:
         name = getattr(layer.activation, "__name__", "")
         return name in _FUSABLE_ACTIVATIONS
     return False
+
+
+def fuses_into(layer, producer) -> bool:
+    """Whether TFLite runs fusable `layer` inside `producer`'s op, so the tensor between
+    them needs no int8 range: an activation after any op, a BatchNormalization only
+    after a weighted layer it folds into (after a GELU it runs as MUL and ADD)."""
+    if not is_fusable(layer):
+        return False
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return layer_role(producer) == "compute" and can_fold(producer, layer) is None
+    return True
+
+
+def has_unfusable_activation(layer) -> bool:
+    """A weighted layer whose own `activation` TFLite cannot fuse (softmax, sigmoid,
+    GELU, swish...): its pre-activation tensor needs a range of its own."""
+    activation = getattr(layer, "activation", None)
+    if activation is None or not callable(activation):
+        return False
+    return getattr(activation, "__name__", "") not in _FUSABLE_ACTIVATIONS
 
 
 def quantize_builtin_layer(layer, layer_config):
