@@ -79,6 +79,8 @@ class LayerConfig:
     weight_quantizer: dict = dataclasses.field(default_factory=dict)
     activation_quantizer: dict = dataclasses.field(default_factory=dict)
     attention_activations: bool = False
+    _built: list = dataclasses.field(default_factory=list, init=False, repr=False,
+                                     compare=False)
 
     def __post_init__(self):
         if not isinstance(self.quantize, bool):
@@ -94,8 +96,9 @@ class LayerConfig:
                       "activation_quantizer"):
             if not isinstance(getattr(self, field), dict):
                 raise TypeError(f"{field} must be a dict, got {getattr(self, field)!r}")
-        # Building the quantizers validates names, bits and options.
-        self.weight_quantizer_spec()
+        # Building the quantizers validates names, bits and options; the weight quantizer
+        # built here is the one the layer gets (`take_weight_quantizer`), not rebuilt.
+        self._built.append(self.weight_quantizer_spec())
         if self.activation_bits is not None:
             self.output_quantizer_spec()
 
@@ -110,8 +113,14 @@ class LayerConfig:
             **self.scheme_options,
         )
 
+    def take_weight_quantizer(self):
+        """The weight `Quantizer` of one tensor: the one validation built, handed out once
+        (the handler passes it to the layer as it is), then a new one per call (a layer
+        with several weight tensors gets one each)."""
+        return self._built.pop() if self._built else self.weight_quantizer_spec()
+
     def weight_quantizer_spec(self):
-        """The weight `Quantizer` (validated) these settings describe."""
+        """A new weight `Quantizer` (validated) these settings describe."""
         options = dict(self.weight_quantizer)
         scheme = None if "candidates" in options else self.weight_scheme()
         return _quantizer("weight_quantizer", self.weight_quantizer, options, scheme)

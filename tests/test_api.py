@@ -225,3 +225,23 @@ def test_one_defaults_table():
     assert sensitivity.num_samples == defaults.SEARCH_SAMPLES
     assert autoqnn.DifferentiableConfig().epochs == defaults.SEARCH_EPOCHS
     assert autoqnn.RLConfig().episodes == defaults.EPISODES
+
+
+def test_each_weight_quantizer_is_built_once(monkeypatch):
+    """From the setting to the layer: the config validates by building the quantizer, and
+    that very object is what the layer uses (no dict round trip, no rebuilds)."""
+    from autoqnn.layers import quantizer as quantizer_module
+
+    built = []
+    original = quantizer_module.Quantizer.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(quantizer_module.Quantizer, "__init__", counting)
+    q = autoqnn.quantize(_dense_model(), scheme="lsq", weight_bits=4, activation_bits=None,
+                         verbose=0)
+    used = [layer.weight_quantizers["kernel"] for layer in q.layers[1:]]
+    assert len(built) == 1 + len(used)  # the model-wide validation, then one per tensor
+    assert all(any(u is b for b in built) for u in used)

@@ -121,6 +121,7 @@ class Quantizer:
             raise ValueError(f"sqnr_weight must be a number >= 0, got {sqnr_weight!r}")
         self.sqnr_weight = float(sqnr_weight)
         self.states = None
+        self.claimed = False  # taken by a layer (`from_spec`): a second layer gets a copy
         self.bits_variable = None
         self.logits = None
         self.temperature_variable = None
@@ -132,9 +133,13 @@ class Quantizer:
         """A quantizer from a `Quantizer`, its config dict, or a scheme spec.
 
         A dict with a "name" key (or a name, or a `Scheme`) is a scheme: the
-        quantizer then has fixed bits (the format of earlier versions).
+        quantizer then has fixed bits (the format of earlier versions). An unbuilt
+        `Quantizer` no layer has taken yet is used as it is (built once, by its layer).
         """
         if isinstance(spec, Quantizer):
+            if spec.states is None and not spec.claimed:  # handed over unbuilt: use it
+                spec.claimed = True
+                return spec
             return cls.from_config(spec.get_config())
         if isinstance(spec, dict) and "name" not in spec:
             return cls.from_config(spec)

@@ -85,9 +85,16 @@ class _Rewriter:
         self.config = config
         self.log = log
         self.prefix = prefix
+        self._layer_configs = {}
 
     def layer_config(self, layer) -> LayerConfig:
-        return self.config.for_layer(layer.name, type(layer), self.prefix + layer.name)
+        """The layer's resolved settings, resolved once per layer (its validated weight
+        quantizer is the one the handler hands to the quantized layer)."""
+        key = (id(layer), self.prefix)
+        if key not in self._layer_configs:
+            self._layer_configs[key] = self.config.for_layer(layer.name, type(layer),
+                                                             self.prefix + layer.name)
+        return self._layer_configs[key]
 
     def rewrite(self, model):
         graph = ModelGraph(model)

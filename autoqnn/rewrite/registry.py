@@ -147,9 +147,10 @@ def quantize_builtin_layer(layer, layer_config):
             f"{type(layer).__name__} subclasses {type(layer).__mro__[1].__name__} with code of "
             "its own; register a handler with autoqnn.register_handler"
         )
-    quantizer = layer_config.weight_quantizer_spec().get_config()
     config = layer.get_config()
-    config["weight_quantizers"] = {name: quantizer for name in quantized_cls.weight_channel_axes}
+    # The quantizers the config validated, as they are (no dict round trip): built once.
+    config["weight_quantizers"] = {name: layer_config.take_weight_quantizer()
+                                   for name in quantized_cls.weight_channel_axes}
     return quantized_cls.from_config(config)
 
 
