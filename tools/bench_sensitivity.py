@@ -113,7 +113,7 @@ def main(argv=None):
                         help="the PTQ grid of every row")
     args = parser.parse_args(argv)
     global RECIPE
-    RECIPE = RECIPE.replace(scheme=args.scheme)
+    RECIPE = RECIPE.replace(grid=args.scheme)
     train, val, test = load_splits(args.data, args.train_subset, val_size=2000)
     calib = train[0][:512]
     out = {"command": "python tools/bench_sensitivity.py " + " ".join(
