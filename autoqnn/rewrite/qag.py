@@ -203,7 +203,8 @@ class _CloneState:
         if handler is None and isinstance(layer, keras.layers.BatchNormalization):
             reason = (
                 "BatchNormalization not folded (fold_batchnorm=False, or it does not "
-                "directly follow a Conv/Dense); runs as a float per-channel affine op"
+                "directly follow a Conv/Dense); runs as a float per-channel affine op between "
+                "int8 ranges (TFLite: a 1x1 depthwise convolution)"
             )
         elif handler is None and composite.is_composite(layer) and layer_config.quantize:
             try:
