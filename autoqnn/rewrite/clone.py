@@ -1,7 +1,9 @@
 """Cloning a quantized model with changed layer configs, carrying every weight across.
 
 `clone_quantized(model, change)` rebuilds the model layer by layer with
-`keras.models.clone_model` (nested models recursively). `change(path, layer)`
+`keras.models.clone_model` (nested models recursively, models held by custom layers
+too). Layers it copies as they are keep their state: variables are matched in
+creation order, not by name (`autoqnn.rewrite.replica`). `change(path, layer)`
 returns None (copy the layer as it is) or a `Change`: the new (unbuilt)
 layer, `renames` mapping original variable names to new ones (state that has
 no new name is dropped, e.g. the candidates of a collapsed mixture), and
@@ -163,7 +165,7 @@ def _apply(original, clone, changed):
     if changed is None:
         copy_state(original, clone)
         return
-    _copy_variables(original, clone, changed.renames, strict=False)
+    _copy_variables(original, clone, changed.renames)
     targets = {v.name: v for v in clone.weights}
     for name, value in changed.values.items():
         targets[name].assign(value)
@@ -171,17 +173,11 @@ def _apply(original, clone, changed):
         changed.after(clone)
 
 
-def _copy_variables(original, clone, renames, strict):
+def _copy_variables(original, clone, renames):
     """Copies by (renamed) variable name: a rebuilt quantized layer, whose own variable
-    names are unique, with state renamed or dropped."""
+    names are unique, with state renamed or dropped (no new name, or None)."""
     targets = {v.name: v for v in clone.weights}
     for variable in original.weights:
         name = renames.get(variable.name, variable.name)
-        if name is None:
-            continue
-        if name in targets:
+        if name is not None and name in targets:
             targets[name].assign(keras.ops.convert_to_numpy(variable))
-        elif strict:
-            raise RuntimeError(f"internal error: variable {variable.name!r} of "
-                               f"{original.name!r} has no twin in the clone "
-                               f"({sorted(targets)})")

@@ -8,8 +8,14 @@ with their fused BatchNorm/ReLU, Add, Concatenate, average pooling, unknown
 layers), so the graph is integer-friendly. Sequential models are rebuilt as
 Functional ones; nested models are rewritten recursively; composite layers
 (no handler, weighted sublayers: MultiHeadAttention, keras-hub blocks, user
-layers) become quantized twins (`autoqnn.rewrite.composite`). Weights are copied
-(BatchNorm folded when asked); the input model is never modified.
+layers) become quantized twins (`autoqnn.rewrite.composite`), and models they
+hold are rewritten as nested models are. Layers left float are copied with their
+state, never rebuilt through a config that cannot rebuild them
+(`autoqnn.rewrite.replica`: adapted Normalization, layers without **kwargs).
+A weighted layer whose own activation TFLite cannot fuse (softmax, sigmoid,
+GELU, swish) is split: a quantizer on its pre-activation output, then the
+activation as a layer. Weights are copied (BatchNorm folded when asked); the
+input model is never modified.
 """
 
 from __future__ import annotations
