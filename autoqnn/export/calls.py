@@ -162,6 +162,11 @@ def affine_call(layer, path: str, scale, offset):
     grid = embed_in_int_grid(kernel.astype(np.float32), (2, 3), INT8_MAX)
     if grid is None:
         raise ExportError(f"internal error: the scales of {path!r} have no int8 grid")
+    # Each channel's scale as +-127 steps (not +-1): the int32 bias is stored at
+    # input scale x weight scale, so a fine weight step keeps the offset exact.
+    factor = INT8_MAX // max(grid.max_abs, 1)
+    grid = dataclasses.replace(grid, ints=grid.ints * factor, scale=grid.scale / factor,
+                               max_abs=grid.max_abs * factor)
     plan = WeightPlan(path, "scale", kernel.astype(np.float32), grid, 8, True, (2, 3))
     bias = tf.constant(offset.astype(np.float32))
 
