@@ -49,13 +49,13 @@ def test_lowers_the_layer_error_of_nearest_rounding(small_cnn, data):
     assert _output_mse(small_cnn, qmodel, data) < nearest_mse
 
 
-@pytest.mark.parametrize("granularity, scheme", [
+@pytest.mark.parametrize("granularity, grid", [
     ("per_channel", "asymmetric"),
     ("per_tensor", "symmetric"),
     ("per_channel", "symmetric_pot"),
 ])
-def test_write_back_is_exact_and_on_the_grid(small_cnn, data, granularity, scheme):
-    qmodel = _quantize(small_cnn, data, granularity=granularity, scheme=scheme,
+def test_write_back_is_exact_and_on_the_grid(small_cnn, data, granularity, grid):
+    qmodel = _quantize(small_cnn, data, granularity=granularity, grid=grid,
                        weight_clipping="mse")
     before = _grids(qmodel)
     nearest = {layer.name: np.asarray(layer.quantized_weight("kernel"))

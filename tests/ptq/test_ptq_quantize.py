@@ -16,9 +16,9 @@ def _output_error(model, qmodel, x):
 
 
 @pytest.mark.parametrize("option, values", [
-    ("calibration", ["max", "percentile", "kl", "mse"]),
+    ("calibration_method", ["max", "percentile", "kl", "mse"]),
     ("calibration_samples", [1, 100, 1000]),
-    ("scheme", ["symmetric", "asymmetric", "symmetric_pot"]),
+    ("grid", ["symmetric", "asymmetric", "symmetric_pot"]),
     ("granularity", ["per_tensor", "per_channel"]),
     ("weight_bits", [8, 6, 4, 3, 2]),
     ("activation_bits", [8, 6, 4, 3, 2]),
@@ -97,7 +97,7 @@ def test_calibration_data_of_wrong_shape(small_cnn):
 
 
 def test_unknown_option_value(small_cnn, images):
-    with pytest.raises(ValueError, match="calibration must be one of .* got 'entropy'"):
+    with pytest.raises(ValueError, match="calibration_method must be one of .* got 'entropy'"):
         autoqnn.quantize(small_cnn, calibration_data=images, ptq={"calibration_method": "entropy"})
 
 
