@@ -27,6 +27,18 @@ VALIDATION_FRACTION = 0.1
 `val_data` is given (the last samples)."""
 
 
+class FunctionLoss(keras.losses.Loss):
+    """A loss function `fn(y_true, y_pred)` as a `keras.losses.Loss` (mean over the batch);
+    Keras 3 keeps its own wrapper private."""
+
+    def __init__(self, fn):
+        super().__init__(name=getattr(fn, "__name__", "loss"))
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
 def outputs_probabilities(model) -> bool:
     """Whether the model's last layer ends in a softmax (its outputs are probabilities)."""
     last = model.layers[-1]
@@ -40,7 +52,7 @@ def task_loss(model, loss=None):
     chosen = loss if loss is not None else getattr(model, "loss", None)
     if chosen:
         fn = keras.losses.get(chosen)
-        return fn if isinstance(fn, keras.losses.Loss) else keras.losses.LossFunctionWrapper(fn)
+        return fn if isinstance(fn, keras.losses.Loss) else FunctionLoss(fn)
     return keras.losses.SparseCategoricalCrossentropy(
         from_logits=not outputs_probabilities(model))
 

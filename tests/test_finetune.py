@@ -175,3 +175,17 @@ def test_teacher_is_not_trained_and_keeps_its_flag():
     finetune(qmodel, (x, y), epochs=1, teacher=teacher, verbose=0)
     assert teacher.trainable
     assert all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights()))
+
+
+def test_a_model_compiled_with_a_string_loss_finetunes():
+    """The task loss comes from the model's compile() when not given (a loss function by
+    name is wrapped as a Keras Loss)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    qmodel = autoqnn.quantize(model, weight_bits=8, calibration_data=x, verbose=0)
+    qmodel.compile("adam", "sparse_categorical_crossentropy")
+    history = autoqnn.finetune(qmodel, (x, y), epochs=1, verbose=0)
+    assert np.isfinite(history["loss"][0])
