@@ -46,6 +46,7 @@ import numpy as np
 
 from autoqnn.export.codec import PackedFormatError, blob_size, decode_levels, encodings
 from autoqnn.export.lowering import ExportError, iter_layers
+from autoqnn.export.tflite import check_writable
 from autoqnn.layers.activation import ActivationQuantizer
 from autoqnn.layers.quantized import QuantizedWeightsMixin
 
@@ -128,8 +129,6 @@ def export_packed(model, path) -> PackedExport:
     Raises:
         ExportError: not a Keras model, no quantized layer, unwritable path.
     """
-    from autoqnn.export.tflite import check_writable
-
     path = check_writable(path)
     if not isinstance(model, keras.Model):
         raise ExportError(f"model must be a keras.Model, got {type(model).__name__}")

@@ -313,14 +313,16 @@ def checked_interpreter(flatbuffer: bytes, model):
 
 def write_atomically(path: Path, data: bytes):
     """Writes `data` to a temporary file beside `path`, then renames it into place."""
+    temporary = None
     try:
         with tempfile.NamedTemporaryFile(dir=path.parent or ".", prefix=f".{path.name}.",
                                          delete=False) as handle:
+            temporary = handle.name
             handle.write(data)
-        os.replace(handle.name, path)
+        os.replace(temporary, path)
     except OSError as err:
-        if "handle" in locals() and os.path.exists(handle.name):
-            os.unlink(handle.name)
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
         raise ExportError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
 
 
