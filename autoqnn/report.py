@@ -12,7 +12,8 @@ Example:
     >>> inputs = keras.Input((4,), name="x")
     >>> dense = keras.layers.Dense(3, name="dense")(inputs)
     >>> x = keras.layers.LayerNormalization(name="layer_normalization")(dense)
-    >>> qmodel = autoqnn.quantize(keras.Model(inputs, x), weight_bits=4, activation_bits=None)
+    >>> qmodel = autoqnn.quantize(keras.Model(inputs, x), weight_bits=4, activation_bits=None,
+    ...                           verbose=0)
     >>> [(r.name, r.status) for r in autoqnn.quantization_report(qmodel) if r.params]
     [('dense', 'quantized'), ('layer_normalization', 'float')]
 """

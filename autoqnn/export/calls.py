@@ -22,7 +22,7 @@ Example:
     >>> from autoqnn.export.calls import affine_parameters
     >>> scale, offset = affine_parameters(keras.layers.Rescaling(2.0, offset=-1.0), 3)
     >>> scale.tolist(), offset.tolist()
-    [[2.0, 2.0, 2.0], [-1.0, -1.0, -1.0]]
+    ([2.0, 2.0, 2.0], [-1.0, -1.0, -1.0])
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ Example:
     >>> inputs = keras.Input((6,))
     >>> model = keras.Model(inputs, keras.layers.Dense(3, activation="relu")(inputs))
     >>> qmodel = autoqnn.quantize(model, weight_bits=4, activation_bits=4, scheme="acd",
-    ...                           activation_scheme="acd", calibration_data=x)
+    ...                           activation_scheme="acd", calibration_data=x, verbose=0)
     >>> from autoqnn.export.per_tensor import per_tensor_activations
     >>> flat = per_tensor_activations(qmodel)
     >>> [layer.range_axis for layer in autoqnn.activation_quantizers(flat)]

@@ -5,7 +5,7 @@ Example:
     >>> inputs = keras.Input((6,))
     >>> model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(inputs))
     >>> x = np.random.default_rng(0).random((16, 6), dtype=np.float32)
-    >>> qmodel = autoqnn.quantize(model, weight_bits=4, calibration_data=x)
+    >>> qmodel = autoqnn.quantize(model, weight_bits=4, calibration_data=x, verbose=0)
     >>> row = autoqnn.export_report(qmodel)[1]
     >>> # 18 weights at 4 bits, 3 float32 biases and 3 float32 clip ratios: 33 bytes
     >>> row.name, row.weight_bits, row.tflite_dtype, row.packed_bytes

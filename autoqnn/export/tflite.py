@@ -29,7 +29,7 @@ Example:
     >>> inputs = keras.Input((6,))
     >>> model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(inputs))
     >>> x = np.random.default_rng(0).random((16, 6), dtype=np.float32)
-    >>> qmodel = autoqnn.quantize(model, weight_bits=4, calibration_data=x)
+    >>> qmodel = autoqnn.quantize(model, weight_bits=4, calibration_data=x, verbose=0)
     >>> path = os.path.join(tempfile.mkdtemp(), "model.tflite")
     >>> info = autoqnn.export_tflite(qmodel, path)
     >>> info.weight_dtypes

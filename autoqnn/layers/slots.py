@@ -12,7 +12,7 @@ Example:
     >>> mha = keras.layers.MultiHeadAttention(2, 4)
     >>> _ = mha(keras.ops.ones((1, 3, 8)), keras.ops.ones((1, 3, 8)))
     >>> sorted(sublayer_slots(mha))[:2], type(get_slot(mha, "_query_dense")).__name__
-    (['_dot_product_dropout', '_key_dense'], 'EinsumDense')
+    (['_dropout_layer', '_key_dense'], 'EinsumDense')
 """
 
 from __future__ import annotations
