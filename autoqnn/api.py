@@ -8,16 +8,14 @@ from __future__ import annotations
 import dataclasses
 
 from autoqnn import defaults
-from autoqnn.config import QuantizationConfig
+from autoqnn.config import QuantizationConfig, field_defaults
 from autoqnn.core import quantize_config
 from autoqnn.mixed.dispatch import search
 from autoqnn.ptq.apply import quantization_config
 from autoqnn.ptq.config import PTQConfig
 from autoqnn.rewrite.qag import check_model
 
-_FIELDS = {f.name: f for f in dataclasses.fields(QuantizationConfig)}
-_DEFAULTS = {name: f.default_factory() if f.default_factory is not dataclasses.MISSING
-             else f.default for name, f in _FIELDS.items()}
+_DEFAULTS = field_defaults(QuantizationConfig)
 """The defaults of `QuantizationConfig` (from `autoqnn.defaults`), as `quantize` keywords."""
 _NOT_PTQ = ("activation_scheme", "input_bits", "fold_batchnorm")
 """quantize() settings a PTQConfig does not decide (they combine with ptq=)."""

@@ -41,6 +41,12 @@ LAYER_FIELDS = (
 )
 
 
+def field_defaults(cls) -> dict:
+    """`{field: its default}` of a dataclass (factories called)."""
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING
+            else f.default for f in dataclasses.fields(cls)}
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerConfig:
     """The resolved quantization settings of one layer.

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from autoqnn import defaults
-from autoqnn.config import QuantizationConfig
+from autoqnn.config import QuantizationConfig, field_defaults
 from autoqnn.core import quantize_config
 from autoqnn.evaluate import task_loss
 from autoqnn.finalize import set_bits
@@ -97,17 +97,14 @@ class PTQSettings:
         if self.num_samples is not None:
             check_int("num_samples", self.num_samples)
         if self.ptq is not None:
-            given = {name: getattr(self, name) for name in _PTQ_DECIDES
-                     if getattr(self, name) != getattr(PTQSettings, name, None)
-                     and name != "scheme_options"}
-            if self.scheme_options:
-                given["scheme_options"] = self.scheme_options
+            unset = field_defaults(PTQSettings)
+            given = [name for name in _PTQ_DECIDES if getattr(self, name) != unset[name]]
             if given:
                 raise ValueError(f"{sorted(given)} conflict with ptq=: the PTQConfig decides "
                                  "the scheme, granularity and calibration")
             object.__setattr__(self, "ptq", PTQConfig.from_dict(self.ptq).replace(
                 activation_bits=self.activation_bits))
-        scheme = self.ptq and "uniform" or self.scheme
+        scheme = "uniform" if self.ptq is not None else self.scheme
         cls = scheme_class(scheme) if isinstance(scheme, str) else None
         if cls is None:
             raise ValueError(f"scheme must be a weight scheme name, got {scheme!r}")
