@@ -127,11 +127,9 @@ class DifferentiableConfig:
                 get_scheme(spec)  # validates
 
     def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        loss = self.loss
-        out["loss"] = loss if loss is None or isinstance(loss, str) else \
-            getattr(loss, "__name__", type(loss).__name__)
-        return out
+        """The settings (a loss object stays itself; `autoqnn.checkpoint.describe` names
+        it in a key)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def _candidates_at(candidates, bits):

@@ -150,9 +150,6 @@ class RLConfig(PTQSettings):
         for name in ("episodes", "finetune_epochs", "executor"):
             out.pop(name)
         out["agent"] = dataclasses.asdict(self.agent)
-        loss = self.loss
-        out["loss"] = loss if loss is None or isinstance(loss, str) else \
-            getattr(loss, "__name__", type(loss).__name__)
         return out
 
 
