@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 
 from autoqnn import defaults
+from autoqnn.autopilot.retrain_free import choose_retrain_free
 from autoqnn.config import QuantizationConfig, field_defaults
 from autoqnn.core import quantize_config
+from autoqnn.mixed.budget import Budget
 from autoqnn.mixed.dispatch import search
 from autoqnn.ptq.apply import quantization_config
 from autoqnn.ptq.config import PTQConfig
@@ -21,6 +23,11 @@ _NOT_PTQ = ("activation_scheme", "input_bits", "fold_batchnorm")
 """quantize() settings a PTQConfig does not decide (they combine with ptq=)."""
 _CALIBRATION = {"calibration_method": defaults.CALIBRATION_METHOD,
                 "calibration_samples": defaults.CALIBRATION_SAMPLES}
+_RECIPE_SETTINGS = ("scheme", "granularity", "scheme_options", "activation_scheme",
+                    "activation_options")
+"""Settings that fix the recipe: given (or `ptq=`, or `calibration_method=`), the budget
+search runs with them instead of the autopilot choosing one."""
+RECIPES = ("auto", "defaults")
 
 
 def quantize(
@@ -46,6 +53,8 @@ def quantize(
     memory_budget_bytes: float | None = None,
     train_data=None,
     val_data=None,
+    recipe: str = "auto",
+    time_budget_seconds: float = defaults.AUTOPILOT_SECONDS,
 ):
     """Returns the quantized twin of a Keras model (the input model is not changed).
 
@@ -103,19 +112,31 @@ def quantize(
             one of those arguments with a different value raises.
 
         weight_bits_budget, size_budget_bytes, memory_budget_bytes: a budget
-            makes this one call `autoqnn.search(model, calibration_data=...,
-            strategy="sensitivity", ...)` (per-layer bits, retrain-free) with the
-            settings above (scheme, activation scheme and bits, input bits,
-            granularity, options, BatchNorm folding, calibration method, `ptq`,
-            `config`; `calibration_samples` is the number of images the search
-            measures and calibrates on, default 512) and returns its model;
-            `model.autoqnn_search` holds the `SearchResult`.
+            makes this one call the autopilot (`autoqnn.autopilot`): per model it
+            chooses the PTQ recipe (calibration, weight clipping, bias correction,
+            grid, AdaRound) and the per-layer bits together, each recipe's bits
+            searched retrain-free under it (`autoqnn.search(...,
+            strategy="sensitivity")`), judged on images held out from
+            `calibration_data` (KL to the float outputs; accuracy when `val_data`
+            is given), beside uniform quantization at the same budget, within
+            `time_budget_seconds`. `model.autoqnn_report.recipe` says what it tried
+            and chose; `model.autoqnn_search` holds the chosen `SearchResult`. Given
+            a recipe setting (`ptq`, `calibration_method`, `scheme`, `granularity`,
+            the scheme options, `activation_scheme`) or `recipe="defaults"`, the
+            search runs with that recipe alone. `calibration_samples` is the number
+            of images the search measures and calibrates on (default 512).
         train_data, val_data: labelled `(x, y)` data: with a weight-bits or size
             budget the search is the trained `strategy="dnas+qpl"` (a scheme and
             bits per layer, then a distilled fine-tune; `search`'s defaults)
             instead of the retrain-free one. It takes `activation_bits` and
             `config`; the other settings raise (it chooses the schemes and learns
-            the activation ranges itself).
+            the activation ranges itself). `val_data` alone (no `train_data`)
+            makes the retrain-free autopilot judge by accuracy on it.
+        recipe: "auto" (default: the autopilot chooses, with a budget) or
+            "defaults" (the search under `quantize`'s default recipe, no choice).
+        time_budget_seconds: time the autopilot spends choosing (default 60); the
+            first recipe and the uniform baseline are always tried, and the report
+            lists what the time left untried.
 
     Returns:
         A new `keras.Model`; `model.autoqnn_report` holds the per-layer report
@@ -147,9 +168,15 @@ def quantize(
     calibration_changed = {k: v for k, v in calibration.items() if v != _CALIBRATION[k]}
     budgets = {"weight_bits_budget": weight_bits_budget, "size_budget_bytes": size_budget_bytes,
                "memory_budget_bytes": memory_budget_bytes}
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {list(RECIPES)}, got {recipe!r} (a recipe of "
+                         "your own: ptq=PTQConfig(...))")
+    autopilot = {"recipe": recipe, "time_budget_seconds": time_budget_seconds}
     if any(v is not None for v in budgets.values()):
         return _search(model, given, changed, calibration_changed, config, ptq, budgets,
-                       calibration_data, train_data, val_data, verbose)
+                       calibration_data, train_data, val_data, verbose, autopilot)
+    _no_autopilot(autopilot, "they choose the recipe under a budget: give weight_bits_budget=, "
+                  "size_budget_bytes= or memory_budget_bytes=")
     if train_data is not None or val_data is not None:
         raise ValueError("train_data= / val_data= are for the trained search: give "
                          "weight_bits_budget= or size_budget_bytes= with them (quantize's "
@@ -192,8 +219,17 @@ schemes, learns the activation ranges on uniform grids, keeps 8-bit inputs and B
 unfolded for training (folded at export)."""
 
 
+def _no_autopilot(autopilot, why):
+    """Raises when an autopilot setting was changed on a route that does not use it."""
+    changed = [name for name, value in autopilot.items()
+               if value != {"recipe": "auto",
+                            "time_budget_seconds": defaults.AUTOPILOT_SECONDS}[name]]
+    if changed:
+        raise ValueError(f"{changed} apply to the autopilot only; {why}")
+
+
 def _search(model, given, changed, calibration_changed, config, ptq, budgets,
-            calibration_data, train_data, val_data, verbose):
+            calibration_data, train_data, val_data, verbose, autopilot):
     """`quantize` with a budget: the search, with every setting passed on or refused."""
     if given["weight_bits"] is not None:
         raise ValueError(f"weight_bits={given['weight_bits']!r} conflicts with a budget: the "
@@ -209,6 +245,8 @@ def _search(model, given, changed, calibration_changed, config, ptq, budgets,
         changed = {k: v for k, v in given.items() if v != _DEFAULTS[k]}
         config = config.overrides
     if train_data is not None:
+        _no_autopilot(autopilot, "the trained search (train_data=) chooses its schemes "
+                      "itself")
         refused = sorted(set(changed) - set(_TRAINED_SETTINGS)) + sorted(calibration_changed)
         refused += ["ptq"] if ptq is not None else []
         if refused:
@@ -220,12 +258,35 @@ def _search(model, given, changed, calibration_changed, config, ptq, budgets,
         return search(model, train_data, val_data, strategy="dnas+qpl",
                       calibration_data=calibration_data, activation_bits=given["activation_bits"],
                       config=config, verbose=verbose, **budgets).model
-    if val_data is not None:
-        raise ValueError("val_data= is for the trained search: give train_data= with it")
     settings = {k: v for k, v in given.items() if k != "weight_bits"}
     samples = calibration_changed.get("calibration_samples")
+    fixed = sorted(set(changed) & set(_RECIPE_SETTINGS))
+    fixed += ["ptq"] if ptq is not None else []
+    fixed += ["calibration_method"] if "calibration_method" in calibration_changed else []
+    if not fixed and autopilot["recipe"] == "auto":
+        if calibration_data is None:
+            raise ValueError("quantize with a budget needs calibration_data= (inputs, no "
+                             "labels), or train_data= for the trained search")
+        shared = {k: v for k, v in settings.items() if k not in _RECIPE_SETTINGS}
+        return choose_retrain_free(
+            model, calibration_data, budget=_budget(budgets),
+            settings={**shared, "num_samples": samples or defaults.SEARCH_SAMPLES},
+            config=config, val_data=val_data,
+            time_budget_seconds=autopilot["time_budget_seconds"], verbose=verbose)
+    fixed_by = fixed or "recipe='defaults'"
+    if val_data is not None:
+        raise ValueError("val_data= is for the trained search (with train_data=) and for "
+                         f"the autopilot's judge; the recipe is fixed here by {fixed_by}")
+    _no_autopilot({"time_budget_seconds": autopilot["time_budget_seconds"]},
+                  f"the recipe is fixed here by {fixed_by}")
     if "calibration_method" in calibration_changed:
         settings["calibration_method"] = calibration_changed["calibration_method"]
     return search(model, calibration_data=calibration_data, strategy="sensitivity", ptq=ptq,
                   config=config, num_samples=samples or defaults.SEARCH_SAMPLES,
                   verbose=verbose, **settings, **budgets).model
+
+
+def _budget(budgets: dict) -> Budget:
+    """The `Budget` of quantize's budget keywords."""
+    return Budget(budgets["weight_bits_budget"], budgets["size_budget_bytes"],
+                  budgets["memory_budget_bytes"])

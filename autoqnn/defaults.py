@@ -35,3 +35,6 @@ TUNER_TRIALS = 20
 VERBOSE = 1
 """The user-facing calls (`quantize`, `search`, `tune_ptq`, `finetune`, the command line)
 show progress unless given `verbose=0`; the building blocks they call are silent."""
+AUTOPILOT_SECONDS = 60.0
+"""Time the autopilot of `quantize(..., weight_bits_budget=...)` spends choosing the recipe
+(the first recipe and the uniform baseline are always tried)."""

@@ -6,13 +6,15 @@ Example:
     True
     >>> 100_000 < build_model("vit").count_params() < 300_000
     True
+    >>> build_model("resnet").count_params() < build_model("mobilenetv2").count_params()
+    True
 """
 
 from __future__ import annotations
 
 import keras
 
-MODELS = ("cnn", "mobilenet", "vit")
+MODELS = ("cnn", "mobilenet", "vit", "mobilenetv2", "resnet")
 
 
 @keras.saving.register_keras_serializable(package="autoqnn")
@@ -122,9 +124,68 @@ def build_vit(input_shape=(28, 28, 1), num_classes=10, *, patch_size=4, dim=64, 
     return keras.Model(inputs, outputs, name="vit")
 
 
+def build_mobilenetv2(input_shape=(28, 28, 1), num_classes=10, *, alpha=0.35) -> keras.Model:
+    """The reference `mobilenetv2`: keras.applications MobileNetV2 (`alpha`, random
+    weights) as a nested model, on the input zero-padded to a multiple of 32 (28x28 ->
+    32x32), global average pooling, Dense logits.
+
+    Inverted residuals with linear bottlenecks (no activation after the projection, so
+    signed tensors reach the residual Adds), ReLU6, depthwise convolutions. The
+    application's BatchNorm momentum (0.999) is lowered to 0.9 so that a few epochs give
+    usable moving statistics.
+    """
+    pad = [(-size) % 32 for size in input_shape[:2]]
+    padded = (input_shape[0] + pad[0], input_shape[1] + pad[1], input_shape[2])
+    base = keras.applications.MobileNetV2(input_shape=padded, alpha=alpha, weights=None,
+                                          include_top=False, pooling="avg")
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.ZeroPadding2D(((pad[0] // 2, pad[0] - pad[0] // 2),
+                                    (pad[1] // 2, pad[1] - pad[1] // 2)), name="pad")(inputs)
+    x = base(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="mobilenetv2")
+
+
+def build_resnet(input_shape=(28, 28, 1), num_classes=10, *, widths=(16, 32, 64)) -> keras.Model:
+    """The reference `resnet`: a small ResNet-style network.
+
+    Conv3x3(`widths[0]`)+BN+ReLU, then one stage per width of two basic blocks
+    (Conv3x3+BN+ReLU, Conv3x3+BN, residual Add, ReLU; the first block of a later stage
+    has stride 2 and a 1x1 Conv+BN projection shortcut), global average pooling, Dense
+    logits.
+    """
+    def conv_bn(x, filters, kernel, stride, name, relu=True):
+        x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same",
+                                use_bias=False, name=name)(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+    inputs = keras.Input(input_shape, name="image")
+    x = conv_bn(inputs, widths[0], 3, 1, "stem")
+    for stage, filters in enumerate(widths, start=1):
+        for block in (1, 2):
+            name = f"s{stage}b{block}"
+            stride = 2 if stage > 1 and block == 1 else 1
+            shortcut = x
+            if stride != 1 or x.shape[-1] != filters:
+                shortcut = conv_bn(x, filters, 1, stride, f"{name}_proj", relu=False)
+            y = conv_bn(x, filters, 3, stride, f"{name}_conv1")
+            y = conv_bn(y, filters, 3, 1, f"{name}_conv2", relu=False)
+            x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+            x = keras.layers.ReLU(name=f"{name}_out")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="resnet")
+
+
 def build_model(name: str, input_shape=(28, 28, 1), num_classes=10) -> keras.Model:
-    """Builds a reference model by name (one of `MODELS`: "cnn", "mobilenet", "vit")."""
-    builders = {"cnn": build_cnn, "mobilenet": build_mobilenet, "vit": build_vit}
+    """Builds a reference model by name (one of `MODELS`: "cnn", "mobilenet", "vit",
+    "mobilenetv2", "resnet")."""
+    builders = {"cnn": build_cnn, "mobilenet": build_mobilenet, "vit": build_vit,
+                "mobilenetv2": build_mobilenetv2, "resnet": build_resnet}
     if name not in builders:
         raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
     return builders[name](input_shape, num_classes)

@@ -72,10 +72,15 @@ class QuantizationReport:
 
     Args:
         rows: the `LayerReport`s.
+
+    Attributes:
+        recipe: what the autopilot of `autoqnn.quantize` tried and chose (an
+            `autoqnn.autopilot.RecipeChoice`), None when the model was not made by it.
     """
 
     def __init__(self, rows=()):
         self.rows = list(rows)
+        self.recipe = None
 
     def __iter__(self):
         return iter(self.rows)

@@ -1,0 +1,254 @@
+"""The retrain-free autopilot: per model, the PTQ recipe and the per-layer bits chosen
+together, on the user's own data, within a time budget.
+
+For each recipe (`autoqnn.autopilot.recipes`: the seeds, then Quantune's cost-model
+picks) it runs the retrain-free mixed-precision search (`autoqnn.mixed`, strategy
+"sensitivity") *under that recipe* (the sensitivity table is measured with that recipe's
+calibration, clipping and bias correction) and judges the searched model on images held
+out from the ones it calibrated on (`autoqnn.autopilot.judge`). Beside them it builds
+uniform quantization at the same budget (every searched layer at one width, under the
+defaults and under the best recipe) and, when time remains, the best policy rebuilt with
+AdaRound. It returns the best candidate on its judge, so never one that is worse than
+uniform quantization at the same budget by that judge, and says what it tried in
+`qmodel.autoqnn_report.recipe` (a `RecipeChoice`).
+
+Example:
+    >>> import keras, numpy as np, autoqnn
+    >>> inputs = keras.Input((8,))
+    >>> x = keras.layers.Dense(32, activation="relu", name="a")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(4, name="b")(x))
+    >>> data = np.random.default_rng(0).random((64, 8), dtype=np.float32)
+    >>> qmodel = autoqnn.quantize(model, calibration_data=data, weight_bits_budget=3.0,
+    ...                           time_budget_seconds=5, verbose=0)
+    >>> qmodel.autoqnn_report.weight_bits_avg <= 3.0
+    True
+    >>> qmodel.autoqnn_report.recipe.candidates[0].name
+    'defaults'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from autoqnn import defaults
+from autoqnn.autopilot.choice import Candidate, RecipeChoice
+from autoqnn.autopilot.data_check import check_input_range
+from autoqnn.autopilot.judge import Judge, as_arrays, split_holdout
+from autoqnn.autopilot.recipes import RecipeProposer, recipe_name
+from autoqnn.evaluate import labelled_arrays
+from autoqnn.mixed.budget import Budget
+from autoqnn.mixed.common import fit_memory
+from autoqnn.mixed.dispatch import search
+from autoqnn.mixed.result import search_result
+from autoqnn.mixed.sensitivity import SensitivityConfig
+
+ADAROUND_COST = 8.0
+"""AdaRound's cost estimate, in searches of the same model without it (measured 8x a
+build on `mobilenet` at W4A8: 14.2 s against 1.8 s)."""
+MSE_CLIPPING_COST = 3.0
+"""A recipe with MSE weight clipping costs about this many times one without (it refines
+the clip of every probed layer; measured 3x on `cnn`), until one is measured."""
+
+
+@dataclasses.dataclass
+class _Best:
+    """The best candidate so far, its model and (searched candidates) its policy."""
+
+    candidate: Candidate | None = None
+    model: object = None
+    overrides: dict | None = None
+    recipe: dict | None = None
+
+
+class _Run:
+    """One autopilot run: the shared state of its candidates."""
+
+    def __init__(self, model, calibrate, judge, budget, settings, config, time_budget,
+                 verbose):
+        self.model, self.data, self.judge = model, calibrate, judge
+        self.budget, self.settings, self.config = budget, settings, config
+        self.time_budget, self.verbose = time_budget, verbose
+        self.start = time.perf_counter()
+        self.candidates, self.best = [], _Best()
+        self.proposer = RecipeProposer(settings["num_samples"])
+        self.costs = {}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def affordable(self, cost: float) -> bool:
+        return self.elapsed() + cost <= self.time_budget
+
+    def estimate(self, recipe) -> float:
+        """Predicted seconds of searching under `recipe`, from the searches so far."""
+        clipping = (recipe or {}).get("weight_clipping", "max")
+        if clipping in self.costs:
+            return max(self.costs[clipping])
+        seen = max(max(v) for v in self.costs.values())
+        return seen * (MSE_CLIPPING_COST if clipping == "mse" else 1.0)
+
+    def options(self, recipe: dict | None) -> SensitivityConfig:
+        ptq = self.proposer.ptq(recipe)
+        settings = dict(self.settings)
+        if ptq is not None:
+            settings["ptq"] = ptq
+        return SensitivityConfig(**settings)
+
+    def keep(self, candidate, qmodel, overrides=None, recipe=None):
+        """Records a judged candidate; keeps its model when it is the best so far."""
+        self.candidates.append(candidate)
+        if self.verbose:
+            print(f"autopilot: {candidate.name:<22} {candidate.kind:<8} "
+                  f"{candidate.weight_bits:.2f} bits  {candidate.score}  "
+                  f"({candidate.seconds:.1f} s)")
+        best = self.best.candidate
+        if best is None or candidate.score.key > best.score.key:
+            self.best = _Best(candidate, qmodel, overrides, recipe)
+
+    def fail(self, name, recipe, kind, start, error):
+        self.candidates.append(Candidate(name, recipe, kind, None, None, None,
+                                         round(time.perf_counter() - start, 2), error))
+        if self.verbose:
+            print(f"autopilot: {name:<22} {kind:<8} not kept: {error}")
+
+    def searched(self, recipe, strict=False):
+        """Searches the bits under `recipe` and judges the model."""
+        start = time.perf_counter()
+        name = recipe_name(recipe)
+        try:
+            result = search(self.model, calibration_data=self.data, strategy=self.options(recipe),
+                            config=self.config, verbose=0, **self.budget.to_dict())
+        except Exception as err:  # noqa: BLE001 - a failed recipe is a row; the first raises
+            if strict:
+                raise
+            self.fail(name, recipe, "search", start, f"{type(err).__name__}: {err}")
+            self.proposer.tell(recipe, None)
+            return
+        score = self.judge(result.model)
+        seconds = time.perf_counter() - start
+        self.costs.setdefault((recipe or {}).get("weight_clipping", "max"), []).append(seconds)
+        report = result.model.autoqnn_report
+        candidate = Candidate(name, self.proposer.ptq(recipe) and self.proposer.ptq(
+            recipe).to_dict(), "search", score, round(report.weight_bits_avg, 4),
+            report.size_bytes, round(seconds, 2))
+        self.proposer.tell(recipe, 100.0 * score.key[0] - 100.0 * score.kl)
+        searched = set(result.sensitivity.layers)
+        overrides = {path: {"weight_bits": bits} for path, bits in result.bits().items()
+                     if path in searched}
+        self.keep(candidate, result.model, overrides, recipe)
+
+    def uniform(self, recipe):
+        """Every searched layer at the widest single width within the budget."""
+        options = self.options(recipe)
+        if not self.budget.on_weights:
+            return
+        start = time.perf_counter()
+        name = f"uniform {recipe_name(recipe)}"
+        for bits in sorted(options.candidate_bits, reverse=True):
+            if self.budget.weight_bits is not None and bits > self.budget.weight_bits:
+                continue
+            qmodel = options.build(self.model, self.data, {}, self.config, bits=bits)
+            report = qmodel.autoqnn_report
+            over = (self.budget.weight_bits is not None
+                    and report.weight_bits_avg > self.budget.weight_bits + 1e-9) or \
+                (self.budget.size_bytes is not None and report.size_bytes > self.budget.size_bytes)
+            if over:
+                continue
+            history = []
+            memory = fit_memory(qmodel, self.budget.memory_bytes,
+                                options.candidate_activation_bits, self.data, options.observer,
+                                options.num_samples, history)
+            search_result(qmodel, [{"step": "uniform", "weight_bits": bits}, *history],
+                          "uniform", start, memory, self.budget, None, options.activation_bits)
+            candidate = Candidate(f"{name} {bits}-bit", options.ptq and options.ptq.to_dict(),
+                                  "uniform", self.judge(qmodel), round(report.weight_bits_avg, 4),
+                                  report.size_bytes, round(time.perf_counter() - start, 2))
+            self.keep(candidate, qmodel, None, recipe)
+            return
+        self.fail(name, options.ptq and options.ptq.to_dict(), "uniform", start,
+                  "no single width of candidate_bits meets the budget")
+
+    def adaround(self):
+        """The best searched policy rebuilt with AdaRound (learned rounding)."""
+        best = self.best
+        start = time.perf_counter()
+        recipe = {**(best.recipe or {}), "rounding": "adaround"}
+        options = self.options(recipe)
+        name = recipe_name(recipe)
+        qmodel = options.build(self.model, self.data, best.overrides, self.config)
+        history = []
+        memory = fit_memory(qmodel, self.budget.memory_bytes, options.candidate_activation_bits,
+                            self.data, options.observer, options.num_samples, history)
+        search_result(qmodel, [{"step": "adaround", "from": best.candidate.name}, *history],
+                      "sensitivity", start, memory, self.budget,
+                      best.model.autoqnn_search.sensitivity, options.activation_bits)
+        report = qmodel.autoqnn_report
+        self.keep(Candidate(name, options.ptq.to_dict(), "adaround", self.judge(qmodel),
+                            round(report.weight_bits_avg, 4), report.size_bytes,
+                            round(time.perf_counter() - start, 2)), qmodel, best.overrides,
+                  recipe)
+
+
+def choose_retrain_free(model, calibration_data, *, budget: Budget, settings: dict,
+                        config=None, val_data=None,
+                        time_budget_seconds: float = defaults.AUTOPILOT_SECONDS,
+                        verbose: int = 0):
+    """Runs the retrain-free autopilot (see the module doc); returns the chosen model with
+    `autoqnn_report.recipe` (a `RecipeChoice`) and `autoqnn_search` (its `SearchResult`).
+
+    Args:
+        model: the float model.
+        calibration_data: inputs; without `val_data` the judge holds out the last quarter.
+        budget: the `Budget`.
+        settings: `SensitivityConfig` fields shared by every candidate (activation bits,
+            activation scheme, input bits, BatchNorm folding, candidate bits,
+            `num_samples`, ...), no recipe fields.
+        config: the user's per-layer overrides (pinned layers).
+        val_data: labelled `(x, y)` data to judge on by accuracy instead.
+        time_budget_seconds: time to spend; the first recipe and the uniform baseline are
+            always tried.
+        verbose: 1 prints each candidate and the choice.
+    """
+    inputs = as_arrays(calibration_data, "calibration_data")
+    if val_data is not None:
+        x_val, y_val = labelled_arrays(val_data, "val_data")
+        calibrate, judge = inputs, Judge(model, x_val, y_val)
+    else:
+        calibrate, held_out = split_holdout(inputs)
+        judge = Judge(model, held_out)
+    check_input_range(model, calibrate)
+    run = _Run(model, calibrate, judge, budget, settings, config, time_budget_seconds, verbose)
+    seeds = run.proposer.seeds()
+    run.searched(seeds[0], strict=True)
+    run.uniform(seeds[0])
+    skipped = []
+    pending = seeds[1:]
+    while True:
+        proposed = not pending
+        recipe = run.proposer.propose() if proposed else pending.pop(0)
+        if recipe is None:
+            break
+        if not run.affordable(run.estimate(recipe)):
+            skipped.append(recipe_name(recipe))
+            if proposed:
+                skipped.append(f"{len(run.proposer.state.untried()) - 1} more recipes of "
+                               "the space")
+                break
+            continue
+        run.searched(recipe)
+    if run.best.recipe is not None and run.best.candidate.kind == "search":
+        run.uniform(run.best.recipe)
+    if run.best.candidate.kind == "search":
+        adaround_cost = ADAROUND_COST * min(min(v) for v in run.costs.values())
+        if run.affordable(adaround_cost):
+            run.adaround()
+        else:
+            skipped.append("adaround on the best policy")
+    choice = RecipeChoice(run.best.candidate.name, run.candidates, judge.describe(),
+                          judge.float_score, time_budget_seconds, run.elapsed(), skipped)
+    qmodel = run.best.model
+    qmodel.autoqnn_report.recipe = choice
+    if verbose:
+        print(choice)
+    return qmodel

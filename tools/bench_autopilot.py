@@ -1,0 +1,121 @@
+"""The one call (`autoqnn.quantize(model, calibration_data=x, weight_bits_budget=b)`, the
+retrain-free autopilot) beside every fixed recipe, on every reference model.
+
+    python tools/bench_autopilot.py --data ../shared/data/fashion_mnist.npz \\
+        --model cnn mobilenet resnet mobilenetv2 --json results/autopilot.json
+
+For each reference model (float trained `--epochs` on the first `--train-subset` training
+images, cached under runs/, as in the other tools) and each average-weight-bit budget
+(`--budgets`, default 4.0 and 3.0; 8-bit activations), one run measures, on the same float
+weights and the same calibration images (`--calibration` training images, no labels):
+
+* `uniform defaults`: every weighted layer at the budget's bits, `quantize`'s defaults;
+* `uniform adaround`: the same bits with AdaRound (`PTQConfig(rounding="adaround")`);
+* `search defaults`: the sensitivity search under `quantize`'s default recipe
+  (`recipe="defaults"`: the previous one call);
+* `search mse+bc`: the same search with MSE weight clipping and bias correction (the
+  recipe of the README's former mixed-precision table);
+* `one call`: the autopilot with its default time budget, judging without labels on the
+  last quarter of the calibration images; its choice, its candidates and their scores are
+  recorded.
+
+The fixed rows calibrate on the first 512 calibration images (the search's default). Top-1
+is on the test split (`--test-subset` first images; all by default), which chooses
+nothing; the autopilot sees only the unlabelled calibration images. Seconds are wall time
+on this machine, shared with whatever else runs: compare them within one run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import accuracy, load_splits, reference_parser, train_reference, write_json  # noqa: E402
+
+import autoqnn  # noqa: E402
+
+SAMPLES = 512
+
+
+def row(method, qmodel, test, seconds, **extra):
+    report = qmodel.autoqnn_report
+    return {"method": method, "weight_bits_avg": round(report.weight_bits_avg, 3),
+            "top1": round(100 * accuracy(qmodel, *test), 2),
+            "size_bytes": int(report.size_bytes), "seconds": round(seconds, 2), **extra}
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def fixed_rows(model, calib, budget, test):
+    bits = int(budget)
+    adaround = autoqnn.PTQConfig(weight_bits=bits, rounding="adaround",
+                                 calibration_samples=SAMPLES)
+    mse_bc = autoqnn.PTQConfig(weight_clipping="mse", bias_correction=True,
+                               calibration_samples=SAMPLES)
+    runs = {
+        "uniform defaults": lambda: autoqnn.quantize(
+            model, weight_bits=bits, calibration_data=calib, calibration_samples=SAMPLES,
+            verbose=0),
+        "uniform adaround": lambda: autoqnn.quantize(model, calibration_data=calib,
+                                                     ptq=adaround, verbose=0),
+        "search defaults": lambda: autoqnn.quantize(
+            model, calibration_data=calib, weight_bits_budget=budget, recipe="defaults",
+            verbose=0),
+        "search mse+bc": lambda: autoqnn.quantize(
+            model, calibration_data=calib, weight_bits_budget=budget, ptq=mse_bc, verbose=0),
+    }
+    rows = []
+    for method, run in runs.items():
+        qmodel, seconds = timed(run)
+        rows.append(row(method, qmodel, test, seconds))
+        print(f"  {budget} {method}: {rows[-1]['top1']}", flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = reference_parser(__doc__.splitlines()[0])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[4.0, 3.0])
+    parser.add_argument("--calibration", type=int, default=2000,
+                        help="unlabelled training images given to every row")
+    parser.add_argument("--test-subset", type=int, default=None)
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="the autopilot's time budget (default: quantize's)")
+    parser.set_defaults(model=["cnn", "mobilenet", "resnet", "mobilenetv2"])
+    args = parser.parse_args(argv)
+    train, val, test = load_splits(args.data, args.train_subset, 2000, args.test_subset)
+    calib = train[0][:args.calibration]
+    out = {"command": "python tools/bench_autopilot.py " + " ".join(sys.argv[1:]),
+           "data": {"train": len(train[0]), "calibration": len(calib), "test": len(test[0])},
+           "models": {}}
+    extra = {} if args.time_budget is None else {"time_budget_seconds": args.time_budget}
+    for name in args.model:
+        model, _ = train_reference(name, train, epochs=args.epochs)
+        entry = {"float_top1": round(100 * accuracy(model, *test), 2), "budgets": {}}
+        print(f"{name}: float {entry['float_top1']}", flush=True)
+        for budget in args.budgets:
+            rows = fixed_rows(model, calib, budget, test)
+            qmodel, seconds = timed(lambda m=model, b=budget: autoqnn.quantize(
+                m, calibration_data=calib, weight_bits_budget=b, verbose=0, **extra))
+            choice = qmodel.autoqnn_report.recipe
+            rows.append(row("one call", qmodel, test, seconds, chosen=choice.chosen,
+                            choice=choice.to_dict()))
+            print(f"  {budget} one call: {rows[-1]['top1']} ({choice.chosen}, "
+                  f"{seconds:.0f} s)", flush=True)
+            best_fixed = max(r["top1"] for r in rows[:-1])
+            entry["budgets"][str(budget)] = {
+                "rows": rows, "one_call_minus_best_fixed": round(rows[-1]["top1"] - best_fixed, 2),
+                "one_call_gap_to_float": round(entry["float_top1"] - rows[-1]["top1"], 2)}
+        out["models"][name] = entry
+        write_json(args.json, out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
