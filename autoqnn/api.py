@@ -9,6 +9,7 @@ import dataclasses
 
 from autoqnn import defaults
 from autoqnn.autopilot.retrain_free import choose_retrain_free
+from autoqnn.autopilot.trained import choose_trained
 from autoqnn.config import QuantizationConfig, field_defaults
 from autoqnn.core import quantize_config
 from autoqnn.mixed.budget import Budget
@@ -55,6 +56,7 @@ def quantize(
     val_data=None,
     recipe: str = "auto",
     time_budget_seconds: float = defaults.AUTOPILOT_SECONDS,
+    epochs: int | None = None,
 ):
     """Returns the quantized twin of a Keras model (the input model is not changed).
 
@@ -126,17 +128,22 @@ def quantize(
             search runs with that recipe alone. `calibration_samples` is the number
             of images the search measures and calibrates on (default 512).
         train_data, val_data: labelled `(x, y)` data: with a weight-bits or size
-            budget the search is the trained `strategy="dnas+qpl"` (a scheme and
-            bits per layer, then a distilled fine-tune; `search`'s defaults)
-            instead of the retrain-free one. It takes `activation_bits` and
-            `config`; the other settings raise (it chooses the schemes and learns
-            the activation ranges itself). `val_data` alone (no `train_data`)
+            budget the autopilot trains (`autoqnn.autopilot.trained`): bits per layer
+            from the retrain-free search, the low-bit training recipe (uniform, LSQ,
+            ACD + SQNR) chosen on `val_data` (default: the last 10 % of
+            `train_data`) after a short probe of each, then `epochs` of distilled
+            fine-tuning. It takes `activation_bits`, `input_bits` (default 8),
+            `config`, `calibration_data` and `calibration_samples`; the other settings
+            raise (it chooses the schemes itself). `val_data` alone (no `train_data`)
             makes the retrain-free autopilot judge by accuracy on it.
+            `autoqnn.search(..., strategy="dnas+qpl")` is the differentiable search.
         recipe: "auto" (default: the autopilot chooses, with a budget) or
             "defaults" (the search under `quantize`'s default recipe, no choice).
         time_budget_seconds: time the autopilot spends choosing (default 60); the
             first recipe and the uniform baseline are always tried, and the report
             lists what the time left untried.
+        epochs: fine-tune epochs of the trained autopilot (default 3; with
+            `train_data` only).
 
     Returns:
         A new `keras.Model`; `model.autoqnn_report` holds the per-layer report
@@ -172,9 +179,12 @@ def quantize(
         raise ValueError(f"recipe must be one of {list(RECIPES)}, got {recipe!r} (a recipe of "
                          "your own: ptq=PTQConfig(...))")
     autopilot = {"recipe": recipe, "time_budget_seconds": time_budget_seconds}
+    if epochs is not None and (train_data is None or all(v is None for v in budgets.values())):
+        raise ValueError(f"epochs={epochs!r} is for the trained autopilot: give train_data= "
+                         "and a budget with it (or fine-tune with autoqnn.finetune)")
     if any(v is not None for v in budgets.values()):
         return _search(model, given, changed, calibration_changed, config, ptq, budgets,
-                       calibration_data, train_data, val_data, verbose, autopilot)
+                       calibration_data, train_data, val_data, verbose, autopilot, epochs)
     _no_autopilot(autopilot, "they choose the recipe under a budget: give weight_bits_budget=, "
                   "size_budget_bytes= or memory_budget_bytes=")
     if train_data is not None or val_data is not None:
@@ -213,10 +223,10 @@ def _ptq_config(model, ptq, overrides, changed, calibration_changed):
     return dataclasses.replace(qconfig, **{k: v for k, v in changed.items() if k in _NOT_PTQ})
 
 
-_TRAINED_SETTINGS = ("activation_bits",)
-"""The `quantize` settings the trained search (strategy "dnas+qpl") takes; it chooses the
-schemes, learns the activation ranges on uniform grids, keeps 8-bit inputs and BatchNorm
-unfolded for training (folded at export)."""
+_TRAINED_SETTINGS = ("activation_bits", "input_bits")
+"""The `quantize` settings the trained autopilot takes (with `config` and the calibration
+samples); it chooses the schemes, learns the ranges and keeps BatchNorm unfolded while
+training (folded at export)."""
 
 
 def _no_autopilot(autopilot, why):
@@ -229,7 +239,7 @@ def _no_autopilot(autopilot, why):
 
 
 def _search(model, given, changed, calibration_changed, config, ptq, budgets,
-            calibration_data, train_data, val_data, verbose, autopilot):
+            calibration_data, train_data, val_data, verbose, autopilot, epochs=None):
     """`quantize` with a budget: the search, with every setting passed on or refused."""
     if given["weight_bits"] is not None:
         raise ValueError(f"weight_bits={given['weight_bits']!r} conflicts with a budget: the "
@@ -245,19 +255,24 @@ def _search(model, given, changed, calibration_changed, config, ptq, budgets,
         changed = {k: v for k, v in given.items() if v != _DEFAULTS[k]}
         config = config.overrides
     if train_data is not None:
-        _no_autopilot(autopilot, "the trained search (train_data=) chooses its schemes "
-                      "itself")
-        refused = sorted(set(changed) - set(_TRAINED_SETTINGS)) + sorted(calibration_changed)
+        _no_autopilot(autopilot, "the trained autopilot (train_data=) chooses its recipe on "
+                      "validation")
+        refused = sorted(set(changed) - set(_TRAINED_SETTINGS))
+        refused += sorted(set(calibration_changed) - {"calibration_samples"})
         refused += ["ptq"] if ptq is not None else []
         if refused:
             raise ValueError(
-                f"{refused} do not apply to the trained search (strategy 'dnas+qpl', chosen "
-                "because train_data= is given): it chooses the schemes and learns uniform "
-                "activation ranges itself; drop them, or search retrain-free with "
-                "calibration_data= alone")
-        return search(model, train_data, val_data, strategy="dnas+qpl",
-                      calibration_data=calibration_data, activation_bits=given["activation_bits"],
-                      config=config, verbose=verbose, **budgets).model
+                f"{refused} do not apply to the trained autopilot (chosen because train_data= "
+                "is given): it chooses the schemes and learns the ranges itself; drop them, "
+                "use autoqnn.search(model, train_data, strategy='dnas+qpl', ...), or search "
+                "retrain-free with calibration_data= alone")
+        samples = calibration_changed.get("calibration_samples") or defaults.SEARCH_SAMPLES
+        return choose_trained(model, train_data, val_data, budget=_budget(budgets),
+                              activation_bits=given["activation_bits"],
+                              input_bits=given["input_bits"], config=config,
+                              calibration_data=calibration_data, num_samples=samples,
+                              epochs=defaults.FINETUNE_EPOCHS if epochs is None else epochs,
+                              verbose=verbose)
     settings = {k: v for k, v in given.items() if k != "weight_bits"}
     samples = calibration_changed.get("calibration_samples")
     fixed = sorted(set(changed) & set(_RECIPE_SETTINGS))

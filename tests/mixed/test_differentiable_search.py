@@ -299,16 +299,6 @@ def test_qpl_starts_at_the_sensitivity_policy_or_at_the_budget(model):
         autoqnn.search(model, (X, Y), qpl_start="x", **kwargs)
 
 
-def test_quantize_with_training_data_and_a_budget_is_the_trained_search(model):
-    qmodel = autoqnn.quantize(model, train_data=(X[:320], Y[:320]),
-                              val_data=(X[320:], Y[320:]), weight_bits_budget=3.0,
-                              activation_bits=8)
-    assert qmodel.autoqnn_search.strategy == "dnas+qpl"
-    assert qmodel.autoqnn_report.weight_bits_avg <= 3.0
-    with pytest.raises(ValueError, match="train_data= / val_data= are for the trained search"):
-        autoqnn.quantize(model, weight_bits=4, train_data=(X, Y))
-
-
 def test_dnas_qpl_on_a_keras_application_model(tmp_path):
     """The whole trained search on keras.applications MobileNetV2 (weights=None, 32x32):
     every conv / depthwise / dense layer searched, the budget honoured, the searched model

@@ -160,7 +160,7 @@ def test_every_setting_acts_or_raises(cnn):
     with pytest.raises(ValueError, match="val_data= is not used by strategy 'sensitivity'"):
         autoqnn.search(cnn, calibration_data=X, weight_bits_budget=3, val_data=(X, X))
     with pytest.raises(ValueError, match=r"\['activation_scheme'\] do not apply to the "
-                                         "trained search"):
+                                         "trained autopilot"):
         autoqnn.quantize(cnn, train_data=(X, np.zeros(len(X), "int64")),
                          weight_bits_budget=3.0, activation_scheme="lsq")
     with pytest.raises(ValueError, match=r"\['scheme'\] conflict with ptq="):
