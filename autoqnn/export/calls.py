@@ -45,13 +45,22 @@ def dense_as_conv_call(layer, plan: WeightPlan):
         del training
         in_dim = inputs.shape[-1]
         kernel = plan.fake_quant(shape=(1, 1, in_dim, units))
-        lead = tf.shape(inputs)[:-1]
         x = tf.reshape(inputs, (-1, 1, 1, in_dim))
         # Bias and activation before the reshape back, so CONV_2D fuses them.
         y = layer._bias_and_activation(tf.nn.conv2d(x, kernel, strides=1, padding="VALID"))
-        return tf.reshape(y, tf.concat([lead, [units]], axis=0))
+        return tf.reshape(y, _lead_shape(inputs, 1) + [units])
 
     return call
+
+
+def _lead_shape(inputs, n_trailing: int):
+    """The leading dims of `inputs` (all but `n_trailing`): static with -1 for the batch
+    when known (a constant RESHAPE: no SHAPE / STRIDED_SLICE / CONCATENATION ops in the
+    file), else the dynamic shape tensor."""
+    lead = list(inputs.shape[:len(inputs.shape) - n_trailing])
+    if all(d is not None for d in lead[1:]):
+        return [-1] + [int(d) for d in lead[1:]]
+    return tf.unstack(tf.shape(inputs)[:len(lead)])
 
 
 def einsum_as_matmul(equation: str):
@@ -85,10 +94,9 @@ def einsum_as_conv_call(layer, plan: WeightPlan):
     def call(inputs, training=None):
         del training
         kernel = flat_plan.fake_quant(shape=(1, 1, rows, cols))
-        lead = tf.shape(inputs)[:len(inputs.shape) - n_contracted]
         x = tf.reshape(inputs, (-1, 1, 1, rows))
         y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
-        y = tf.reshape(y, tf.concat([lead, list(shape[n_contracted:])], axis=0))
+        y = tf.reshape(y, _lead_shape(inputs, n_contracted) + list(shape[n_contracted:]))
         return layer._bias_and_activation(y)
 
     return call

@@ -28,7 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from autoqnn.export.grid import INT4_MAX, INT8_MAX, IntGrid, channels_last, embed_in_int_grid
+from autoqnn.export.grid import INT8_MAX, IntGrid, channels_last, embed_in_int_grid
+from autoqnn.export.storage import QMAX, check_storage, container_bits, finer_grid, layer_op
 from autoqnn.layers.activation import ActivationQuantizer
 from autoqnn.layers.quantized import QuantizedWeightsMixin
 from autoqnn.walk import iter_layers
@@ -36,16 +37,6 @@ from autoqnn.walk import iter_layers
 
 class ExportError(ValueError):
     """A model, layer or path that cannot be exported; the message names it."""
-
-
-# int4 weights. LiteRT's XNNPACK delegate runs int4 FULLY_CONNECTED (and the 1x1
-# CONV_2D of a per-channel Dense) with the same rounding as the fake-quant
-# graph; int4 CONV_2D / DEPTHWISE_CONV_2D fall back to LiteRT's builtin kernels,
-# whose fixed-point rounding differs at ties and drifts by a few output steps
-# through a network. So int4=True uses int4 for Dense kernels only and
-# int4="all" for convolutions too.
-INT4_LAYERS = {True: ("QuantDense",),
-               "all": ("QuantDense", "QuantConv2D", "QuantDepthwiseConv2D")}
 
 
 @dataclasses.dataclass
@@ -57,10 +48,13 @@ class WeightPlan:
         attr: weight name ("kernel", ...).
         values: the fake-quantized float values the Keras model uses.
         grid: the integer grid they embed in (None: they do not).
-        container_bits: 4 or 8 (the TFLite tensor type).
+        container_bits: 2, 4 or 8 (the TFLite tensor type).
         exact: whether TFLite stores exactly `values`.
         channel_axis: the layer's channel axis (or axes) when per-channel.
-        note: why int4 was not used, or why the values were re-quantized.
+        note: why the container is wider than `bits`, or why the values were
+            re-quantized.
+        bits: the layer's own (searched) storage bits.
+        op: the TFLite op the weight feeds.
     """
 
     layer: str
@@ -71,6 +65,8 @@ class WeightPlan:
     exact: bool
     channel_axis: object
     note: str = ""
+    bits: int = 8
+    op: str = ""
 
     @property
     def scale(self) -> np.ndarray:
@@ -95,44 +91,45 @@ class WeightPlan:
                 kernel `(in, out)` as a 1x1 conv kernel `(1, 1, in, out)`.
         """
         values = self.values if shape is None else self.values.reshape(shape)
-        qmax = INT4_MAX if self.container_bits == 4 else INT8_MAX
         moved, axis = channels_last(values, None if self.channel_axis is None
                                     else self._axis_for(values.ndim))
+        # The converter writes int4 for 2..4-bit fake-quant; int2 is packed after it
+        # (autoqnn.export.flatbuffer.pack_int2), from int4 integers in [-1, 1].
+        bits = max(self.container_bits, 4)
+        qmax = QMAX[bits]
         scale = self.scale
         lo, hi = -qmax * scale, qmax * scale
         const = tf.constant(moved)
         if axis is None:
             out = tf.quantization.fake_quant_with_min_max_vars(
-                const, float(lo[0]), float(hi[0]), num_bits=self.container_bits,
-                narrow_range=True)
+                const, float(lo[0]), float(hi[0]), num_bits=bits, narrow_range=True)
         else:
             out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                const, lo, hi, num_bits=self.container_bits, narrow_range=True)
+                const, lo, hi, num_bits=bits, narrow_range=True)
         if moved.shape != values.shape:  # multi-axis channels (depthwise): restore
             out = tf.reshape(out, values.shape)
         return out
 
 
-def plan_weights(layer_path, layer, *, int4=True, inexact="error") -> list[WeightPlan]:
+def plan_weights(layer_path, layer, *, storage="narrow", inexact="error") -> list[WeightPlan]:
     """Export plans of the quantized weights of one layer.
 
     Args:
         layer_path: the layer's path (for messages).
         layer: a `QuantizedWeightsMixin` layer.
-        int4: True: int4 tensors for Dense kernels whose levels fit in
-            [-7, 7]; "all": for convolutions too (builtin LiteRT kernels,
-            not bit-exact); False: int8 containers only.
+        storage: "narrow", "xnnpack" or "int8" (`autoqnn.export.storage`).
         inexact: "error" raises when the levels do not embed in int8;
             "requantize" re-quantizes them to int8 (≤ half an int8 step).
 
     Returns:
         One `WeightPlan` per quantized weight.
     """
-    if int4 not in INT4_LAYERS and int4 is not False:
-        raise ValueError(f"int4 must be True, False or 'all', got {int4!r}")
+    check_storage(storage)
+    op = layer_op(layer)
     plans = []
     for attr, quantizer in layer.weight_quantizers.items():
         scheme = quantizer.scheme
+        bits = int(scheme.storage_bits())
         values = keras.ops.convert_to_numpy(layer.quantized_weight(attr)).astype(np.float32)
         axis = layer.weight_channel_axes[attr] if scheme.per_channel else None
         if axis is not None and isinstance(layer, keras.layers.Embedding):
@@ -141,11 +138,10 @@ def plan_weights(layer_path, layer, *, int4=True, inexact="error") -> list[Weigh
             if grid is None:
                 plans.append(WeightPlan(layer_path, attr, values, None, 8, False, None,
                                         "per-channel table re-quantized per-tensor to int8: "
-                                        "LiteRT's GATHER takes one scale"))
+                                        "LiteRT's GATHER takes one scale", bits, op))
                 continue
             axis = None
         grid = embed_in_int_grid(values, axis, INT8_MAX)
-        note = ""
         if grid is None:
             if inexact != "requantize":
                 raise ExportError(
@@ -155,21 +151,11 @@ def plan_weights(layer_path, layer, *, int4=True, inexact="error") -> list[Weigh
                     "step), or use a scheme whose levels are integer multiples of one step"
                 )
             plans.append(WeightPlan(layer_path, attr, values, None, 8, False, axis,
-                                    "levels re-quantized to int8 (not exact)"))
+                                    "levels re-quantized to int8 (not exact)", bits, op))
             continue
-        bits = 8
-        if grid.max_abs <= INT4_MAX:
-            name = type(layer).__name__
-            if not int4:
-                note = "int4 disabled: int8 container"
-            elif name in INT4_LAYERS[int4]:
-                bits = 4
-            elif name in INT4_LAYERS["all"]:
-                note = ("4-bit levels in an int8 container: int4 convolutions run in LiteRT's "
-                        "builtin kernels, not bit-exact (int4='all' to use them)")
-            else:
-                note = f"LiteRT has no int4 kernel for {name}: int8 container"
-        plans.append(WeightPlan(layer_path, attr, values, grid, bits, True, axis, note))
+        container, note = container_bits(op, grid.max_abs, bits, storage)
+        plans.append(WeightPlan(layer_path, attr, values, finer_grid(grid, container),
+                                container, True, axis, note, bits, op))
     return plans
 
 

@@ -1,4 +1,6 @@
-"""`export_report`: per layer, how a quantized model exports (bits, bytes, TFLite dtype).
+"""`export_report`: per layer, how a quantized model exports: its searched bits, the
+tensor type the `.tflite` stores, the LiteRT kernel that runs it, and why anything is
+wider than searched.
 
 Example:
     >>> import keras, numpy as np, autoqnn
@@ -10,6 +12,10 @@ Example:
     >>> # 18 weights at 4 bits, 3 float32 biases and 3 float32 clip ratios: 33 bytes
     >>> row.name, row.weight_bits, row.tflite_dtype, row.packed_bytes
     ('fc', 4, 'int4', 33.0)
+    >>> row.op, row.kernel
+    ('FULLY_CONNECTED', 'XNNPACK')
+    >>> autoqnn.export_report(qmodel, storage="int8")[1].note
+    "storage='int8': int8 container (XNNPACK's fastest kernels)"
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from autoqnn.export.lowering import (
     plan_activation,
     plan_weights,
 )
+from autoqnn.export.storage import check_storage, kernel
 from autoqnn.layers.activation import ActivationQuantizer
 from autoqnn.layers.quantized import QuantizedWeightsMixin
 
@@ -35,13 +42,17 @@ class ExportRow:
         class_name: layer class.
         kind: "weights", "activation" or "float".
         scheme: weight or activation scheme name.
-        weight_bits: storage bits of the quantized weights (max over weights).
+        weight_bits: the layer's own (searched) storage bits (max over weights).
         params: number of parameters of the layer.
         packed_bytes: bytes at the true bit widths (float parameters at 32 bits).
-        tflite_dtype: "int4", "int8", "int8 (re-quantized)", "int8 activations",
-            "float32" or "not exportable".
-        exact: whether TFLite reproduces the Keras values exactly.
-        note: why int4 was not used, why the layer cannot export, etc.
+        tflite_dtype: "int2", "int4", "int8", "int8 (re-quantized)", "int8
+            activations", "float32" or "not exportable".
+        exact: whether TFLite stores the Keras weight values exactly.
+        note: why the tensor is wider than `weight_bits`, why the layer cannot
+            export, etc.
+        op: the TFLite op its weights feed.
+        kernel: the LiteRT kernel that runs it ("XNNPACK", "LiteRT reference
+            (...)", "LiteRT builtin").
     """
 
     name: str
@@ -54,6 +65,8 @@ class ExportRow:
     tflite_dtype: str = ""
     exact: bool = True
     note: str = ""
+    op: str = ""
+    kernel: str = ""
 
 
 class ExportReport(list):
@@ -71,11 +84,12 @@ class ExportReport(list):
         return [dataclasses.asdict(r) for r in self]
 
     def __str__(self):
-        header = ("layer", "class", "scheme", "bits", "params", "bytes", "tflite", "exact", "note")
+        header = ("layer", "class", "scheme", "bits", "params", "bytes", "tflite", "exact",
+                  "kernel", "note")
         rows = [header] + [
             (r.name, r.class_name, r.scheme, "" if r.weight_bits is None else str(r.weight_bits),
              str(r.params), f"{r.packed_bytes:.0f}", r.tflite_dtype, "yes" if r.exact else "no",
-             r.note)
+             r.kernel, r.note)
             for r in self
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -95,8 +109,8 @@ def _count(variable):
     return size
 
 
-def export_report(model, *, int4=True) -> ExportReport:
-    """Per layer: storage bits, packed bytes and the TFLite tensor type it exports to.
+def export_report(model, *, storage="narrow") -> ExportReport:
+    """Per layer: searched bits, packed bytes, the TFLite tensor type and kernel.
 
     Layers whose levels have no exact int8 form are listed with
     `exact=False` ("int8 (re-quantized)": `export_tflite(..., inexact="requantize")`
@@ -104,11 +118,12 @@ def export_report(model, *, int4=True) -> ExportReport:
 
     Args:
         model: a quantized Keras model.
-        int4: as in `export_tflite`.
+        storage: as in `export_tflite` ("narrow", "xnnpack" or "int8").
 
     Returns:
         An `ExportReport`.
     """
+    check_storage(storage)
     report = ExportReport()
     for path, layer in iter_layers(model):
         cls = type(layer).__name__
@@ -132,10 +147,12 @@ def export_report(model, *, int4=True) -> ExportReport:
             first = next(iter(layer.weight_quantizers.values())).scheme
             row = ExportRow(path, cls, "weights", scheme=first.name, weight_bits=bits,
                             params=params, packed_bytes=size)
-            plans = plan_weights(path, layer, int4=int4, inexact="requantize")
+            plans = plan_weights(path, layer, storage=storage, inexact="requantize")
             dtypes = sorted({f"int{p.container_bits}" for p in plans})
             row.exact = all(p.exact for p in plans)
             row.tflite_dtype = "/".join(dtypes) + ("" if row.exact else " (re-quantized)")
+            row.op = plans[0].op
+            row.kernel = kernel(row.op, max(p.container_bits for p in plans))
             row.note = "; ".join(sorted({p.note for p in plans if p.note}))
             report.append(row)
         elif params:

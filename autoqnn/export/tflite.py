@@ -4,10 +4,13 @@ Nothing is re-calibrated: the exporter lowers the model's own fake-quant
 graph (`autoqnn.export.lowering`) to constant-range `FakeQuantWithMinMaxVars`
 ops that the TFLite converter turns into int8 kernels:
 
-* weights keep exactly the values the Keras model uses: the int8 scale is
-  chosen so the b-bit grid embeds in the int8 grid (a b-bit step is the int8
-  step), and weights whose levels fit in [-7, 7] are stored as int4 tensors
-  for FULLY_CONNECTED (and for CONV_2D / DEPTHWISE_CONV_2D with int4="all");
+* weights keep exactly the values the Keras model uses, each layer in the
+  narrowest tensor type LiteRT runs for its op and its own bits
+  (`autoqnn.export.storage`: int2 FULLY_CONNECTED, int4 FULLY_CONNECTED /
+  CONV_2D / DEPTHWISE_CONV_2D, int8 otherwise; `storage="int8"` for the
+  fastest file); the integer step is the finest that fits the container, so
+  the int32 bias TFLite stores at input step x weight step is as fine as it
+  can be;
 * activation ranges are the calibrated / trained ranges of the model's
   `ActivationQuantizer`s (sub-8-bit grids keep their clamp);
 * per-channel Dense kernels are exported as a 1x1 CONV_2D (the converter
@@ -15,7 +18,9 @@ ops that the TFLite converter turns into int8 kernels:
   and so are EinsumDense kernels whose equation is a matmul in disguise (the
   projections of MultiHeadAttention: "abc,cde->abde", "abcd,cde->abe"), with
   the kernel flattened to 2-D (the converter's einsum lowering reshapes a
-  per-channel kernel onto the wrong quantized axis).
+  per-channel kernel onto the wrong quantized axis); after conversion these
+  1x1 convolutions become FULLY_CONNECTED again (`autoqnn.export.flatbuffer`),
+  the op and kernel the converter's own int8 file uses.
 
 Attention models: the projections export as integer convolutions; the
 attention core (the query-key and probability-value batch matmuls, the
@@ -59,6 +64,7 @@ from autoqnn.export.calls import (
     layer_norm_call,
 )
 from autoqnn.export.diagnose import float_hint, float_operators, layer_names_in
+from autoqnn.export.flatbuffer import convs_to_fully_connected, dump, load, pack_int2
 from autoqnn.export.lowering import (
     ExportError,
     iter_layers,
@@ -67,9 +73,13 @@ from autoqnn.export.lowering import (
     plan_weights,
     quantized_layers,
 )
+from autoqnn.export.runtime import dequantize_output, quantize_input, run_tflite
+from autoqnn.export.storage import check_storage, storage_from_int4
 from autoqnn.finalize import finalize
 from autoqnn.layers.quantized import QuantDense, QuantEinsumDense
 from autoqnn.rewrite.clone import clone_quantized
+
+__all__ = ["TFLiteExport", "dequantize_output", "export_tflite", "quantize_input", "run_tflite"]
 
 
 @dataclasses.dataclass
@@ -94,7 +104,7 @@ class TFLiteExport:
 
     @property
     def weight_dtypes(self) -> dict:
-        """`{"layer/weight": "int4" | "int8"}`."""
+        """`{"layer/weight": "int2" | "int4" | "int8"}`."""
         return {f"{p.layer}/{p.attr}": f"int{p.container_bits}" for p in self.weight_plans}
 
 
@@ -111,7 +121,7 @@ def check_writable(path) -> Path:
     return path
 
 
-def plan_model(model, *, int4=True, inexact="error"):
+def plan_model(model, *, storage="narrow", inexact="error"):
     """Checks that `model` is an exportable quantized model and plans its lowering.
 
     Returns:
@@ -154,7 +164,7 @@ def plan_model(model, *, int4=True, inexact="error"):
         raise ValueError(f"inexact must be 'error' or 'requantize', got {inexact!r}")
     weight_plans = []
     for path, layer in weight_layers:
-        weight_plans.extend(plan_weights(path, layer, int4=int4, inexact=inexact))
+        weight_plans.extend(plan_weights(path, layer, storage=storage, inexact=inexact))
     activation_plans = [plan_activation(path, layer) for path, layer in act_layers]
     return weight_plans, activation_plans
 
@@ -244,9 +254,9 @@ def convert(model, weight_plans, activation_plans, *, representative_data=None, 
             ) from None
 
 
-def export_tflite(model, path, representative_data=None, *, int8_io=True, int4=True,
-                  inexact="error") -> TFLiteExport:
-    """Writes a full-integer (int8, int4 weights where possible) `.tflite` file.
+def export_tflite(model, path, representative_data=None, *, int8_io=True,
+                  storage="narrow", int4=None, inexact="error") -> TFLiteExport:
+    """Writes a full-integer `.tflite` file, each weight at the width its layer was searched.
 
     Args:
         model: a quantized model (`autoqnn.quantize` / `search`), calibrated.
@@ -256,9 +266,15 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True, int4=T
             the model's own ranges are never re-calibrated.
         int8_io: int8 model inputs and outputs (False: float32 I/O with
             QUANTIZE/DEQUANTIZE at the ends).
-        int4: True: int4 tensors for Dense kernels whose levels fit in [-7, 7]
-            (bit-exact in XNNPACK); "all": convolutions too (smaller file,
-            builtin kernels, not bit-exact); False: int8 only.
+        storage: "narrow" (default): each weight in the narrowest type LiteRT
+            runs for its op that holds its levels (int2 / int4 fully connected,
+            int4 convolutions, which run on LiteRT's slower reference
+            kernels); "xnnpack": narrow only for fully connected layers
+            (XNNPACK's fast int4 / int2 kernels), convolutions int8; "int8":
+            every weight int8 (the fastest file). `export_report` says per
+            layer what is stored, which kernel runs it and why.
+        int4: the older spelling of `storage` (True: "xnnpack", "all":
+            "narrow", False: "int8"); give one of the two.
         inexact: "error" (default) raises when a layer's levels do not embed
             in int8; "requantize" re-quantizes them (error <= half a step).
 
@@ -268,13 +284,15 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True, int4=T
     Raises:
         ExportError: float model, uncalibrated quantizers, levels or layers
             LiteRT cannot run (the message names them), unwritable path.
+        ValueError: an unknown `storage`, or both `storage` and `int4` given.
     """
+    storage = resolve_storage(storage, int4)
     path = check_writable(path)
-    plan_model(model, int4=int4, inexact=inexact)  # checks the model as the user gave it
+    plan_model(model, storage=storage, inexact=inexact)  # checks the model as the user gave it
     if _has_unfolded_batchnorm(model):
         # Trained with BatchNorm unfolded (QAT): export the folded twin, as TFLite runs it.
         model = finalize(model, fold_batchnorm=True)
-    weight_plans, activation_plans = plan_model(model, int4=int4, inexact=inexact)
+    weight_plans, activation_plans = plan_model(model, storage=storage, inexact=inexact)
     flatbuffer = convert(model, weight_plans, activation_plans,
                          representative_data=representative_data, int8_io=int8_io)
     float_ops = float_operators(flatbuffer)
@@ -288,6 +306,7 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True, int4=T
             "the model), or pass representative_data= to let the converter calibrate them"
             + float_hint(model)
         )
+    flatbuffer = restore_fully_connected(flatbuffer, weight_plans)
     interpreter = checked_interpreter(flatbuffer, model)
     write_atomically(path, flatbuffer)
     return TFLiteExport(
@@ -295,6 +314,29 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True, int4=T
         [tuple(d["quantization"]) for d in interpreter.get_input_details()],
         [tuple(d["quantization"]) for d in interpreter.get_output_details()],
     )
+
+
+def resolve_storage(storage, int4) -> str:
+    """`storage`, or its equivalent of the older `int4=` when that is given instead."""
+    if int4 is None:
+        return check_storage(storage)
+    if storage != "narrow":
+        raise ValueError(f"give storage= or int4=, not both (got storage={storage!r}, "
+                         f"int4={int4!r})")
+    return storage_from_int4(int4)
+
+
+def restore_fully_connected(flatbuffer: bytes, weight_plans) -> bytes:
+    """The converted file with traced 1x1 convolutions back as FULLY_CONNECTED and the
+    int2-planned weights packed as INT2 (`autoqnn.export.flatbuffer`)."""
+    tree = load(flatbuffer)
+    converted = convs_to_fully_connected(tree)
+    planned = [p for p in weight_plans if p.container_bits == 2]
+    packed = pack_int2(tree) if planned else []
+    if len(packed) < len(planned):
+        raise ExportError(f"internal error: {len(planned)} weights planned as int2 "
+                          f"({[p.layer for p in planned]}), {len(packed)} packed")
+    return dump(tree) if converted or packed else flatbuffer
 
 
 def checked_interpreter(flatbuffer: bytes, model):
@@ -324,58 +366,3 @@ def write_atomically(path: Path, data: bytes):
         if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)
         raise ExportError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
-
-
-def run_tflite(path_or_bytes, inputs, *, num_threads=1, batch_size=1) -> np.ndarray:
-    """Runs a single-input, single-output `.tflite` model with LiteRT on float inputs.
-
-    Quantizes the inputs and dequantizes the outputs for int8 I/O models.
-
-    Args:
-        path_or_bytes: a file path or the flatbuffer bytes.
-        inputs: float array, batch first.
-        num_threads: LiteRT threads.
-        batch_size: rows per invoke.
-
-    Returns:
-        The float outputs, batch first.
-    """
-    kwargs = {"num_threads": num_threads}
-    if isinstance(path_or_bytes, (bytes, bytearray)):
-        interpreter = Interpreter(model_content=bytes(path_or_bytes), **kwargs)
-    else:
-        interpreter = Interpreter(model_path=os.fspath(path_or_bytes), **kwargs)
-    inp = interpreter.get_input_details()[0]
-    inputs = np.asarray(inputs, np.float32)
-    interpreter.resize_tensor_input(inp["index"], (batch_size,) + inputs.shape[1:])
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    results = []
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start:start + batch_size]
-        if len(chunk) < batch_size:
-            interpreter.resize_tensor_input(inp["index"], (len(chunk),) + inputs.shape[1:])
-            interpreter.allocate_tensors()
-        interpreter.set_tensor(inp["index"], quantize_input(chunk, inp))
-        interpreter.invoke()
-        results.append(dequantize_output(interpreter.get_tensor(out["index"]), out))
-    return np.concatenate(results)
-
-
-def quantize_input(x, detail):
-    """Float `x` as the input tensor's dtype (int8: round to its scale and zero point)."""
-    if detail["dtype"] == np.float32:
-        return np.asarray(x, np.float32)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(detail["dtype"])
-    q = np.round(np.asarray(x, np.float64) / scale) + zero
-    return np.clip(q, info.min, info.max).astype(detail["dtype"])
-
-
-def dequantize_output(y, detail):
-    """The float value of an output tensor."""
-    if detail["dtype"] == np.float32:
-        return np.asarray(y, np.float32)
-    scale, zero = detail["quantization"]
-    return ((np.asarray(y, np.float64) - zero) * scale).astype(np.float32)

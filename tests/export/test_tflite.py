@@ -51,24 +51,48 @@ def test_int8_per_channel_is_bit_exact(cnn_w8, data, tmp_path):
     assert parity_steps(cnn_w8, again, data).max() <= 1.0 + 1e-4
 
 
-def test_int4_weights_shrink_the_file(cnn_w4, cnn_w8, data, tmp_path):
-    info = autoqnn.export_tflite(cnn_w4, tmp_path / "w4.tflite")
-    assert info.weight_dtypes == {"conv1/kernel": "int8", "dw/kernel": "int8",
+def operator_names(path):
+    from autoqnn.export.flatbuffer import operators
+
+    return [name for name, _types in operators(open(path, "rb").read())]
+
+
+def test_storage_follows_each_layers_bits(cnn_w4, cnn_w8, data, tmp_path):
+    narrow = autoqnn.export_tflite(cnn_w4, tmp_path / "w4.tflite")  # storage="narrow"
+    assert narrow.weight_dtypes == {"conv1/kernel": "int4", "dw/kernel": "int4",
+                                    "logits/kernel": "int4"}
+    assert "INT4" in tensor_types(narrow.path).values()
+    plan = next(p for p in narrow.weight_plans if p.layer == "logits")
+    assert plan.exact and plan.grid.max_abs <= 7 and plan.bits == 4
+    # The per-channel Dense is a FULLY_CONNECTED again (XNNPACK's int4 fast path), with no
+    # dynamic-shape ops around it.
+    ops = operator_names(narrow.path)
+    assert ops.count("FULLY_CONNECTED") == 1 and ops.count("CONV_2D") == 1
+    assert "SHAPE" not in ops and "STRIDED_SLICE" not in ops
+    # int4 convolutions run on LiteRT's reference kernels; its int32 bias is at input step x
+    # int4 weight step, coarser than the Keras model's float bias: a small drift.
+    assert parity_steps(cnn_w4, narrow, data).max() <= 4.0 + 1e-4
+    fast = autoqnn.export_tflite(cnn_w4, tmp_path / "w4_fast.tflite", storage="xnnpack")
+    assert fast.weight_dtypes == {"conv1/kernel": "int8", "dw/kernel": "int8",
                                   "logits/kernel": "int4"}
-    assert "INT4" in tensor_types(info.path).values()
-    # Weights stay on their 4-bit grid: the int8/int4 integers are the b-bit integers.
-    plan = next(p for p in info.weight_plans if p.layer == "logits")
-    assert plan.exact and plan.grid.max_abs <= 7
-    steps = parity_steps(cnn_w4, info, data)
-    assert steps.max() <= 1.0 + 1e-4  # int4 FULLY_CONNECTED runs in XNNPACK
-    no_int4 = autoqnn.export_tflite(cnn_w4, tmp_path / "w4_int8.tflite", int4=False)
-    assert info.size_bytes < no_int4.size_bytes
-    every = autoqnn.export_tflite(cnn_w4, tmp_path / "w4_all.tflite", int4="all")
-    assert set(every.weight_dtypes.values()) == {"int4"}
-    assert every.size_bytes < info.size_bytes
-    # int4 convolutions run in LiteRT's builtin kernels, whose fixed-point
-    # rounding differs from the float graph at ties; the drift stays small.
-    assert parity_steps(cnn_w4, every, data).max() <= 4.0 + 1e-4
+    int8 = autoqnn.export_tflite(cnn_w4, tmp_path / "w4_int8.tflite", storage="int8")
+    assert set(int8.weight_dtypes.values()) == {"int8"}
+    assert narrow.size_bytes < fast.size_bytes < int8.size_bytes
+    # In int8 containers the 4-bit integers are scaled to the finest step that fits (x18),
+    # so the int32 bias is 18x finer: within one output step of the Keras model.
+    conv = next(p for p in int8.weight_plans if p.layer == "conv1")
+    assert 7 * 17 < conv.grid.max_abs <= 127 and conv.bits == 4
+    assert np.allclose(conv.grid.ints * conv.grid.scale, conv.values.reshape(
+        conv.grid.ints.shape), rtol=1e-5, atol=1e-7)
+    assert parity_steps(cnn_w4, int8, data).max() <= 1.0 + 1e-4
+    assert parity_steps(cnn_w4, fast, data).max() <= 1.0 + 1e-4
+    # The older int4= spelling maps onto storage; both at once is an error.
+    legacy = autoqnn.export_tflite(cnn_w4, tmp_path / "legacy.tflite", int4=True)
+    assert legacy.weight_dtypes == fast.weight_dtypes
+    with pytest.raises(ValueError, match="not both"):
+        autoqnn.export_tflite(cnn_w4, tmp_path / "x.tflite", storage="int8", int4=True)
+    with pytest.raises(ValueError, match="storage must be one of"):
+        autoqnn.export_tflite(cnn_w4, tmp_path / "x.tflite", storage="int4")
 
 
 def test_float_io_option(float_cnn, data, tmp_path):
@@ -95,9 +119,10 @@ def test_non_uniform_schemes_export_exactly(scheme, data, tmp_path):
     qmodel = autoqnn.quantize(model, scheme=scheme, weight_bits=bits, calibration_data=data)
     info = autoqnn.export_tflite(qmodel, tmp_path / f"{scheme}.tflite")
     assert [p.exact for p in info.weight_plans] == [True, True]
-    # binary / ternary levels {-a, (0,) a} and 3-bit powers of two (|int| <= 4) all fit in
-    # [-7, 7]: the Dense kernel goes to int4; int4 convolutions are off by default.
-    assert info.weight_dtypes == {"conv/kernel": "int8", "fc/kernel": "int4"}
+    # binary / ternary levels {-a, (0,) a} fit in [-1, 1]: an int2 fully connected kernel;
+    # 3-bit powers of two (|int| <= 4) in int4; a convolution has no int2 kernel: int4.
+    fc = "int2" if scheme in ("binary", "ternary") else "int4"
+    assert info.weight_dtypes == {"conv/kernel": "int4", "fc/kernel": fc}
     assert parity_steps(qmodel, info, data).max() <= 1.0 + 1e-4
 
 
