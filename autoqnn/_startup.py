@@ -1,8 +1,9 @@
-"""Quiet TensorFlow start-up for the `autoqnn` command line.
+"""Quiet TensorFlow start-up for `import autoqnn` and the `autoqnn` command line.
 
 `autoqnn/__init__.py` imports this module before anything imports TensorFlow,
 because both `python -m autoqnn` and the `autoqnn` console script import the
-package (and with it TensorFlow) before `autoqnn.cli` runs.
+package (and with it TensorFlow) before `autoqnn.cli` runs, and a program's
+`import autoqnn` should not print a screen of TensorFlow start-up lines either.
 
 Setting `TF_CPP_MIN_LOG_LEVEL` is not enough with recent TensorFlow: the
 messages logged while its shared libraries load ("oneDNN custom operations
@@ -10,8 +11,9 @@ are on", "Could not find cuda drivers", ...) are written before TensorFlow
 reads the variable. So, for the command line only, the import runs with the
 process's stderr (file descriptor 2) captured; afterwards the captured log
 entries at or above the level `TF_CPP_MIN_LOG_LEVEL` asks for are written
-back, and if the import fails everything captured is. The library itself
-(`import autoqnn` from a program or a notebook) changes nothing.
+back, and if the import fails everything captured is. Where TensorFlow was
+imported before autoqnn, or stderr is not a file (a notebook kernel), nothing
+changes. `TF_CPP_MIN_LOG_LEVEL=0` shows everything again.
 """
 
 from __future__ import annotations
@@ -99,10 +101,4 @@ def quiet_tensorflow_import() -> None:
             sys.stderr.flush()
 
 
-def quiet_tensorflow_if_cli() -> None:
-    """`quiet_tensorflow_import()` when this process is the command line, else nothing."""
-    if running_as_cli():
-        quiet_tensorflow_import()
-
-
-quiet_tensorflow_if_cli()
+quiet_tensorflow_import()

@@ -68,15 +68,6 @@ def test_bad_inputs_give_clear_errors(model_file, tmp_path, capsys):
               "--data", str(tmp_path / "junk.npz"), "--epochs", "2"])
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--epochs", "1", "--train-subset", "512",
-                 "--verbose", "1"]) == 0
-    text = capsys.readouterr().out
-    assert "W8A8 PTQ" in text and "W4A4 QAT" in text
-    for name in ("cnn_float", "cnn_w8a8", "cnn_w4a4"):
-        assert (tmp_path / f"{name}.keras").is_file()
-
-
 def test_quantize_binary_takes_the_schemes_default_bits(model_file, tmp_path):
     """--weight-bits defaults to None, so a 1-bit scheme works without it."""
     out = tmp_path / "binary.keras"
@@ -133,9 +124,9 @@ def test_search_writes_a_mixed_precision_model(model_file, tmp_path, capsys):
     assert record["strategy"] == "sensitivity" and record["average_weight_bits"] <= 3.0
     assert {row["layer"] for row in record["policy"]} == {r.name for r in report
                                                           if r.status == "quantized"}
-    assert main(["search", str(model_file), "-o", str(out), "--budget", "1.0",
-                 "--data", str(tmp_path / "calib.npz"), "--verbose", "0"]) == 2
-    assert "smallest achievable average of 2.0000 bits" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"--budget 1 is below the smallest candidate bits"):
+        main(["search", str(model_file), "-o", str(out), "--budget", "1.0",
+              "--data", str(tmp_path / "missing.npz"), "--verbose", "0"])  # before any work
 
 
 def test_search_with_the_trained_strategy(model_file, tmp_path, capsys):
@@ -150,3 +141,114 @@ def test_search_with_the_trained_strategy(model_file, tmp_path, capsys):
     with pytest.raises(SystemExit, match="this --strategy needs labels"):
         main(["search", str(model_file), "-o", str(out), "--budget", "3.0",
               "--strategy", "qpl", "--data", str(tmp_path / "calib.npz")])
+
+
+def test_python_import_prints_no_tensorflow_startup_log():
+    env = {k: v for k, v in os.environ.items() if k != _startup.LOG_LEVEL_VARIABLE}
+    result = subprocess.run([sys.executable, "-c", "import autoqnn"], capture_output=True,
+                            text=True, env=env, cwd=Path(__file__).resolve().parents[1],
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert not TF_NOISE.search(result.stderr), result.stderr
+
+
+def _labelled(tmp_path):
+    rng = np.random.default_rng(2)
+    path = tmp_path / "test.npz"
+    np.savez(path, x_test=(rng.random((24, 8, 8)) * 255).astype("uint8"),
+             y_test=rng.integers(0, 3, 24))
+    return path
+
+
+def test_quantize_under_a_budget_reads_out_accuracy_and_plots(model_file, tmp_path, capsys):
+    out, png = tmp_path / "b.keras", tmp_path / "policy.png"
+    assert main(["quantize", str(model_file), "-o", str(out), "--budget", "3",
+                 "--data", str(tmp_path / "calib.npz"), "--eval-data", str(_labelled(tmp_path)),
+                 "--plot", str(png), "--verbose", "0"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"top-1 on .* \(24 images\): float [\d.]+%, quantized [\d.]+% "
+                     r"\([+-][\d.]+ points\)", text), text
+    assert autoqnn.quantization_report(keras.models.load_model(out)).weight_bits_avg <= 3.0
+    assert png.stat().st_size > 1000
+    with pytest.raises(SystemExit, match="--budget needs --data"):
+        main(["quantize", str(model_file), "-o", str(out), "--budget", "3"])
+    assert main(["quantize", str(model_file), "-o", str(out), "--budget", "40", "--data",
+                 str(tmp_path / "calib.npz"), "--verbose", "0"]) == 0
+    assert "every layer gets 8 bits" in capsys.readouterr().err
+
+
+def test_uncalibrated_quantize_then_calibrate_then_export(model_file, tmp_path, capsys):
+    q, tfl = tmp_path / "q.keras", tmp_path / "q.tflite"
+    assert main(["quantize", str(model_file), "-o", str(q), "--weight-bits", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "note: " in err and "autoqnn calibrate" in err and "UserWarning" not in err
+    with pytest.raises(SystemExit, match="autoqnn calibrate"):
+        main(["export", str(q), "--tflite", str(tfl)])
+    assert main(["calibrate", str(q), "--data", str(tmp_path / "calib.npz"), "-o", str(q)]) == 0
+    assert "calibrated 3 activation quantizer(s) on 16 inputs" in capsys.readouterr().out
+    assert main(["export", str(q), "--tflite", str(tfl)]) == 0
+    assert tfl.stat().st_size > 0
+
+
+def test_info_on_a_float_model_says_it_is_float(model_file, capsys):
+    assert main(["info", str(model_file)]) == 0
+    text = capsys.readouterr().out
+    assert "a float model (2 weighted layers" in text and "no quantization handler" not in text
+
+
+USER_LAYER = """
+import keras
+
+
+class Doubler(keras.layers.Layer):
+    def call(self, x):
+        return 2.0 * x
+"""
+
+
+def test_custom_objects_module_loads_a_user_layer(tmp_path, capsys):
+    (tmp_path / "my_layers.py").write_text(USER_LAYER)
+    namespace = {}
+    exec(USER_LAYER, namespace)
+    inputs = keras.Input((4,))
+    x = namespace["Doubler"]()(inputs)
+    path = tmp_path / "user.keras"
+    keras.Model(inputs, keras.layers.Dense(2, name="head")(x)).save(path)
+    with pytest.raises(SystemExit, match="--custom-objects my_layers.py") as caught:
+        main(["info", str(path)])
+    assert len(str(caught.value)) < 600  # not the whole config dump
+    assert main(["info", str(path), "--custom-objects", str(tmp_path / "my_layers.py")]) == 0
+    assert "a float model (1 weighted layers" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--custom-objects file not found"):
+        main(["info", str(path), "--custom-objects", str(tmp_path / "nope.py")])
+
+
+def test_plot_commands_write_pngs(model_file, tmp_path):
+    q = tmp_path / "q.keras"
+    assert main(["quantize", str(model_file), "-o", str(q), "--weight-bits", "4", "--data",
+                 str(tmp_path / "calib.npz")]) == 0
+    assert main(["plot", "policy", str(q), "-o", str(tmp_path / "p.png")]) == 0
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps({"rows": [{"method": "a", "accuracy": 0.9, "size_bytes": 10},
+                                            {"method": "b", "top1": 80.0, "bytes": 5}]}))
+    assert main(["plot", "pareto", str(results), "-o", str(tmp_path / "r.png")]) == 0
+    history = tmp_path / "h.jsonl"
+    history.write_text("".join(json.dumps({"trial": i, "config": {}, "accuracy": a,
+                                           "sampler": "random"}) + "\n"
+                               for i, a in enumerate([0.5, 0.7, 0.6])))
+    assert main(["plot", "tuner", str(history), "-o", str(tmp_path / "h.png")]) == 0
+    for name in ("p.png", "r.png", "h.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert main(["plot", "policy", str(model_file), "-o", str(tmp_path / "f.png")]) == 2
+
+
+def test_every_option_has_help_text():
+    from autoqnn.cli_parser import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        assert sub.description, name
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, (name, action.dest)
