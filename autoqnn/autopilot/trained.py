@@ -40,6 +40,7 @@ import keras
 
 from autoqnn import defaults
 from autoqnn.autopilot.choice import Candidate, RecipeChoice
+from autoqnn.autopilot.data_check import check_input_range
 from autoqnn.autopilot.judge import Score, as_arrays
 from autoqnn.config import QuantizationConfig
 from autoqnn.core import quantize_config
@@ -127,6 +128,7 @@ def choose_trained(model, train_data, val_data=None, *, budget: Budget, activati
         val = labelled_arrays(val_data, "val_data")
     x_cal = train[0][:num_samples] if calibration_data is None else \
         as_arrays(calibration_data, "calibration_data")
+    check_input_range(model, x_cal)
     input_bits = 8 if input_bits is None else input_bits
     overrides, result = _policy(model, x_cal, budget, activation_bits, config, num_samples)
     bits = [v["weight_bits"] for v in overrides.values()] + [activation_bits or 8]
