@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
+
+import keras
 
 from autoqnn import defaults
 from autoqnn.layers.quantizer import Quantizer
@@ -289,6 +292,38 @@ class QuantizationConfig:
                 by_regex.append(selector)
         return by_class + by_regex + by_name
 
+    def unmatched_selectors(self, model) -> list:
+        """The override selectors that select no layer of `model` (nested models and the
+        sublayers of composite layers included, by name and by "outer/inner" path).
+
+        Example:
+            >>> import keras
+            >>> inputs = keras.Input((4,))
+            >>> model = keras.Model(inputs, keras.layers.Dense(2, name="head")(inputs))
+            >>> QuantizationConfig(overrides={"head": None, "conv2d_1": None,
+            ...                               "dense_.*": None}).unmatched_selectors(model)
+            ['conv2d_1', 'dense_.*']
+        """
+        layers = list(_layer_paths(model, ""))
+        return [s for s in self.overrides
+                if not any(s in self.matching_selectors(name, cls, path)
+                           for name, cls, path in layers)]
+
+    def warn_unmatched(self, model) -> list:
+        """Warns (one `UserWarning`) about the selectors `unmatched_selectors` finds and
+        returns them; the warning lists the model's layer names to choose from."""
+        unmatched = self.unmatched_selectors(model)
+        if unmatched:
+            names = [path for _, _, path in _layer_paths(model, "")]
+            shown = ", ".join(names[:12]) + (f", ... ({len(names)} layers)"
+                                             if len(names) > 12 else "")
+            labels = ", ".join(repr(s) if isinstance(s, str) else s.__name__
+                               for s in unmatched)
+            warnings.warn(f"config: {labels} match(es) no layer of model {model.name!r}, so "
+                          f"nothing changes for them; its layers: {shown}", UserWarning,
+                          stacklevel=3)
+        return unmatched
+
     def for_layer(self, layer_name: str, layer_class, layer_path: str | None = None,
                   base: LayerConfig | None = None) -> LayerConfig:
         """The resolved `LayerConfig` of one layer (`layer_path`: its path in nested models).
@@ -304,6 +339,18 @@ class QuantizationConfig:
             else:  # a settings dict of a later (more specific) selector re-enables the layer
                 config = config.replace(**{"quantize": True, **_implied_bits(config, value)})
         return config
+
+
+def _layer_paths(layer, prefix):
+    """(name, class, path) of every layer under `layer` (nested models, composite
+    layers' sublayers), the path joined by "/"."""
+    children = getattr(layer, "layers", None)
+    if children is None:
+        children = [v for v in vars(layer).values() if isinstance(v, keras.layers.Layer)]
+    for child in children:
+        path = f"{prefix}{child.name}"
+        yield child.name, type(child), path
+        yield from _layer_paths(child, path + "/")
 
 
 def _implied_bits(config: LayerConfig, override: dict) -> dict:
