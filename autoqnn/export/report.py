@@ -32,6 +32,11 @@ from autoqnn.export.storage import check_storage, kernel
 from autoqnn.layers.activation import ActivationQuantizer
 from autoqnn.layers.quantized import QuantizedWeightsMixin
 
+PARITY_NOTE = ("int4 convolution: its int32 bias is stored at input step x int4 weight step, "
+               "coarser than the model's float bias, on LiteRT's reference kernel: LiteRT may "
+               "differ from Keras by a few output steps (storage='xnnpack' keeps it int8, "
+               "within one step)")
+
 
 @dataclasses.dataclass
 class ExportRow:
@@ -154,6 +159,8 @@ def export_report(model, *, storage="narrow") -> ExportReport:
             row.op = plans[0].op
             row.kernel = kernel(row.op, max(p.container_bits for p in plans))
             row.note = "; ".join(sorted({p.note for p in plans if p.note}))
+            if row.kernel.startswith("LiteRT reference") and row.exact:
+                row.note = "; ".join(filter(None, [row.note, PARITY_NOTE]))
             report.append(row)
         elif params:
             report.append(ExportRow(path, cls, "float", params=params, packed_bytes=4.0 * params,

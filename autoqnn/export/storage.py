@@ -28,6 +28,8 @@ Example:
     (2, '')
     >>> container_bits("CONV_2D", max_abs=3, bits=3, storage="xnnpack")[0]
     8
+    >>> container_bits("CONV_2D", max_abs=1, bits=2, storage="narrow")
+    (4, 'LiteRT has no int2 CONV_2D: int4')
 """
 
 from __future__ import annotations
@@ -107,7 +109,10 @@ def container_bits(op: str, max_abs: int, bits: int, storage: str) -> tuple[int,
                         "stores it int4 on LiteRT's reference kernel)")
     if chosen > fits[0]:
         return chosen, f"LiteRT has no int{fits[0]} {op}: int{chosen}"
-    return chosen, ""
+    if bits not in QMAX:
+        return chosen, f"TFLite has no {bits}-bit tensor type: the {bits}-bit levels in int{chosen}"
+    return chosen, (f"levels reach |{max_abs}| on their finest grid, beyond int{bits}'s "
+                    f"[-{QMAX[bits]}, {QMAX[bits]}]: int{chosen}")
 
 
 def finer_grid(grid, container: int):
