@@ -21,8 +21,9 @@ setup(
         "ai-edge-litert",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "ruff", "matplotlib", "keras-hub", "ray"],
-        "notebooks": ["matplotlib", "jupyter", "nbconvert"],
+        "test": ["pytest", "hypothesis", "ruff", "matplotlib", "keras-hub", "ray", "nbformat",
+                 "nbclient", "ipykernel"],
+        "notebooks": ["matplotlib", "jupyter", "nbformat", "nbclient", "ipykernel"],
         "bench": ["matplotlib", "hgq2"],
         "distributed": ["ray"],
     },
