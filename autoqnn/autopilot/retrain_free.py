@@ -4,8 +4,12 @@ together, on the user's own data, within a time budget.
 For each recipe (`autoqnn.autopilot.recipes`: the seeds, then Quantune's cost-model
 picks) it runs the retrain-free mixed-precision search (`autoqnn.mixed`, strategy
 "sensitivity") *under that recipe* (the sensitivity table is measured with that recipe's
-calibration, clipping and bias correction) and judges the searched model on images held
-out from the ones it calibrated on (`autoqnn.autopilot.judge`). Beside them it builds
+calibration, grid, clipping and bias correction) and judges the searched model on images
+held out from the ones it calibrated on (`autoqnn.autopilot.judge`). A table is measured
+once per weight clipping (`table_key`): a recipe that differs from a measured one only in
+calibration, grid, bias correction or rounding is built at that search's policy (kind
+"shared"), at the cost of one build instead of a search, so many more recipes fit the
+time budget. Beside them it builds
 uniform quantization at the same budget (every searched layer at one width, under the
 defaults and under the best recipe) and, when time remains, the best policy rebuilt with
 AdaRound. It returns the best candidate on its judge, so never one that is worse than
@@ -43,12 +47,20 @@ from autoqnn.mixed.dispatch import search
 from autoqnn.mixed.result import search_result
 from autoqnn.mixed.sensitivity import SensitivityConfig
 
-ADAROUND_COST = 8.0
-"""AdaRound's cost estimate, in searches of the same model without it (measured 8x a
-build on `mobilenet` at W4A8: 14.2 s against 1.8 s)."""
+ADAROUND_COST = 4.0
+"""AdaRound's cost estimate, in sensitivity searches of the same model (measured 3-3.5x on
+`cnn` at 3 and 4 bits: `results/autopilot.json`)."""
 MSE_CLIPPING_COST = 3.0
-"""A recipe with MSE weight clipping costs about this many times one without (it refines
+"""A search under MSE weight clipping costs about this many times one without (it refines
 the clip of every probed layer; measured 3x on `cnn`), until one is measured."""
+
+
+def table_key(recipe: dict | None) -> str:
+    """What a recipe's sensitivity table depends on enough to be measured again: the weight
+    clipping (a clip refined per probe changes each layer's error at low bits). Recipes
+    that differ only in calibration, grid, bias correction or rounding share the table and
+    its policy, and cost one build each."""
+    return (recipe or {}).get("weight_clipping", "max")
 
 
 @dataclasses.dataclass
@@ -72,7 +84,8 @@ class _Run:
         self.start = time.perf_counter()
         self.candidates, self.best = [], _Best()
         self.proposer = RecipeProposer(settings["num_samples"])
-        self.costs = {}
+        self.policies = {}  # table key -> (overrides, SearchResult, recipe name)
+        self.search_costs, self.build_costs = {}, []
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -81,12 +94,14 @@ class _Run:
         return self.elapsed() + cost <= self.time_budget
 
     def estimate(self, recipe) -> float:
-        """Predicted seconds of searching under `recipe`, from the searches so far."""
-        clipping = (recipe or {}).get("weight_clipping", "max")
-        if clipping in self.costs:
-            return max(self.costs[clipping])
-        seen = max(max(v) for v in self.costs.values())
-        return seen * (MSE_CLIPPING_COST if clipping == "mse" else 1.0)
+        """Predicted seconds of the candidate of `recipe`, from those so far."""
+        key = table_key(recipe)
+        if key in self.policies and self.build_costs:
+            return max(self.build_costs)
+        if key in self.search_costs:
+            return max(self.search_costs[key])
+        seen = max(max(v) for v in self.search_costs.values())
+        return seen * (MSE_CLIPPING_COST if key == "mse" else 1.0)
 
     def options(self, recipe: dict | None) -> SensitivityConfig:
         ptq = self.proposer.ptq(recipe)
@@ -98,6 +113,9 @@ class _Run:
     def keep(self, candidate, qmodel, overrides=None, recipe=None):
         """Records a judged candidate; keeps its model when it is the best so far."""
         self.candidates.append(candidate)
+        if candidate.kind in ("search", "shared"):
+            self.proposer.tell(recipe, 100.0 * candidate.score.key[0]
+                               - 100.0 * candidate.score.kl)
         if self.verbose:
             print(f"autopilot: {candidate.name:<22} {candidate.kind:<8} "
                   f"{candidate.weight_bits:.2f} bits  {candidate.score}  "
@@ -109,40 +127,65 @@ class _Run:
     def fail(self, name, recipe, kind, start, error):
         self.candidates.append(Candidate(name, recipe, kind, None, None, None,
                                          round(time.perf_counter() - start, 2), error))
+        if kind in ("search", "shared"):
+            self.proposer.tell(recipe, None)
         if self.verbose:
             print(f"autopilot: {name:<22} {kind:<8} not kept: {error}")
 
-    def searched(self, recipe, strict=False):
-        """Searches the bits under `recipe` and judges the model."""
+    def judged(self, name, recipe, kind, qmodel, start, overrides):
+        options = self.options(recipe)
+        report = qmodel.autoqnn_report
+        self.keep(Candidate(name, options.ptq and options.ptq.to_dict(), kind,
+                            self.judge(qmodel), round(report.weight_bits_avg, 4),
+                            report.size_bytes, round(time.perf_counter() - start, 2)),
+                  qmodel, overrides, recipe)
+
+    def candidate(self, recipe, strict=False):
+        """Judges `recipe`: a search under it, or its build at the policy of the search
+        that measured its table (`table_key`)."""
         start = time.perf_counter()
-        name = recipe_name(recipe)
+        name, key = recipe_name(recipe), table_key(recipe)
+        kind = "shared" if key in self.policies else "search"
         try:
-            result = search(self.model, calibration_data=self.data, strategy=self.options(recipe),
-                            config=self.config, verbose=0, **self.budget.to_dict())
+            if kind == "shared":
+                overrides, _, _ = self.policies[key]
+                qmodel = self.build(recipe, overrides, start, f"policy of {self.policies[key][2]}")
+                self.build_costs.append(time.perf_counter() - start)
+            else:
+                result = search(self.model, calibration_data=self.data,
+                                strategy=self.options(recipe), config=self.config, verbose=0,
+                                **self.budget.to_dict())
+                searched = set(result.sensitivity.layers)
+                overrides = {path: {"weight_bits": bits} for path, bits in result.bits().items()
+                             if path in searched}
+                self.policies[key] = (overrides, result, name)
+                qmodel = result.model
+                self.search_costs.setdefault(key, []).append(time.perf_counter() - start)
         except Exception as err:  # noqa: BLE001 - a failed recipe is a row; the first raises
             if strict:
                 raise
-            self.fail(name, recipe, "search", start, f"{type(err).__name__}: {err}")
-            self.proposer.tell(recipe, None)
+            self.fail(name, recipe, kind, start, f"{type(err).__name__}: {err}")
             return
-        score = self.judge(result.model)
-        seconds = time.perf_counter() - start
-        self.costs.setdefault((recipe or {}).get("weight_clipping", "max"), []).append(seconds)
-        report = result.model.autoqnn_report
-        candidate = Candidate(name, self.proposer.ptq(recipe) and self.proposer.ptq(
-            recipe).to_dict(), "search", score, round(report.weight_bits_avg, 4),
-            report.size_bytes, round(seconds, 2))
-        self.proposer.tell(recipe, 100.0 * score.key[0] - 100.0 * score.kl)
-        searched = set(result.sensitivity.layers)
-        overrides = {path: {"weight_bits": bits} for path, bits in result.bits().items()
-                     if path in searched}
-        self.keep(candidate, result.model, overrides, recipe)
+        self.judged(name, recipe, kind, qmodel, start, overrides)
+
+    def build(self, recipe, overrides, start, step):
+        """The model of `recipe` at a searched policy (`overrides`), with its result."""
+        options = self.options(recipe)
+        qmodel = options.build(self.model, self.data, overrides, self.config)
+        history = []
+        memory = fit_memory(qmodel, self.budget.memory_bytes, options.candidate_activation_bits,
+                            self.data, options.observer, options.num_samples, history)
+        table = self.policies[table_key(recipe)][1].sensitivity \
+            if table_key(recipe) in self.policies else None
+        search_result(qmodel, [{"step": step}, *history], "sensitivity", start, memory,
+                      self.budget, table, options.activation_bits)
+        return qmodel
 
     def uniform(self, recipe):
         """Every searched layer at the widest single width within the budget."""
-        options = self.options(recipe)
         if not self.budget.on_weights:
             return
+        options = self.options(recipe)
         start = time.perf_counter()
         name = f"uniform {recipe_name(recipe)}"
         for bits in sorted(options.candidate_bits, reverse=True):
@@ -161,33 +204,19 @@ class _Run:
                                 options.num_samples, history)
             search_result(qmodel, [{"step": "uniform", "weight_bits": bits}, *history],
                           "uniform", start, memory, self.budget, None, options.activation_bits)
-            candidate = Candidate(f"{name} {bits}-bit", options.ptq and options.ptq.to_dict(),
-                                  "uniform", self.judge(qmodel), round(report.weight_bits_avg, 4),
-                                  report.size_bytes, round(time.perf_counter() - start, 2))
-            self.keep(candidate, qmodel, None, recipe)
+            self.build_costs.append(time.perf_counter() - start)
+            self.judged(f"{name} {bits}-bit", recipe, "uniform", qmodel, start, None)
             return
         self.fail(name, options.ptq and options.ptq.to_dict(), "uniform", start,
                   "no single width of candidate_bits meets the budget")
 
     def adaround(self):
-        """The best searched policy rebuilt with AdaRound (learned rounding)."""
+        """The best policy rebuilt with AdaRound (learned rounding)."""
         best = self.best
         start = time.perf_counter()
         recipe = {**(best.recipe or {}), "rounding": "adaround"}
-        options = self.options(recipe)
-        name = recipe_name(recipe)
-        qmodel = options.build(self.model, self.data, best.overrides, self.config)
-        history = []
-        memory = fit_memory(qmodel, self.budget.memory_bytes, options.candidate_activation_bits,
-                            self.data, options.observer, options.num_samples, history)
-        search_result(qmodel, [{"step": "adaround", "from": best.candidate.name}, *history],
-                      "sensitivity", start, memory, self.budget,
-                      best.model.autoqnn_search.sensitivity, options.activation_bits)
-        report = qmodel.autoqnn_report
-        self.keep(Candidate(name, options.ptq.to_dict(), "adaround", self.judge(qmodel),
-                            round(report.weight_bits_avg, 4), report.size_bytes,
-                            round(time.perf_counter() - start, 2)), qmodel, best.overrides,
-                  recipe)
+        qmodel = self.build(recipe, best.overrides, start, f"adaround on {best.candidate.name}")
+        self.judged(recipe_name(recipe), recipe, "adaround", qmodel, start, best.overrides)
 
 
 def choose_retrain_free(model, calibration_data, *, budget: Budget, settings: dict,
@@ -220,7 +249,7 @@ def choose_retrain_free(model, calibration_data, *, budget: Budget, settings: di
     check_input_range(model, calibrate)
     run = _Run(model, calibrate, judge, budget, settings, config, time_budget_seconds, verbose)
     seeds = run.proposer.seeds()
-    run.searched(seeds[0], strict=True)
+    run.candidate(seeds[0], strict=True)
     run.uniform(seeds[0])
     skipped = []
     pending = seeds[1:]
@@ -230,17 +259,18 @@ def choose_retrain_free(model, calibration_data, *, budget: Budget, settings: di
         if recipe is None:
             break
         if not run.affordable(run.estimate(recipe)):
-            skipped.append(recipe_name(recipe))
+            if recipe_name(recipe) not in skipped:
+                skipped.append(recipe_name(recipe))
             if proposed:
                 skipped.append(f"{len(run.proposer.state.untried()) - 1} more recipes of "
                                "the space")
                 break
             continue
-        run.searched(recipe)
-    if run.best.recipe is not None and run.best.candidate.kind == "search":
+        run.candidate(recipe)
+    if run.best.recipe is not None and run.best.candidate.kind != "uniform":
         run.uniform(run.best.recipe)
-    if run.best.candidate.kind == "search":
-        adaround_cost = ADAROUND_COST * min(min(v) for v in run.costs.values())
+    if run.best.candidate.kind in ("search", "shared"):
+        adaround_cost = ADAROUND_COST * min(min(v) for v in run.search_costs.values())
         if run.affordable(adaround_cost):
             run.adaround()
         else:
