@@ -1,7 +1,9 @@
 """The public entry point `autoqnn.quantize`: a thin facade. Keywords become a validated
 `QuantizationConfig` for the core call (`autoqnn.core.quantize_config`); a budget routes the
-same settings to the mixed-precision search (`autoqnn.mixed.dispatch.search`). Every keyword either
-acts on the route taken or raises an error naming it."""
+same settings to the autopilot (`autoqnn.autopilot`: retrain-free, or trained when labelled
+`train_data` is given), or, when the caller fixed the recipe, to the mixed-precision search
+(`autoqnn.mixed.dispatch.search`). Every keyword either acts on the route taken or raises an
+error naming it."""
 
 from __future__ import annotations
 
