@@ -240,19 +240,23 @@ def plan_activation(layer_path, layer: ActivationQuantizer) -> ActivationPlan:
     return plan
 
 
-def _patched_quantized_weight(plans):
+def _patched_quantized_weight(plans, float_weights=False):
     def quantized_weight(attr, training=False):
         del training
         if attr not in plans:
             raise ExportError(f"internal error: no export plan for weight {attr!r}")
+        if float_weights:
+            return tf.constant(plans[attr].values)
         return plans[attr].fake_quant()  # a new constant in each traced graph
 
     return quantized_weight
 
 
 @contextlib.contextmanager
-def lowered(model, weight_plans: list[WeightPlan], activation_plans: list[ActivationPlan]):
-    """Context in which `model`'s quantized layers trace as constant fake-quant ops."""
+def lowered(model, weight_plans: list[WeightPlan], activation_plans: list[ActivationPlan],
+            float_weights: bool = False):
+    """Context in which `model`'s quantized layers trace as constant fake-quant ops
+    (`float_weights`: as float32 constants holding the quantized values)."""
     layers = dict(iter_layers(model))
     by_layer: dict[str, dict[str, WeightPlan]] = {}
     for plan in weight_plans:
@@ -261,7 +265,8 @@ def lowered(model, weight_plans: list[WeightPlan], activation_plans: list[Activa
     try:
         for path, attrs in by_layer.items():
             layer = layers[path]
-            object.__setattr__(layer, "quantized_weight", _patched_quantized_weight(attrs))
+            object.__setattr__(layer, "quantized_weight",
+                               _patched_quantized_weight(attrs, float_weights))
             patched.append((layer, "quantized_weight"))
         for plan in activation_plans:
             layer = layers[plan.layer]

@@ -45,39 +45,27 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tempfile
 from pathlib import Path
 
 import keras
-import numpy as np
-import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from autoqnn.data import iterate_batches
-from autoqnn.export.calls import (
-    affine_call,
-    affine_parameters,
-    dense_as_conv_call,
-    einsum_as_conv_call,
-    einsum_as_matmul,
-    layer_norm_call,
-)
+from autoqnn.export.converter import ACTIVATIONS, convert
 from autoqnn.export.diagnose import float_hint, float_operators, layer_names_in
 from autoqnn.export.flatbuffer import convs_to_fully_connected, dump, load, pack_int2
+from autoqnn.export.grid import embed_in_int_grid
 from autoqnn.export.lowering import (
     ExportError,
     iter_layers,
-    lowered,
     plan_activation,
     plan_weights,
     quantized_layers,
 )
 from autoqnn.export.runtime import dequantize_output, quantize_input, run_tflite
 from autoqnn.export.storage import check_storage, storage_from_int4
+from autoqnn.export.weight_only import dequantize_weights
 from autoqnn.finalize import finalize
-from autoqnn.layers.quantized import QuantDense, QuantEinsumDense
-from autoqnn.rewrite.clone import clone_quantized
 
 __all__ = ["TFLiteExport", "dequantize_output", "export_tflite", "quantize_input", "run_tflite"]
 
@@ -121,8 +109,9 @@ def check_writable(path) -> Path:
     return path
 
 
-def plan_model(model, *, storage="narrow", inexact="error"):
-    """Checks that `model` is an exportable quantized model and plans its lowering.
+def plan_model(model, *, storage="narrow", inexact="error", activations="int8"):
+    """Checks that `model` is an exportable quantized model and plans its lowering
+    (with `activations="float"` the activation quantizers are left out).
 
     Returns:
         `(weight_plans, activation_plans)`.
@@ -147,6 +136,8 @@ def plan_model(model, *, storage="narrow", inexact="error"):
             f"layers {not_final} have trainable bits or scheme mixtures; fix them first with "
             "model = autoqnn.finalize(model)"
         )
+    if activations == "float":
+        act_layers = []
     per_channel = [path for path, layer in act_layers if layer.range_axis is not None]
     if per_channel:
         raise ExportError(
@@ -174,88 +165,9 @@ def _has_unfolded_batchnorm(model) -> bool:
                for _, layer in iter_layers(model))
 
 
-def affine_calls(layers: dict) -> list:
-    """`(layer, call)` for the float per-channel affine layers (`autoqnn.export.calls`)."""
-    found = []
-    for path, layer in layers.items():
-        if not isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Rescaling,
-                                  keras.layers.Normalization)) or not layer.built:
-            continue
-        try:
-            channels = layer.input.shape[-1]
-        except (AttributeError, ValueError):  # never called in a graph
-            continue
-        parameters = affine_parameters(layer, channels) if channels else None
-        if parameters is not None:
-            found.append((layer, affine_call(layer, path, *parameters)))
-    return found
-
-
-def _representative(model, data):
-    def gen():
-        for batch in iterate_batches(model, data, batch_size=1, num_samples=200,
-                                     argument="representative_data"):
-            inputs = batch if isinstance(batch, (list, tuple)) else [batch]
-            yield [np.asarray(x, np.float32) for x in inputs]
-
-    return gen
-
-
-def convert(model, weight_plans, activation_plans, *, representative_data=None, int8_io=True):
-    """Traces a lowered copy of the model and runs the TFLite converter; returns the
-    flatbuffer bytes. The model itself is never changed: the lowering patches a clone."""
-    model = clone_quantized(model)
-    layers = dict(iter_layers(model))
-    dense_calls = [
-        (layers[p.layer], dense_as_conv_call(layers[p.layer], p))
-        for p in weight_plans
-        if isinstance(layers[p.layer], QuantDense) and p.channel_axis is not None
-    ] + [
-        (layers[p.layer], einsum_as_conv_call(layers[p.layer], p))
-        for p in weight_plans
-        if isinstance(layers[p.layer], QuantEinsumDense)
-        and einsum_as_matmul(layers[p.layer].equation) is not None
-    ] + [
-        (layer, layer_norm_call(layer)) for layer in layers.values()
-        if isinstance(layer, keras.layers.LayerNormalization) and not layer.rms_scaling
-    ] + affine_calls(layers)
-    with tempfile.TemporaryDirectory(prefix="autoqnn_export_") as tmp:
-        saved = os.path.join(tmp, "saved_model")
-        with lowered(model, weight_plans, activation_plans):
-            for layer, call in dense_calls:
-                object.__setattr__(layer, "call", call)
-            try:
-                model.export(saved, format="tf_saved_model", verbose=False)
-            finally:
-                for layer, _call in dense_calls:
-                    object.__delattr__(layer, "call")
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if int8_io:
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
-        if representative_data is not None:
-            converter.representative_dataset = _representative(model, representative_data)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        try:
-            return converter.convert()
-        except Exception as err:  # ConverterError and friends: name the layers
-            message = str(err)
-            names = layer_names_in(message, model)
-            ops = sorted(set(re.findall(r"'(tf\.\w+|tfl\.\w+)' op", message)))
-            where = f"layers {names}" if names else "the model"
-            detail = next((line.strip() for line in message.splitlines() if "error:" in line),
-                          message.splitlines()[0] if message else "")
-            raise ExportError(
-                f"the TFLite converter cannot build a full-integer graph for {where}"
-                f"{' (ops ' + ', '.join(ops) + ')' if ops else ''}: "
-                f"{detail[-400:]}. Keep such layers out of the model, or pass "
-                "representative_data= to calibrate layers without a quantized range"
-            ) from None
-
-
-def export_tflite(model, path, representative_data=None, *, int8_io=True,
-                  storage="narrow", int4=None, inexact="error") -> TFLiteExport:
+def export_tflite(model, path, representative_data=None, *, int8_io=None,
+                  storage="narrow", int4=None, inexact="error",
+                  activations="int8") -> TFLiteExport:
     """Writes a full-integer `.tflite` file, each weight at the width its layer was searched.
 
     Args:
@@ -265,7 +177,8 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True,
             only for tensors that have no range in the model (float layers);
             the model's own ranges are never re-calibrated.
         int8_io: int8 model inputs and outputs (False: float32 I/O with
-            QUANTIZE/DEQUANTIZE at the ends).
+            QUANTIZE/DEQUANTIZE at the ends); default True, and False with
+            `activations="float"` (which cannot have int8 I/O).
         storage: "narrow" (default): each weight in the narrowest type LiteRT
             runs for its op that holds its levels (int2 / int4 fully connected,
             int4 convolutions, which run on LiteRT's slower reference
@@ -277,6 +190,11 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True,
             "narrow", False: "int8"); give one of the two.
         inexact: "error" (default) raises when a layer's levels do not embed
             in int8; "requantize" re-quantizes them (error <= half a step).
+        activations: "int8" (default): a full-integer graph; "float":
+            weight-only, integer weights (int4 where the levels fit, unless
+            `storage="int8"`) dequantized into float32 ops
+            (`autoqnn.export.weight_only`); activation quantizers are left
+            out, so it also exports models quantized with `activation_bits=None`.
 
     Returns:
         A `TFLiteExport`.
@@ -284,17 +202,41 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True,
     Raises:
         ExportError: float model, uncalibrated quantizers, levels or layers
             LiteRT cannot run (the message names them), unwritable path.
-        ValueError: an unknown `storage`, or both `storage` and `int4` given.
+        ValueError: an unknown `storage` or `activations`, both `storage` and
+            `int4`, or an option that does not apply to float activations.
     """
     storage = resolve_storage(storage, int4)
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+    if activations == "float":
+        for name, given in (("int8_io", bool(int8_io)),
+                            ("representative_data", representative_data is not None)):
+            if given:
+                raise ValueError(f"{name}= does not apply to activations='float' "
+                                 "(float inputs, outputs and activations)")
+        int8_io = False
+    int8_io = True if int8_io is None else int8_io
     path = check_writable(path)
-    plan_model(model, storage=storage, inexact=inexact)  # checks the model as the user gave it
+    options = {"storage": storage, "inexact": inexact, "activations": activations}
+    plan_model(model, **options)  # checks the model as the user gave it
+    if activations == "int8" and representative_data is None and not quantized_layers(model)[1]:
+        raise ExportError(
+            f"model {model.name!r} has no activation quantizers (quantized with "
+            "activation_bits=None?), so its activations have no int8 ranges: export it "
+            "weight-only with activations='float', or pass representative_data= to let the "
+            "converter calibrate them")
     if _has_unfolded_batchnorm(model):
         # Trained with BatchNorm unfolded (QAT): export the folded twin, as TFLite runs it.
         model = finalize(model, fold_batchnorm=True)
-    weight_plans, activation_plans = plan_model(model, storage=storage, inexact=inexact)
+    weight_plans, activation_plans = plan_model(model, **options)
     flatbuffer = convert(model, weight_plans, activation_plans,
-                         representative_data=representative_data, int8_io=int8_io)
+                         representative_data=representative_data, int8_io=int8_io,
+                         activations=activations)
+    if activations == "float":
+        flatbuffer, weight_plans = weight_only_file(flatbuffer, weight_plans, storage, model)
+        interpreter = checked_interpreter(flatbuffer, model)
+        write_atomically(path, flatbuffer)
+        return TFLiteExport(str(path), len(flatbuffer), weight_plans, [], [(0.0, 0)], [(0.0, 0)])
     float_ops = float_operators(flatbuffer)
     if float_ops:
         names = sorted({n for _op, tensor in float_ops for n in layer_names_in(
@@ -314,6 +256,27 @@ def export_tflite(model, path, representative_data=None, *, int8_io=True,
         [tuple(d["quantization"]) for d in interpreter.get_input_details()],
         [tuple(d["quantization"]) for d in interpreter.get_output_details()],
     )
+
+
+def weight_only_file(flatbuffer: bytes, weight_plans, storage: str, model):
+    """`(bytes, plans)` of a weight-only file: the float file's quantized weights stored
+    as integers + DEQUANTIZE; raises `ExportError` naming weights left float."""
+    tree = load(flatbuffer)
+    convs_to_fully_connected(tree)
+    stored, left_float = dequantize_weights(tree, storage)
+    exact = [p for p in weight_plans if p.exact]
+    if len(stored) < len(exact):
+        names = sorted({n for t in left_float for n in layer_names_in("/" + t + "/", model)})
+        raise ExportError(f"weights of layers {names or left_float} stay float32 in the "
+                          f"weight-only file: their values have no integer grid "
+                          f"({len(stored)} of {len(exact)} quantized weights stored)")
+    plans = []
+    for plan in weight_plans:
+        own = embed_in_int_grid(plan.values, plan.channel_axis) if plan.exact else None
+        bits = 4 if storage != "int8" and own is not None and own.max_abs <= 7 else 8
+        note = plan.note if bits >= plan.container_bits else ""
+        plans.append(dataclasses.replace(plan, container_bits=bits, note=note))
+    return dump(tree), plans
 
 
 def resolve_storage(storage, int4) -> str:
