@@ -1,8 +1,10 @@
 """Export of quantized models: full-integer TFLite, bit-packed `.aqnn`, export report.
 
-* `export_tflite(model, path)`: int8 graph (int4 weights where LiteRT runs them).
+* `export_tflite(model, path)`: a full-integer graph, each weight at the narrowest
+  type LiteRT runs for its op and bits (int2 / int4 / int8; `storage="int8"` for
+  the fastest file); `activations="float"` for a weight-only file.
 * `export_packed(model, path)` / `load_packed(path)`: weights at their true bit width.
-* `export_report(model)`: per layer bits, bytes and TFLite dtype.
+* `export_report(model)`: per layer bits, bytes, TFLite dtype, kernel and why wider.
 * `per_tensor_activations(model, data)`: per-channel activation ranges made per-tensor.
 """
 
