@@ -212,7 +212,7 @@ def cmd_plot(args):
         model = load_model(args.input, args.custom_objects)
         plots.plot_policy(model, args.output, budget=args.budget)
     elif args.kind == "pareto":
-        plots.plot_pareto(args.input, args.output)
+        plots.plot_pareto(args.input, args.output, select=args.select)
     else:
         plots.plot_tuner(args.input, args.output)
     print(f"wrote {args.output}")

@@ -200,6 +200,8 @@ def _plot(sub):
                       help="the PNG to write")
     plot.add_argument("--budget", type=float, default=None, metavar="BITS",
                       help="policy: draw this budget line (default: the average)")
+    plot.add_argument("--select", default=None, metavar="PREFIX",
+                      help="pareto: only the rows whose label starts with PREFIX (a model)")
     _custom(plot)
 
 

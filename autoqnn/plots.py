@@ -165,28 +165,30 @@ def pareto_points(results: dict) -> list:
 
 
 _CONTAINERS = {"models", "rows", "runs", "uniform", "search", "settings", "float_plus",
-               "export", "row", "results"}
+               "export", "row", "results", "budgets"}
 
 
-def plot_pareto(results, path=None, *, title=None):
+def plot_pareto(results, path=None, *, title=None, select=None):
     """Accuracy against bytes, one point per method, the Pareto front drawn as a line.
 
     Args:
         results: a results dict or the path of a results JSON (see `pareto_points`).
         path: a PNG to write (None: only return the figure).
         title: the figure title.
+        select: keep only the points whose label starts with this (e.g. a model's name).
 
     Raises:
-        ValueError: the file holds no row with an accuracy and a size.
+        ValueError: the file holds no row with an accuracy and a size (that `select` keeps).
     """
     name = None
     if not isinstance(results, dict):
         name = str(results)
         results = json.loads(Path(results).read_text())
-    points = pareto_points(results)
+    points = [p for p in pareto_points(results) if select is None or p[0].startswith(select)]
     if not points:
         raise ValueError(f"results {name or '(dict)'}: no rows with an accuracy (accuracy or "
-                         "top1) and a size (size_bytes or bytes)")
+                         f"top1) and a size (size_bytes or bytes)"
+                         + ("" if select is None else f" whose label starts with {select!r}"))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, size, accuracy) in enumerate(points):
@@ -197,10 +199,13 @@ def plot_pareto(results, path=None, *, title=None):
             front.append((size / 1024, accuracy))
             best = accuracy
     ax.plot(*zip(*front), color="k", linewidth=1, alpha=0.5, label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_xlabel("size, KiB (log)")
+    sizes = [p[1] for p in points]
+    if max(sizes) > 10 * min(sizes):
+        ax.set_xscale("log")
+    ax.set_xlabel("size, KiB")
     ax.set_ylabel("top-1 accuracy %")
-    ax.set_title(title or (Path(name).name if name else "accuracy vs bytes"), fontsize=9)
+    ax.set_title(title or f"{select + ': ' if select else ''}accuracy vs size"
+                 f"{f' ({Path(name).name})' if name else ''}", fontsize=9)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
     fig.tight_layout()
