@@ -59,7 +59,9 @@ def load_custom_objects(paths) -> dict:
 
 
 def load_model(path, custom_objects=None):
-    """`keras.models.load_model` with the package's classes and the user's modules."""
+    """`keras.models.load_model` with the package's classes and the user's modules, without
+    the training configuration (`compile=False`: no command needs it, and a legacy `.h5`
+    with compiled metrics then loads without a warning or a deserialization error)."""
     import keras
 
     import autoqnn  # noqa: F401  (registers the quantized layers for load_model)
@@ -70,7 +72,7 @@ def load_model(path, custom_objects=None):
     objects = load_custom_objects(custom_objects)
     try:
         with quiet_absl():
-            return keras.models.load_model(path, custom_objects=objects or None)
+            return keras.models.load_model(path, custom_objects=objects or None, compile=False)
     except Exception as err:  # keras raises many types for bad files
         text = str(err)
         hint = ""
