@@ -210,7 +210,16 @@ def cmd_plot(args):
 
     if args.kind == "policy":
         model = load_model(args.input, args.custom_objects)
-        plots.plot_policy(model, args.output, budget=args.budget)
+        sensitivity = None
+        if args.search_json:
+            import json
+
+            try:
+                sensitivity = json.loads(Path(args.search_json).read_text()).get("sensitivity")
+            except (OSError, ValueError, AttributeError) as err:
+                raise SystemExit(f"error: --search-json {args.search_json!r} is not a readable "
+                                 f"`autoqnn search --json` file: {err}") from None
+        plots.plot_policy(model, args.output, budget=args.budget, sensitivity=sensitivity)
     elif args.kind == "pareto":
         plots.plot_pareto(args.input, args.output, select=args.select)
     else:

@@ -200,6 +200,9 @@ def _plot(sub):
                       help="the PNG to write")
     plot.add_argument("--budget", type=float, default=None, metavar="BITS",
                       help="policy: draw this budget line (default: the average)")
+    plot.add_argument("--search-json", default=None, metavar="RESULT.json",
+                      help="policy: the `autoqnn search --json` file of this model, to add each "
+                           "layer's measured sensitivity")
     plot.add_argument("--select", default=None, metavar="PREFIX",
                       help="pareto: only the rows whose label starts with PREFIX (a model)")
     _custom(plot)

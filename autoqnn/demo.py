@@ -148,10 +148,13 @@ def run_demo(out_dir="autoqnn_demo", epochs=3, finetune_epochs=1, data_path=None
 
 
 def _plot(qmodel, path, budget, log):
+    search = getattr(qmodel, "autoqnn_search", None)
+    sensitivity = getattr(search, "sensitivity", None)
     try:
         from autoqnn.plots import plot_policy
 
-        plot_policy(qmodel, path, budget=budget)
+        plot_policy(qmodel, path, budget=budget,
+                    sensitivity=None if sensitivity is None else sensitivity.to_dict())
         log(f"policy plot: {path}")
     except ImportError as err:
         log(f"no policy plot: {err}")

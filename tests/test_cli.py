@@ -124,6 +124,13 @@ def test_search_writes_a_mixed_precision_model(model_file, tmp_path, capsys):
     assert record["strategy"] == "sensitivity" and record["average_weight_bits"] <= 3.0
     assert {row["layer"] for row in record["policy"]} == {r.name for r in report
                                                           if r.status == "quantized"}
+    png = tmp_path / "policy.png"
+    assert main(["plot", "policy", str(out), "-o", str(png), "--budget", "3",
+                 "--search-json", str(tmp_path / "search.json")]) == 0
+    from autoqnn.plots import plot_policy
+
+    figure = plot_policy(loaded, budget=3.0, sensitivity=record["sensitivity"])
+    assert len(figure.axes) == 3  # bits, parameter share, measured sensitivity
     with pytest.raises(SystemExit, match=r"--budget 1 is below the smallest candidate bits"):
         main(["search", str(model_file), "-o", str(out), "--budget", "1.0",
               "--data", str(tmp_path / "missing.npz"), "--verbose", "0"])  # before any work
