@@ -157,6 +157,7 @@ print(f"float {100 * float_top1:.2f}%  one call {100 * free_top1:.2f}% "
 search = getattr(qmodel, "autoqnn_search", None)
 sensitivity = None if search is None or search.sensitivity is None \\
     else search.sensitivity.to_dict()
+print(getattr(qmodel.autoqnn_report, "recipe", ""))  # the recipes tried, and the choice
 fig = plot_policy(qmodel, budget=BUDGET, sensitivity=sensitivity)
 fig.savefig("policy.png", dpi=120, bbox_inches="tight")
 for row in policy_rows(qmodel):
