@@ -1,26 +1,32 @@
-"""Export benchmark: TFLite file size, LiteRT latency, TFLite-vs-Keras parity, packed size.
+"""Export benchmark: our `.tflite` files beside the converter's int8 and the peers'.
 
-For a reference model (autoqnn/models.py) it measures, next to the float
-TFLite file and the TFLite converter's own post-training int8 quantization
-(the peer, calibrated on the same images):
+For each reference model (autoqnn/models.py, trained once and cached by
+tools/common.py) and the same float weights, one run measures:
 
-* autoqnn W8A8 and W4A8 exported with `export_tflite` (int4 Dense kernels by
-  default, and W4A8 with int4="all": int4 convolutions too);
-* file bytes (and the ratio to the float file), latency per image (LiteRT,
-  1 thread, batch 1, median over --runs invokes), test accuracy of the Keras
-  quantized model and of its TFLite file, the largest logit difference in
-  output quantization steps;
-* the `.aqnn` packed size next to Σ params·bits/8.
+* float: the TFLite converter's float file;
+* tflite_int8: the converter's own full-integer PTQ (representative dataset);
+* autoqnn W8A8, W4A8 (storage "narrow" / "xnnpack" / "int8"), a searched
+  3.0-bit model (`weight_bits_budget=3.0`, storage "narrow" and "xnnpack"),
+  and the W4 weight-only file (`activations="float"`);
+* AI Edge Quantizer recipes on the float file (static wi8 ai8, static wi4 ai8,
+  dynamic wi4, weight-only wi4; its recipe search when the installed version
+  has one) and Keras 3's `quantize("int8")` + `export(format="litert")`. A peer
+  that cannot run is a row whose `error` says why.
+
+Columns: file bytes (and the ratio to float), accuracy of the LiteRT file on
+the test split (and of the Keras quantized model, and the largest
+Keras-vs-LiteRT difference in output steps, for ours), LiteRT latency of one
+image at 1 and 2 threads (median of --rounds x --invokes, all files
+interleaved in each round, so a busy machine slows them alike) and its ratio
+to tflite_int8 within the run.
 
 Usage:
-    python tools/bench_export.py --data ../shared/data/fashion_mnist.npz --model cnn \\
-        --epochs 1 --train-subset 6000 --json results/bench_export_cnn.json
+    nice -n 10 python tools/bench_export.py --model cnn mobilenet \\
+        --json results/bench_export.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -33,45 +39,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from common import accuracy, load_data, train_reference  # noqa: E402
+from common import load_data, reference_parser, train_reference, write_json  # noqa: E402
 
 import autoqnn  # noqa: E402
 from autoqnn.export import run_tflite  # noqa: E402
+from autoqnn.export.tflite import quantize_input  # noqa: E402
 
 
-def latency_ms(path, sample, runs=100) -> float:
-    """Median LiteRT latency (ms) of one image: 1 thread, batch 1."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from autoqnn.export.tflite import quantize_input
-
-    interpreter = Interpreter(model_path=str(path), num_threads=1)
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], (1,) + sample.shape)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], quantize_input(sample[None], detail))
-    for _ in range(10):
-        interpreter.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+def _error(err) -> str:
+    text = str(err)
+    start = text.find("error: ")
+    text = text[start + 7:] if start >= 0 else text
+    return f"{type(err).__name__}: {text.splitlines()[0][:400] if text else ''}"
 
 
-def tflite_accuracy(path, x, y) -> tuple[float, np.ndarray]:
-    logits = run_tflite(path, x, num_threads=1, batch_size=256)
-    return float(np.mean(np.argmax(logits, -1) == y)), logits
+def convert_float(model) -> bytes:
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
-def _convert_float(model, path):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    Path(path).write_bytes(converter.convert())
-
-
-def _convert_peer(model, path, calibration_x):
+def convert_int8(model, calibration_x) -> bytes:
     """The TFLite converter's own full-integer PTQ (representative dataset)."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -80,117 +66,229 @@ def _convert_peer(model, path, calibration_x):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    Path(path).write_bytes(converter.convert())
+    return converter.convert()
 
 
-def run_export_bench(model_name, float_model, test_data, calibration_x, runs=100) -> list[dict]:
-    """Measures the export variants of one trained float model (see the module docstring).
+def aeq_files(float_path, calibration_x) -> dict:
+    """`{row name: bytes or error string}` of the AI Edge Quantizer recipes."""
+    try:
+        from ai_edge_quantizer import quantizer, recipe, recipe_manager
+    except ImportError as err:
+        return {"aeq (all recipes)": f"not installed ({err}); pip install ai-edge-quantizer"}
+    from ai_edge_litert.interpreter import Interpreter
 
-    Args:
-        model_name: label for the rows ("cnn", "mobilenet").
-        float_model: the trained float Keras model.
-        test_data: `(x_test, y_test)`.
-        calibration_x: images to calibrate activations on (and the peer's
-            representative dataset).
-        runs: latency invokes per file (median).
+    signature = Interpreter(model_path=str(float_path)).get_signature_list()
+    key = next(iter(signature))
+    name = signature[key]["inputs"][0]
+    calibration = {key: [{name: calibration_x[i:i + 1]} for i in range(len(calibration_x))]}
 
-    Returns:
-        One dict per variant.
-    """
-    x_test, y_test = test_data
-    calibration_x = np.asarray(calibration_x, np.float32)
-    sample = x_test[0]
-    rows = []
+    def wi4_ai8():
+        manager = recipe_manager.RecipeManager()
+        manager.add_static_config(regex=".*", operation_name=recipe.TFLOperationName.ALL_SUPPORTED,
+                                  activation_num_bits=8, weight_num_bits=4)
+        return manager.get_quantization_recipe()
+
+    recipes = {"aeq_static_wi8_ai8": recipe.static_wi8_ai8, "aeq_static_wi4_ai8": wi4_ai8,
+               "aeq_dynamic_wi4": recipe.dynamic_wi4_afp32,
+               "aeq_weight_only_wi4": recipe.weight_only_wi4_afp32}
+    files = {}
+    for row, make in recipes.items():
+        try:
+            qt = quantizer.Quantizer(str(float_path))
+            qt.load_quantization_recipe(make())
+            result = qt.quantize(qt.calibrate(calibration) if qt.need_calibration else None)
+            files[row] = bytes(result.quantized_model)
+        except Exception as err:  # a recipe the installed version cannot run: its row says why
+            files[row] = _error(err)
+    from importlib.metadata import version as package_version
+
+    version = package_version("ai-edge-quantizer")
+    if not any(hasattr(mod, "auto_quant") for mod in (quantizer, recipe)):
+        files["aeq_recipe_search"] = f"ai-edge-quantizer {version} has no recipe search"
+    return files
+
+
+def keras_litert_file(model, tmp) -> bytes | str:
+    """Keras 3's own int8: `model.quantize("int8")` then `export(format="litert")`."""
+    import keras
+
+    try:
+        twin = keras.models.clone_model(model)
+        twin.set_weights(model.get_weights())
+        twin.quantize("int8")
+        path = Path(tmp) / "keras_int8.tflite"
+        twin.export(str(path), format="litert", verbose=False)
+        return path.read_bytes()
+    except Exception as err:
+        return _error(err)
+
+
+def latencies(paths: dict, sample, threads, rounds, invokes) -> dict:
+    """`{name: median ms}` per file at `threads`, files interleaved in each round."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreters = {}
+    for name, path in paths.items():
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        detail = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(detail["index"], (1,) + sample.shape)
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], quantize_input(sample[None], detail))
+        for _ in range(10):
+            interpreter.invoke()
+        interpreters[name] = interpreter
+    times = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, interpreter in interpreters.items():
+            for _ in range(invokes):
+                start = time.perf_counter()
+                interpreter.invoke()
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t) * 1e3) for name, t in times.items()}
+
+
+def our_files(model, calibration_x, tmp) -> tuple[dict, dict]:
+    """`({row: TFLiteExport or error}, {row: Keras quantized model})` of our variants."""
+    quantized, files, inexact = {}, {}, {}
+
+    def add(row, key, make_model, **options):
+        try:
+            if key not in quantized:
+                quantized[key] = make_model()
+            path = Path(tmp) / f"{row}.tflite"
+            try:
+                files[row] = autoqnn.export_tflite(quantized[key], path, **options)
+            except autoqnn.export.ExportError as err:
+                if "inexact='requantize'" not in str(err):
+                    raise
+                # Levels off the symmetric int8 grid (asymmetric weights): exported
+                # re-quantized, and the row says so.
+                files[row] = autoqnn.export_tflite(quantized[key], path, inexact="requantize",
+                                                   **options)
+                inexact[row] = _error(err)
+        except Exception as err:
+            files[row] = _error(err)
+
+    def uniform(bits, activation_bits=8):
+        return lambda: autoqnn.quantize(model, weight_bits=bits, activation_bits=activation_bits,
+                                        calibration_data=calibration_x, verbose=0)
+
+    add("autoqnn_w8a8", "w8", uniform(8))
+    for storage in ("narrow", "xnnpack", "int8"):
+        add(f"autoqnn_w4a8_{storage}", "w4", uniform(4), storage=storage)
+    searched = lambda: autoqnn.quantize(model, calibration_data=calibration_x,  # noqa: E731
+                                        weight_bits_budget=3.0, verbose=0)
+    for storage in ("narrow", "xnnpack"):
+        add(f"autoqnn_searched3.0_{storage}", "searched", searched, storage=storage)
+    add("autoqnn_w4_weight_only", "w4_float", uniform(4, None), activations="float")
+    models = {row: quantized[key] for row, key in (
+        ("autoqnn_w8a8", "w8"), ("autoqnn_w4a8_narrow", "w4"), ("autoqnn_w4a8_xnnpack", "w4"),
+        ("autoqnn_w4a8_int8", "w4"), ("autoqnn_searched3.0_narrow", "searched"),
+        ("autoqnn_searched3.0_xnnpack", "searched"), ("autoqnn_w4_weight_only", "w4_float"))
+        if key in quantized}
+    return files, models, inexact
+
+
+def run_model(model_name, model, test, calibration_x, rounds, invokes) -> list[dict]:
+    """All rows of one reference model (see the module docstring)."""
+    x_test, y_test = test
+    rows, paths = [], {}
     with tempfile.TemporaryDirectory(prefix="bench_export_") as tmp:
-        float_path = Path(tmp) / "float.tflite"
-        _convert_float(float_model, float_path)
-        float_bytes = float_path.stat().st_size
-        float_acc_tfl, _ = tflite_accuracy(float_path, x_test, y_test)
-        rows.append({"model": model_name, "variant": "float", "bytes": float_bytes,
-                     "ratio_to_float": 1.0, "latency_ms": latency_ms(float_path, sample, runs),
-                     "keras_accuracy": accuracy(float_model, x_test, y_test),
-                     "tflite_accuracy": float_acc_tfl})
-        peer_path = Path(tmp) / "peer.tflite"
-        _convert_peer(float_model, peer_path, calibration_x[:200])
-        peer_acc, _ = tflite_accuracy(peer_path, x_test, y_test)
-        rows.append({"model": model_name, "variant": "tflite_ptq_int8 (peer)",
-                     "bytes": peer_path.stat().st_size,
-                     "ratio_to_float": peer_path.stat().st_size / float_bytes,
-                     "latency_ms": latency_ms(peer_path, sample, runs),
-                     "tflite_accuracy": peer_acc})
-        variants = [("autoqnn_w8a8", 8, True), ("autoqnn_w4a8", 4, True),
-                    ("autoqnn_w4a8_int4_all", 4, "all")]
-        qmodels = {}
-        for name, bits, int4 in variants:
-            if bits not in qmodels:
-                qmodels[bits] = autoqnn.quantize(float_model, weight_bits=bits,
-                                                 calibration_data=calibration_x)
-            qmodel = qmodels[bits]
-            path = Path(tmp) / f"{name}.tflite"
-            info = autoqnn.export_tflite(qmodel, path, int4=int4)
-            keras_logits = qmodel.predict(x_test, batch_size=256, verbose=0)
-            keras_acc = float(np.mean(np.argmax(keras_logits, -1) == y_test))
-            tfl_acc, tfl_logits = tflite_accuracy(path, x_test, y_test)
-            steps = np.abs(tfl_logits - keras_logits) / info.output_quantization[0][0]
-            packed = autoqnn.export_packed(qmodel, Path(tmp) / f"{name}.aqnn")
-            restored = autoqnn.load_packed(packed.path)
-            same = bool(np.array_equal(restored.predict(x_test[:256], verbose=0),
-                                       keras_logits[:256]))
-            rows.append({
-                "model": model_name, "variant": name, "bytes": info.size_bytes,
-                "ratio_to_float": info.size_bytes / float_bytes,
-                "latency_ms": latency_ms(path, sample, runs),
-                "keras_accuracy": keras_acc, "tflite_accuracy": tfl_acc,
-                "accuracy_gap": abs(tfl_acc - keras_acc),
-                "max_logit_diff_steps": float(steps.max()),
-                "bit_exact_fraction": float(np.mean(steps < 0.5)),
-                "weight_dtypes": sorted(set(info.weight_dtypes.values())),
-                "packed_bytes": packed.size_bytes, "ideal_bytes": packed.ideal_bytes,
-                "packed_overhead": packed.overhead, "packed_round_trip_identical": same,
-            })
-    for row in rows:
-        row["latency_ratio_to_float"] = row["latency_ms"] / rows[0]["latency_ms"]
+        def write(row, data):
+            path = Path(tmp) / f"{row}.tflite"
+            path.write_bytes(data)
+            paths[row] = path
+
+        write("float", convert_float(model))
+        write("tflite_int8", convert_int8(model, calibration_x[:200]))
+        ours, qmodels, inexact = our_files(model, calibration_x, tmp)
+        peers = aeq_files(paths["float"], calibration_x[:100])
+        peers["keras_quantize_int8_litert"] = keras_litert_file(model, tmp)
+        errors = {}
+        for row, result in ours.items():
+            if isinstance(result, str):
+                errors[row] = result
+            else:
+                paths[row] = Path(result.path)
+        for row, result in peers.items():
+            if isinstance(result, str):
+                errors[row] = result
+            else:
+                write(row, result)
+        ms = {threads: latencies(paths, x_test[0], threads, rounds, invokes) for threads in (1, 2)}
+        float_bytes = paths["float"].stat().st_size
+        for row, path in paths.items():
+            logits = run_tflite(path, x_test, batch_size=500)
+            entry = {"model": model_name, "variant": row, "bytes": path.stat().st_size,
+                     "ratio_to_float": path.stat().st_size / float_bytes,
+                     "tflite_accuracy": float(np.mean(np.argmax(logits, -1) == y_test)),
+                     "latency_ms_1t": ms[1][row], "latency_ms_2t": ms[2][row],
+                     "latency_vs_tflite_int8_1t": ms[1][row] / ms[1]["tflite_int8"],
+                     "latency_vs_tflite_int8_2t": ms[2][row] / ms[2]["tflite_int8"]}
+            if row in qmodels:
+                info = ours[row]
+                keras_logits = qmodels[row].predict(x_test, batch_size=500, verbose=0)
+                entry["keras_accuracy"] = float(np.mean(np.argmax(keras_logits, -1) == y_test))
+                step = info.output_quantization[0][0] or None
+                diff = np.abs(logits - keras_logits)
+                entry["max_diff_output_steps"] = (float(diff.max() / step) if step
+                                                  else None)
+                entry["max_abs_diff"] = float(diff.max())
+                if row in inexact:
+                    entry["requantized_because"] = inexact[row]
+                entry["weight_dtypes"] = dict(sorted(
+                    {d: list(info.weight_dtypes.values()).count(d)
+                     for d in set(info.weight_dtypes.values())}.items()))
+            rows.append(entry)
+        rows += [{"model": model_name, "variant": row, "error": why} for row, why in errors.items()]
     return rows
 
 
+def run_export_bench(model_name, float_model, test_data, calibration_x, rounds=10,
+                     invokes=25) -> list[dict]:
+    """The rows of one trained float model (tools/benchmark.py --export calls this)."""
+    return run_model(model_name, float_model, test_data,
+                     np.asarray(calibration_x, np.float32), rounds, invokes)
+
+
 def _print(rows):
-    cols = ("variant", "bytes", "ratio_to_float", "latency_ms", "latency_ratio_to_float",
-            "keras_accuracy", "tflite_accuracy", "max_logit_diff_steps", "packed_bytes",
-            "ideal_bytes", "packed_overhead")
-    print("  ".join(f"{c[:14]:>14}" for c in cols))
+    cols = ("variant", "bytes", "ratio_to_float", "tflite_accuracy", "keras_accuracy",
+            "max_diff_output_steps", "latency_ms_1t", "latency_vs_tflite_int8_1t",
+            "latency_ms_2t", "latency_vs_tflite_int8_2t")
+    print("  ".join(f"{c[:13]:>13}" for c in cols))
     for row in rows:
-        cells = []
-        for c in cols:
-            v = row.get(c, "")
-            cells.append(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v)[:14]:>14}")
-        print("  ".join(cells))
+        if "error" in row:
+            print(f"{row['variant'][:13]:>13}  cannot run: {row['error'][:150]}")
+            continue
+        cells = [row.get(c, "") for c in cols]
+        print("  ".join(f"{v:>13.4f}" if isinstance(v, float) else f"{str(v)[:13]:>13}"
+                        for v in cells))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=None, help="npz with x_train/y_train/x_test/y_test")
-    parser.add_argument("--model", choices=("cnn", "mobilenet"), default="cnn")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--train-subset", type=int, default=None)
-    parser.add_argument("--test-subset", type=int, default=None)
+    parser = reference_parser(__doc__.split("\n")[0])
+    parser.add_argument("--test-subset", type=int, default=None, help="default: all of it")
     parser.add_argument("--calibration", type=int, default=500, help="calibration images")
-    parser.add_argument("--runs", type=int, default=100, help="latency invokes (median)")
+    parser.add_argument("--rounds", type=int, default=10, help="latency rounds")
+    parser.add_argument("--invokes", type=int, default=25, help="invokes per file per round")
     parser.add_argument("--cache-dir", default="runs")
-    parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args(argv)
     train, test = load_data(args.data, args.train_subset, args.test_subset)
-    model, _ = train_reference(args.model, train, epochs=args.epochs, cache_dir=args.cache_dir)
-    rows = run_export_bench(args.model, model, test, train[0][: args.calibration],
-                            runs=max(100, args.runs))
-    _print(rows)
-    if args.json:
-        command = "python tools/bench_export.py " + " ".join(sys.argv[1:] if argv is None
-                                                             else argv)
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"command": command, "model": args.model,
-                                               "data": {"train": len(train[0]),
-                                                        "test": len(test[0])},
-                                               "rows": rows}, indent=2))
+    rows = []
+    for name in args.model:
+        model, _ = train_reference(name, train, epochs=args.epochs, cache_dir=args.cache_dir)
+        model_rows = run_model(name, model, test, train[0][: args.calibration], args.rounds,
+                               args.invokes)
+        print(f"\n{name}")
+        _print(model_rows)
+        rows += model_rows
+    command = "python tools/bench_export.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_json(args.json, {"command": command, "models": args.model,
+                           "data": {"train": len(train[0]), "test": len(test[0])},
+                           "latency": {"rounds": args.rounds, "invokes_per_round": args.invokes,
+                                       "image": "x_test[0]", "batch": 1},
+                           "rows": rows})
     return rows
 
 

@@ -11,6 +11,11 @@ int2 tensors. Two passes fix the file it wrote:
   tensors around it keep their shapes. XNNPACK runs int8, int4 and int2
   FULLY_CONNECTED on its fast paths (int4 CONV_2D falls back to LiteRT's
   reference kernel).
+* `drop_fc_reshapes`: the RESHAPE to `(N, 1, 1, C)` before such a
+  FULLY_CONNECTED and the RESHAPE back to `(N, out)` after it go (it reads
+  the 2-D rows itself);
+* `short_names`: internal tensor names keep their first fused segment (the
+  converter joins every fused op's name with ";"), saving bytes;
 * `pack_int2`: FULLY_CONNECTED int4 weights whose integers lie in `[-1, 1]`
   (ternary: the 2-bit symmetric grid) are repacked four to a byte (INT2).
 
@@ -126,6 +131,65 @@ def _set_fc_versions(model: schema.ModelT):
         if max(code.builtinCode, code.deprecatedBuiltinCode) == \
                 schema.BuiltinOperator.FULLY_CONNECTED and versions:
             code.version = max(code.version, *versions)
+
+
+def _consumers(graph, index) -> list:
+    return [op for op in graph.operators if index in list(op.inputs)]
+
+
+def _is_row_view(shape) -> bool:
+    return len(shape) == 4 and list(shape[1:3]) == [1, 1]
+
+
+def drop_fc_reshapes(model: schema.ModelT) -> int:
+    """Removes the RESHAPEs around FULLY_CONNECTED ops that only view rows as
+    `(N, 1, 1, C)` (FULLY_CONNECTED flattens its input to rows itself, and a
+    RESHAPE back to the same 2-D rows is a copy). Returns how many RESHAPEs went."""
+    graph = model.subgraphs[0]
+    keep = {int(i) for i in graph.inputs} | {int(i) for i in graph.outputs}
+    fc = schema.BuiltinOperator.FULLY_CONNECTED
+    reshape = schema.BuiltinOperator.RESHAPE
+    for op in graph.operators:  # 2-D outputs where only RESHAPEs read them
+        out = int(op.outputs[0])
+        if (op_code(model, op) == fc and op.builtinOptions.keepNumDims
+                and out not in keep and _consumers(graph, out)
+                and all(op_code(model, c) == reshape for c in _consumers(graph, out))):
+            shape = [int(d) for d in graph.tensors[out].shape]
+            op.builtinOptions.keepNumDims = False
+            graph.tensors[out].shape = np.asarray([int(np.prod(shape[:-1])), shape[-1]],
+                                                  np.int32)
+            graph.tensors[out].shapeSignature = None
+    dropped = set()
+    for op in graph.operators:
+        if op_code(model, op) != fc:
+            continue
+        producer = next((p for p in graph.operators if int(op.inputs[0]) in
+                         [int(o) for o in p.outputs]), None)
+        view = int(op.inputs[0])
+        if (producer is not None and op_code(model, producer) == reshape
+                and _is_row_view(graph.tensors[view].shape) and view not in keep
+                and len(_consumers(graph, view)) == 1):
+            op.inputs = np.concatenate([[producer.inputs[0]], op.inputs[1:]]).astype(np.int32)
+            dropped.add(id(producer))
+        out = int(op.outputs[0])
+        after = _consumers(graph, out)
+        if (len(after) == 1 and op_code(model, after[0]) == reshape and out not in keep
+                and not op.builtinOptions.keepNumDims
+                and [int(d) for d in graph.tensors[int(after[0].outputs[0])].shape]
+                == [int(d) for d in graph.tensors[out].shape]):
+            op.outputs = np.asarray(after[0].outputs, np.int32).copy()
+            dropped.add(id(after[0]))
+    graph.operators = [op for op in graph.operators if id(op) not in dropped]
+    return len(dropped)
+
+
+def short_names(model: schema.ModelT):
+    """Cuts internal tensor names at their first ";" (inputs and outputs keep theirs)."""
+    graph = model.subgraphs[0]
+    keep = set(graph.inputs.tolist()) | set(graph.outputs.tolist())
+    for index, tensor in enumerate(graph.tensors):
+        if index not in keep and tensor.name and b";" in tensor.name:
+            tensor.name = tensor.name.split(b";")[0]
 
 
 def int4_values(data: np.ndarray, count: int) -> np.ndarray:

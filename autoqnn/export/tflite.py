@@ -53,7 +53,14 @@ from ai_edge_litert.interpreter import Interpreter
 
 from autoqnn.export.converter import ACTIVATIONS, convert
 from autoqnn.export.diagnose import float_hint, float_operators, layer_names_in
-from autoqnn.export.flatbuffer import convs_to_fully_connected, dump, load, pack_int2
+from autoqnn.export.flatbuffer import (
+    convs_to_fully_connected,
+    drop_fc_reshapes,
+    dump,
+    load,
+    pack_int2,
+    short_names,
+)
 from autoqnn.export.grid import embed_in_int_grid
 from autoqnn.export.lowering import (
     ExportError,
@@ -263,6 +270,8 @@ def weight_only_file(flatbuffer: bytes, weight_plans, storage: str, model):
     as integers + DEQUANTIZE; raises `ExportError` naming weights left float."""
     tree = load(flatbuffer)
     convs_to_fully_connected(tree)
+    drop_fc_reshapes(tree)
+    short_names(tree)
     stored, left_float = dequantize_weights(tree, storage)
     exact = [p for p in weight_plans if p.exact]
     if len(stored) < len(exact):
@@ -293,13 +302,15 @@ def restore_fully_connected(flatbuffer: bytes, weight_plans) -> bytes:
     """The converted file with traced 1x1 convolutions back as FULLY_CONNECTED and the
     int2-planned weights packed as INT2 (`autoqnn.export.flatbuffer`)."""
     tree = load(flatbuffer)
-    converted = convs_to_fully_connected(tree)
+    convs_to_fully_connected(tree)
+    drop_fc_reshapes(tree)
     planned = [p for p in weight_plans if p.container_bits == 2]
     packed = pack_int2(tree) if planned else []
     if len(packed) < len(planned):
         raise ExportError(f"internal error: {len(planned)} weights planned as int2 "
                           f"({[p.layer for p in planned]}), {len(packed)} packed")
-    return dump(tree) if converted or packed else flatbuffer
+    short_names(tree)
+    return dump(tree)
 
 
 def checked_interpreter(flatbuffer: bytes, model):
