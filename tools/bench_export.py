@@ -266,6 +266,34 @@ def _print(rows):
                         for v in cells))
 
 
+def _cells(row):
+    def cell(key, fmt):
+        value = row.get(key)
+        return "" if value is None else format(value, fmt)
+
+    return cell
+
+
+def markdown(result: dict) -> str:
+    """The rows of a results JSON as a Markdown table (docs/export.md)."""
+    lines = ["| model | variant | bytes | × float | LiteRT acc. | Keras acc. | max steps | "
+             "ms 1T | × int8 1T | ms 2T | × int8 2T |", "|" + "---|" * 11]
+    for row in result["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['variant']} | cannot run: "
+                         f"{row['error'][:160]} |" + " |" * 8)
+            continue
+        cell = _cells(row)
+        lines.append(" | ".join([
+            f"| {row['model']}", row["variant"] + (" (re-quantized)" if
+                                                   "requantized_because" in row else ""),
+            str(row["bytes"]), cell("ratio_to_float", ".3f"), cell("tflite_accuracy", ".4f"),
+            cell("keras_accuracy", ".4f"), cell("max_diff_output_steps", ".0f"),
+            cell("latency_ms_1t", ".3f"), cell("latency_vs_tflite_int8_1t", ".2f"),
+            cell("latency_ms_2t", ".3f"), cell("latency_vs_tflite_int8_2t", ".2f")]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = reference_parser(__doc__.split("\n")[0])
     parser.add_argument("--test-subset", type=int, default=None, help="default: all of it")
@@ -273,7 +301,13 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=10, help="latency rounds")
     parser.add_argument("--invokes", type=int, default=25, help="invokes per file per round")
     parser.add_argument("--cache-dir", default="runs")
+    parser.add_argument("--table", default=None, help="print this results JSON as Markdown")
     args = parser.parse_args(argv)
+    if args.table:
+        import json
+
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return []
     train, test = load_data(args.data, args.train_subset, args.test_subset)
     rows = []
     for name in args.model:
