@@ -251,6 +251,22 @@ _HEADLINE_METHODS = ("mse clipping + bias correction", "<= 4.0 average bits",
                      "<= 3.0 average bits")
 
 
+def _headline_rows(rows):
+    """Per budget: uniform with the default recipe, the best fixed recipe, the one call."""
+    fixed = [r for r in rows if r["method"] != "one call"]
+    out = []
+    uniform = next((r for r in fixed if r["method"] == "uniform defaults"), None)
+    if uniform is not None:
+        out.append(("uniform, default recipe", uniform))
+    if fixed:
+        best = max(fixed, key=lambda r: r["top1"])
+        out.append((f"best fixed recipe ({best['method']})", best))
+    for r in rows:
+        if r["method"] == "one call":
+            out.append((f"**the one call** (chose {r.get('chosen', '?')})", r))
+    return out
+
+
 def headline_table():
     """The one call against the fixed recipes at the same budget (results/autopilot_*.json;
     while none is committed, the retrain-free search it runs, results/sensitivity.json).
@@ -259,17 +275,17 @@ def headline_table():
     this table when `tools/bench_peers.py` writes `results/peers.json` (not yet measured).
     """
     rows = []
-    for path in sorted(RESULTS.glob("autopilot_*.json")):
+    files = [RESULTS / "autopilot.json"] if (RESULTS / "autopilot.json").is_file() else \
+        sorted(RESULTS.glob("autopilot_*.json"))
+    for path in files:
         data = _load(path.name)
         for model, entry in data.get("models", {}).items():
             rows.append((model, "float", "", 32, f"{entry['float_top1']:.2f}", "", "",
                          f"`{path.name}`"))
             for budget, result in entry.get("budgets", {}).items():
-                for r in result["rows"]:
-                    rows.append((model, r["method"] + (f" (chose {r['chosen']})"
-                                                       if "chosen" in r else ""),
-                                 budget, f"{r['weight_bits_avg']:.2f}", f"{r['top1']:.2f}",
-                                 f"{r['size_bytes'] / 1024:.1f}", r["seconds"], ""))
+                rows += [(model, method, budget, f"{r['weight_bits_avg']:.2f}",
+                          f"{r['top1']:.2f}", f"{r['size_bytes'] / 1024:.1f}", r["seconds"], "")
+                         for method, r in _headline_rows(result["rows"])]
     if not rows:  # until the one call's benchmark is committed: its retrain-free core
         data = _load("sensitivity.json") or {"models": {}}
         for model, entry in data["models"].items():
