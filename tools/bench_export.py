@@ -46,11 +46,16 @@ from autoqnn.export import run_tflite  # noqa: E402
 from autoqnn.export.tflite import quantize_input  # noqa: E402
 
 
+def _reason(text: str) -> str:
+    """The readable part of an error line (the converter prefixes MLIR locations)."""
+    line = next((ln for ln in text.splitlines() if "error: " in ln), text.splitlines()[0]
+                if text else "")
+    line = line.split("error: ", 1)[-1]
+    return line.rsplit(")): ", 1)[-1].strip() if line.startswith("loc(") else line.strip()
+
+
 def _error(err) -> str:
-    text = str(err)
-    start = text.find("error: ")
-    text = text[start + 7:] if start >= 0 else text
-    return f"{type(err).__name__}: {text.splitlines()[0][:400] if text else ''}"
+    return f"{type(err).__name__}: {_reason(str(err))[:400]}"
 
 
 def convert_float(model) -> bytes:
@@ -280,8 +285,10 @@ def markdown(result: dict) -> str:
              "ms 1T | × int8 1T | ms 2T | × int8 2T |", "|" + "---|" * 11]
     for row in result["rows"]:
         if "error" in row:
-            lines.append(f"| {row['model']} | {row['variant']} | cannot run: "
-                         f"{row['error'][:160]} |" + " |" * 8)
+            kind, _, why = row["error"].partition(": ")
+            why = f"{kind}: {_reason(why)[:200]}" if why else kind
+            lines.append(f"| {row['model']} | {row['variant']} | cannot run: {why} |"
+                         + " |" * 8)
             continue
         cell = _cells(row)
         lines.append(" | ".join([
