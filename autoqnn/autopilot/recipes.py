@@ -30,15 +30,18 @@ RECIPE_SPACE = {
     "calibration_method": ["max", "percentile", "mse", "kl"],
     "weight_clipping": ["max", "mse"],
     "bias_correction": [False, True],
-    "grid": ["asymmetric", "symmetric"],
+    "grid": ["symmetric_weights", "symmetric"],
 }
 """The recipe options searched (32 recipes); the other `PTQConfig` fields keep their
-defaults, the bits come from the search."""
+defaults, the bits come from the search. Only grids with symmetric weights: TFLite stores
+weights symmetric, so a model with asymmetric weight grids exports only by requantizing
+(another model than the one judged)."""
+_GRID = {"grid": "symmetric_weights"}
 SEEDS = (
     None,
-    {"bias_correction": True},
-    {"calibration_method": "percentile"},
-    {"weight_clipping": "mse", "bias_correction": True},
+    {**_GRID, "bias_correction": True},
+    {**_GRID, "calibration_method": "percentile"},
+    {**_GRID, "weight_clipping": "mse", "bias_correction": True},
 )
 """Tried first, in this order: `quantize`'s defaults; bias correction and percentile
 calibration (both share the defaults' sensitivity table: one build each); MSE weight
@@ -49,13 +52,14 @@ _SHORT = {"calibration_method": {"max": None, "percentile": "percentile", "mse":
                                  "kl": "kl"},
           "weight_clipping": {"max": None, "mse": "mse"},
           "bias_correction": {False: None, True: "bc"},
-          "grid": {"asymmetric": None, "symmetric": "sym"},
+          "grid": {"symmetric_weights": None, "asymmetric": "asym", "symmetric": "sym",
+                   "symmetric_pot": "pot"},
           "rounding": {"nearest": None, "adaround": "adaround"}}
 
 
 def recipe_name(recipe: dict | None) -> str:
-    """A short readable name of a recipe ("defaults" for None, "ptq" for PTQConfig's own
-    defaults)."""
+    """A short readable name of a recipe ("defaults" for None, "ptq" for a `PTQConfig` with
+    symmetric weights and nothing else on)."""
     if recipe is None:
         return "defaults"
     parts = [_SHORT[k].get(v) for k, v in recipe.items() if k in _SHORT]
@@ -88,9 +92,10 @@ class RecipeProposer:
         return None if recipe is None else PTQConfig.from_dict({**self.fixed, **recipe})
 
     def tell(self, recipe: dict | None, value: float | None):
-        """Records a recipe's score (higher is better; None: it failed)."""
+        """Records a recipe's score (higher is better; None: it failed). `quantize`'s
+        defaults are the space's symmetric-weights point with nothing else on."""
         if recipe is None:
-            return
+            recipe = dict(_GRID)
         config = {**self.space.config(0), **PTQConfig.from_dict(
             {**self.fixed, **recipe}).to_dict()}
         index = self.space.index_of({k: config[k] for k in self.space.config(0)})

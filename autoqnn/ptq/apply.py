@@ -91,7 +91,7 @@ def quantization_config(model, ptq: PTQConfig, overrides: dict | None = None):
         activation_bits=ptq.activation_bits,
         granularity=ptq.granularity,
         scheme_options=dict(ptq.scheme_options),
-        activation_options=dict(ptq.scheme_options),
+        activation_options=dict(ptq.activation_scheme_options),
         overrides={**kept, **(overrides or {})},
     )
 

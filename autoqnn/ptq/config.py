@@ -30,8 +30,10 @@ import warnings
 from autoqnn import defaults
 from autoqnn.ptq.calibrate import list_calibration_methods
 
-GRIDS = ("symmetric", "asymmetric", "symmetric_pot")
-"""Grid variants: zero point 0; min/max with a zero point; zero point 0 and a power-of-two step."""
+GRIDS = ("symmetric", "asymmetric", "symmetric_pot", "symmetric_weights")
+"""Grid variants: zero point 0; min/max with a zero point; zero point 0 and a power-of-two
+step; symmetric weights with asymmetric activations (TFLite's int8 scheme, `quantize`'s
+default: exported without requantizing)."""
 GRANULARITIES = ("per_tensor", "per_channel")
 WEIGHT_CLIPPINGS = ("max", "mse")
 ROUNDINGS = ("nearest", "adaround")
@@ -96,7 +98,9 @@ class PTQConfig:
             name `quantize` uses; `calibration=` is its deprecated alias).
         calibration_samples: calibrate on at most this many samples (None: all).
         grid: "symmetric", "asymmetric" or "symmetric_pot" (symmetric with a
-            power-of-two step), for weights and activations, on the uniform scheme
+            power-of-two step), for weights and activations, or "symmetric_weights"
+            (symmetric weights, asymmetric activations: TFLite's int8 scheme; asymmetric
+            weights do not export to TFLite exactly), on the uniform scheme
             (`scheme=` is its deprecated alias: `quantize`'s `scheme` names a scheme).
         granularity: "per_channel" or "per_tensor" weights.
         weight_clipping: "max" (range of the weights) or "mse" (per-channel
@@ -181,9 +185,17 @@ class PTQConfig:
 
     @property
     def scheme_options(self) -> dict:
-        """Options of the "uniform" scheme for this grid variant."""
+        """Options of the "uniform" weight scheme for this grid variant."""
         return {
             "symmetric": self.grid != "asymmetric",
+            "power_of_two_scale": self.grid == "symmetric_pot",
+        }
+
+    @property
+    def activation_scheme_options(self) -> dict:
+        """Options of the "uniform" activation scheme for this grid variant."""
+        return {
+            "symmetric": self.grid not in ("asymmetric", "symmetric_weights"),
             "power_of_two_scale": self.grid == "symmetric_pot",
         }
 

@@ -18,9 +18,35 @@ def test_defaults_and_round_trip():
     ("symmetric", {"symmetric": True, "power_of_two_scale": False}),
     ("asymmetric", {"symmetric": False, "power_of_two_scale": False}),
     ("symmetric_pot", {"symmetric": True, "power_of_two_scale": True}),
+    ("symmetric_weights", {"symmetric": True, "power_of_two_scale": False}),
 ])
 def test_scheme_options(grid, options):
     assert PTQConfig(grid=grid).scheme_options == options
+    activations = PTQConfig(grid=grid).activation_scheme_options
+    assert activations["symmetric"] == (grid not in ("asymmetric", "symmetric_weights"))
+
+
+def test_symmetric_weights_grid_exports_without_requantizing(tmp_path):
+    """Symmetric weights with asymmetric activations is TFLite's own int8 scheme: the
+    model exports as it is (an asymmetric weight grid would need inexact='requantize')."""
+    import keras
+    import numpy as np
+
+    import autoqnn
+
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(keras.layers.Flatten()(x)))
+    data = np.random.default_rng(0).random((32, 6, 6, 1), dtype=np.float32)
+    qmodel = autoqnn.quantize(model, calibration_data=data, verbose=0,
+                              ptq=PTQConfig(weight_bits=4, grid="symmetric_weights"))
+    conv = qmodel.get_layer("conv")
+    assert all(q.scheme.symmetric for q in conv.weight_quantizers.values())
+    activations = [layer.quantizer.scheme for layer in qmodel.layers
+                   if isinstance(layer, autoqnn.ActivationQuantizer)]
+    assert activations and not any(s.symmetric for s in activations)
+    autoqnn.export_tflite(qmodel, tmp_path / "m.tflite")
+    assert (tmp_path / "m.tflite").stat().st_size > 0
 
 
 def test_old_field_names_warn_and_map():
