@@ -38,7 +38,7 @@ def cmd_demo(args):
 
     run_demo(out_dir=args.out, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
              data_path=args.data, verbose=args.verbose, train_subset=args.train_subset,
-             budget=args.budget)
+             budget=args.budget, time_budget=args.time_budget)
 
 
 def _save(model, output):
@@ -52,6 +52,11 @@ def cmd_quantize(args):
     model = load_model(args.model, args.custom_objects)
     data = load_inputs(args.data, model) if args.data else None
     budget = None if args.budget is None else {"weight_bits_budget": args.budget}
+    if args.time_budget is not None:
+        if budget is None:
+            raise SystemExit("error: --time-budget applies to --budget only (the one call's "
+                             "choice of recipe)")
+        budget["time_budget_seconds"] = args.time_budget
     if budget:
         check_budget(args.budget, defaults.CANDIDATE_BITS)
         if data is None:

@@ -51,6 +51,9 @@ def _demo(sub):
                       help="fine-tune epochs of the quantized model (0: none; default 1)")
     demo.add_argument("--budget", type=float, default=3.0,
                       help="average weight bits for the one call (default 3.0)")
+    demo.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                      help="seconds the one call spends choosing a recipe (default: the "
+                           "library's, 60)")
     demo.add_argument("--data", default=None, metavar="DATA.npz",
                       help="an .npz with x_train/y_train/x_test/y_test, e.g. "
                            "../shared/data/fashion_mnist.npz; all of it is used unless "
@@ -73,6 +76,9 @@ def _quantize(sub):
     quantize.add_argument("--budget", type=float, default=None, metavar="BITS",
                           help="average weight bits: the one call searches per-layer bits "
                                f"among {' '.join(map(str, defaults.CANDIDATE_BITS))}")
+    quantize.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                          help="with --budget: seconds the one call spends choosing a recipe "
+                               "(default: the library's, 60)")
     quantize.add_argument("--scheme", default=defaults.SCHEME, choices=list_schemes("weight"),
                           metavar="SCHEME",
                           help=f"weight scheme (default {defaults.SCHEME}); one of: "

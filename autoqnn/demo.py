@@ -52,7 +52,7 @@ def _load(data_path, train_subset):
 
 
 def run_demo(out_dir="autoqnn_demo", epochs=3, finetune_epochs=1, data_path=None, verbose=1,
-             seed=0, train_subset=None, budget=3.0):
+             seed=0, train_subset=None, budget=3.0, time_budget=None):
     """Runs the demo and returns its rows (list of dicts).
 
     Args:
@@ -65,6 +65,7 @@ def run_demo(out_dir="autoqnn_demo", epochs=3, finetune_epochs=1, data_path=None
         seed: random seed.
         train_subset: train on the first N training images (None: all).
         budget: average weight bits of the one call.
+        time_budget: seconds the one call spends choosing a recipe (None: its default).
 
     Returns:
         One dict per row: method, accuracy, weight_bits_avg, size_bytes, seconds and
@@ -99,8 +100,9 @@ def run_demo(out_dir="autoqnn_demo", epochs=3, finetune_epochs=1, data_path=None
     log(f"2/5 the one call: autoqnn.quantize(model, calibration_data=x, "
         f"weight_bits_budget={budget:g})...")
     start = time.perf_counter()
+    choice = {} if time_budget is None else {"time_budget_seconds": time_budget}
     qmodel = quantize(model, calibration_data=calibration, weight_bits_budget=budget,
-                      verbose=verbose)
+                      verbose=verbose, **choice)
     label = f"one call, budget {budget:g}"
     rows.append(_row(label, qmodel, test, start))
     if finetune_epochs:

@@ -171,16 +171,18 @@ def test_quantize_under_a_budget_reads_out_accuracy_and_plots(model_file, tmp_pa
     out, png = tmp_path / "b.keras", tmp_path / "policy.png"
     assert main(["quantize", str(model_file), "-o", str(out), "--budget", "3",
                  "--data", str(tmp_path / "calib.npz"), "--eval-data", str(_labelled(tmp_path)),
-                 "--plot", str(png), "--verbose", "0"]) == 0
+                 "--plot", str(png), "--verbose", "0", "--time-budget", "3"]) == 0
     text = capsys.readouterr().out
     assert re.search(r"top-1 on .* \(24 images\): float [\d.]+%, quantized [\d.]+% "
                      r"\([+-][\d.]+ points\)", text), text
     assert autoqnn.quantization_report(keras.models.load_model(out)).weight_bits_avg <= 3.0
     assert png.stat().st_size > 1000
+    with pytest.raises(SystemExit, match="--time-budget applies to --budget only"):
+        main(["quantize", str(model_file), "-o", str(out), "--time-budget", "3"])
     with pytest.raises(SystemExit, match="--budget needs --data"):
         main(["quantize", str(model_file), "-o", str(out), "--budget", "3"])
     assert main(["quantize", str(model_file), "-o", str(out), "--budget", "40", "--data",
-                 str(tmp_path / "calib.npz"), "--verbose", "0"]) == 0
+                 str(tmp_path / "calib.npz"), "--verbose", "0", "--time-budget", "1"]) == 0
     assert "every layer gets 8 bits" in capsys.readouterr().err
 
 

@@ -7,7 +7,7 @@ from autoqnn.cli import main
 
 def test_demo_runs_the_one_call_and_writes_tflite_and_plot(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--epochs", "1", "--train-subset", "1500",
-                 "--finetune-epochs", "0", "--verbose", "1"]) == 0
+                 "--finetune-epochs", "0", "--verbose", "1", "--time-budget", "5"]) == 0
     text = capsys.readouterr().out
     assert "one call, budget 3" in text and "uniform W3A8 PTQ" in text
     assert "LiteRT top-1" in text and re.search(r"\d+/\d+ - .*accuracy: ", text)  # progress
