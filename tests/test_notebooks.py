@@ -15,7 +15,7 @@ NOTEBOOKS = ROOT / "notebooks"
 
 # Small settings: each notebook runs in well under a minute or two on 2 CPU cores.
 SMALL = {
-    "DATA": "bundled", "TRAIN_IMAGES": 1000, "TEST_IMAGES": 200, "CALIBRATION_IMAGES": 128,
+    "DATA": "bundled", "TRAIN_IMAGES": 600, "TEST_IMAGES": 200, "CALIBRATION_IMAGES": 128,
     "EPOCHS": 1, "FINETUNE_EPOCHS": 1, "TIME_BUDGET": 5, "TRAINED": True,
     "TRAINED_EPOCHS": 1, "TRIALS": 3, "VAL_IMAGES": 300, "SAMPLERS": ("xgboost", "random"),
     "LATENCY_IMAGES": 20,
