@@ -5,10 +5,12 @@ activation_bits=a, epochs=n)`.
    "sensitivity") gives the per-layer weight bits under the budget, its table measured
    with 8-bit activations (at 2-4 activation bits an untrained model's outputs are too
    distorted for per-layer differences to show).
-2. **The low-bit recipe, chosen per model on validation.** Each recipe of
+2. **The low-bit recipe and policy, chosen per model on validation.** Each recipe of
    `TRAINED_RECIPES` quantizes the model at that policy and trains a short probe (a
-   `PROBE_FRACTION` of an epoch, distilled from the float model); the one with the best
-   validation accuracy wins. The recipes are those of `tools/bench_lowbit.py`: uniform
+   `PROBE_FRACTION` of an epoch, distilled from the float model); the leader is probed
+   again at the conventional policy of the same budget (`ends_policy`: first and last
+   layers at 8 bits, the rest at one width); the best validation accuracy wins. The last
+   layer's outputs stay at 8 bits. The recipes are those of `tools/bench_lowbit.py`: uniform
    per-channel weights with learned activation ranges, LSQ weights and activations, and
    ACD (learned per-channel weight clips, per-tensor activation clips with asymmetric
    decay, from MSE calibration) with the SQNR term. BatchNorm stays unfolded while
@@ -64,7 +66,7 @@ TRAINED_RECIPES = {
 }
 """The low-bit training recipes probed per model (`tools/bench_lowbit.py`'s, with per-tensor
 activation clips for ACD: what TFLite runs)."""
-PROBE_FRACTION = 0.25
+PROBE_FRACTION = 0.15
 """Share of an epoch each recipe's probe trains."""
 LEARNING_RATES = {2: 1e-3, 4: 2e-4}
 """Peak learning rate by the smallest activation/weight bits (`tools/bench_lowbit.py`'s):
@@ -86,8 +88,37 @@ def _policy(model, x_cal, budget, activation_bits, config, num_samples):
     return {p: {"weight_bits": b} for p, b in result.bits().items() if p in searched}, result
 
 
-def _build(model, recipe, overrides, config, activation_bits, input_bits, x_cal, num_samples):
+def ends_policy(result, budget):
+    """The conventional low-bit policy at the same budget: the first and last searched
+    layers at 8 bits, the others at one width, the widest that keeps the average-bits
+    budget (None without one, or when no width fits or there are fewer than 3 layers)."""
+    table = result.sensitivity
+    if budget.weight_bits is None or table is None or len(table.layers) < 3:
+        return None
+    ends = {table.layers[0], table.layers[-1]}
+    middle = [p for p in table.layers if p not in ends]
+    widths = set.intersection(*(set(table.candidates[p]) for p in middle))
+    if 8 not in set(table.candidates[table.layers[0]]) & set(table.candidates[table.layers[-1]]):
+        return None
+    report = result.model.autoqnn_report
+    total = sum(r.quantized_params for r in report if r.status == "quantized")
+    searched = sum(table.params.values())
+    outside = result.model.autoqnn_report.weight_bits_avg * total - sum(
+        table.params[p] * bits for p, bits in result.bits().items() if p in table.params)
+    for width in sorted(widths, reverse=True):
+        bits = outside + 8 * sum(table.params[p] for p in ends) + width * (
+            searched - sum(table.params[p] for p in ends))
+        if bits / total <= budget.weight_bits + 1e-9:
+            return {p: {"weight_bits": 8 if p in ends else width} for p in table.layers}
+    return None
+
+
+def _build(model, recipe, overrides, config, activation_bits, input_bits, x_cal, num_samples,
+           last=None):
+    """The model of a training recipe at a policy; the `last` layer's outputs at 8 bits."""
     spec = TRAINED_RECIPES[recipe]
+    if last is not None and activation_bits is not None and activation_bits < 8:
+        overrides = {**overrides, last: {**overrides.get(last, {}), "activation_bits": 8}}
     qconfig = QuantizationConfig(**spec["quantize"], activation_bits=activation_bits,
                                  input_bits=input_bits, fold_batchnorm=False,
                                  overrides={**overrides, **(config or {})})
@@ -139,35 +170,51 @@ def choose_trained(model, train_data, val_data=None, *, budget: Budget, activati
              f"peak learning rate {rate:g}"]
     probe_n = max(1, int(len(train[0]) * PROBE_FRACTION))
     probe = (train[0][:probe_n], train[1][:probe_n])
+    last = result.sensitivity.layers[-1]
+    policies = {"search": overrides}
     candidates, models = [], {}
-    for recipe, spec in TRAINED_RECIPES.items():
-        t0 = time.perf_counter()
+
+    def run_probe(recipe, policy):
+        name = recipe if policy == "search" else f"{recipe}, 8-bit ends"
+        spec, t0 = TRAINED_RECIPES[recipe], time.perf_counter()
         try:
             keras.utils.set_random_seed(0)
-            qmodel = _build(model, recipe, overrides, config, activation_bits, input_bits,
-                            x_cal, num_samples)
+            qmodel = _build(model, recipe, policies[policy], config, activation_bits, input_bits,
+                            x_cal, num_samples, last)
             finetune(qmodel, probe, epochs=1, teacher=model, sqnr_weight=spec["sqnr_weight"],
                      learning_rate=rate, restore_best=False, verbose=0)
             score = Score(0.0, top1_accuracy(qmodel, val))
         except (ValueError, TypeError) as err:
-            candidates.append(Candidate(recipe, None, "probe", None, None, None,
+            candidates.append(Candidate(name, None, "probe", None, None, None,
                                         round(time.perf_counter() - t0, 2),
                                         f"{type(err).__name__}: {err}"))
-            continue
+            return
         report = quantization_report(qmodel)
-        candidates.append(Candidate(recipe, dict(spec["quantize"]), "probe", score,
-                                    round(report.weight_bits_avg, 4), report.size_bytes,
+        candidates.append(Candidate(name, {**spec["quantize"], "policy": policy}, "probe",
+                                    score, round(report.weight_bits_avg, 4), report.size_bytes,
                                     round(time.perf_counter() - t0, 2)))
-        models[recipe] = qmodel
+        models[name] = (qmodel, recipe)
         if verbose:
-            print(f"autopilot: probe {recipe:<10} val accuracy {score.accuracy:.4f} "
+            print(f"autopilot: probe {name:<24} val accuracy {score.accuracy:.4f} "
                   f"({candidates[-1].seconds:.1f} s)")
+
+    for recipe in TRAINED_RECIPES:
+        run_probe(recipe, "search")
+    ends = ends_policy(result, budget)
+    if models and ends is not None and ends != overrides:
+        policies["ends"] = ends
+        leader = max((c for c in candidates if c.score is not None), key=lambda c: c.score.key)
+        run_probe(models[leader.name][1], "ends")
+    else:
+        notes.append("no 8-bit-ends policy probed (no average-bits budget, fewer than 3 "
+                     "layers, no width that fits, or the search chose it)")
+    notes.append(f"the last layer ({last}) outputs at 8 bits")
     if not models:
         raise ValueError("every trained recipe failed: " + "; ".join(
             f"{c.name}: {c.error}" for c in candidates))
     best = max((c for c in candidates if c.score is not None), key=lambda c: c.score.key)
-    qmodel = models[best.name]
-    spec = TRAINED_RECIPES[best.name]
+    qmodel, recipe = models[best.name]
+    spec = TRAINED_RECIPES[recipe]
     tuned = finetune(qmodel, train, epochs=epochs, val_data=val, teacher=model,
                      sqnr_weight=spec["sqnr_weight"], learning_rate=rate, verbose=verbose)
     notes.append(f"{best.name} fine-tuned {epochs} epochs with distillation: validation "

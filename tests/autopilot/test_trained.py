@@ -34,19 +34,35 @@ def test_trained_one_call_probes_every_recipe_and_keeps_the_best(model, tmp_path
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     choice = qmodel.autoqnn_report.recipe
     assert choice.mode == "trained"
-    assert [c.name for c in choice.candidates] == list(TRAINED_RECIPES)
+    names = [c.name for c in choice.candidates]
+    assert names[:3] == list(TRAINED_RECIPES)
+    assert names[3:] in ([], [f"{names[3].split(',')[0]}, 8-bit ends"])
     judged = [c for c in choice.candidates if c.score is not None]
     assert choice.best.score.accuracy == max(c.score.accuracy for c in judged)
     assert qmodel.autoqnn_report.weight_bits_avg <= 3.0
     assert qmodel.autoqnn_search.strategy == "autopilot"
     assert any("fine-tuned 1 epochs" in note for note in choice.notes)
     schemes = {r.scheme for r in qmodel.autoqnn_report if r.status == "quantized"}
-    assert schemes == {TRAINED_RECIPES[choice.chosen]["quantize"]["scheme"]}
+    assert schemes == {choice.best.recipe["scheme"]}
+    output = qmodel.layers[-1]  # the last layer's output quantizer: 8 bits
+    assert isinstance(output, autoqnn.ActivationQuantizer)
+    assert output.quantizer.scheme.bits == 8
     path = tmp_path / "trained.keras"
     qmodel.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(X[:8], verbose=0), qmodel.predict(X[:8], verbose=0),
                                atol=1e-5)
+
+
+def test_ends_policy_fits_the_budget(model):
+    from autoqnn.autopilot.trained import ends_policy
+    from autoqnn.mixed.budget import Budget
+
+    result = autoqnn.search(model, calibration_data=X, weight_bits_budget=3.0, verbose=0)
+    policy = ends_policy(result, Budget(3.0))
+    assert policy["conv"] == {"weight_bits": 8} and policy["logits"] == {"weight_bits": 8}
+    assert policy["fc1"] == {"weight_bits": 2}  # 3 bits would average 3.11
+    assert ends_policy(result, Budget(size_bytes=1e6)) is None
 
 
 def test_trained_bad_input(model):
