@@ -172,10 +172,7 @@ for row in policy_rows(qmodel):
     print(f"trained one call: top-1 {100 * trained_top1:.2f}% at "
           f"{trained.autoqnn_report.weight_bits_avg:.2f} average weight bits")'''),
         ("md", "## Export"),
-        ("code", '''# inexact="requantize": a recipe with an asymmetric grid has 8-bit levels that are not on
-# the int8 grid; they are re-quantized (error <= half an int8 step). Uniform symmetric
-# recipes export exactly without it.
-result = autoqnn.export_tflite(qmodel, "mixed.tflite", inexact="requantize")
+        ("code", '''result = autoqnn.export_tflite(qmodel, "mixed.tflite")  # exact: every level on the int8 grid
 logits = run_tflite("mixed.tflite", x_test, batch_size=256)
 print(f"mixed.tflite: {Path('mixed.tflite').stat().st_size:,} bytes, LiteRT top-1 "
       f"{100 * np.mean(np.argmax(logits, -1) == y_test):.2f}%")
@@ -250,7 +247,7 @@ model.save("deploy_float.keras")
 rows = [("float (.keras)", Path("deploy_float.keras").stat().st_size, None, float_top1)]
 for i, (name, qmodel) in enumerate(variants.items()):
     path = f"deploy_{i}.tflite"
-    autoqnn.export_tflite(qmodel, path, inexact="requantize")  # exact where levels allow
+    autoqnn.export_tflite(qmodel, path)
     run_tflite(path, x_test[:8])  # warm-up
     start = time.perf_counter()
     run_tflite(path, x_test[:LATENCY_IMAGES])
