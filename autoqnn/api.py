@@ -166,6 +166,10 @@ def quantize(
         (32, 4)
     """
     check_model(model)
+    if isinstance(config, QuantizationConfig):
+        config.warn_unmatched(model)
+    elif config:
+        QuantizationConfig(overrides=config).warn_unmatched(model)
     given = {"scheme": scheme, "weight_bits": weight_bits, "activation_bits": activation_bits,
              "granularity": granularity, "activation_scheme": activation_scheme,
              "input_bits": input_bits, "fold_batchnorm": fold_batchnorm,

@@ -226,6 +226,19 @@ def reestimate_batchnorm(model, inputs, batch_size: int = 128) -> int:
     return len(bns)
 
 
+class _EpochProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, headed "Epoch i/N" for the whole run (each `fit` call of the
+    loop below trains one epoch, and Keras heads a one-epoch `fit` with nothing)."""
+
+    def __init__(self, total: int):
+        super().__init__()
+        self.total = total
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.total
+
+
 def finetune(qmodel, train_data, epochs: int = 3, *, val_data=None, teacher=None,
              sqnr_weight: float = 0.0, learning_rate: float | None = None,
              batch_size: int = 128, loss=None, distill_weight: float = 0.5,
@@ -323,7 +336,8 @@ def finetune(qmodel, train_data, epochs: int = 3, *, val_data=None, teacher=None
                     frozen.append(bn)
             if epoch == 0 or epoch == freeze_batchnorm_after:
                 trainer.compile(optimizer=optimizer, loss=task_loss_fn)
-            fit_args = dict(epochs=epoch + 1, initial_epoch=epoch, verbose=verbose)
+            fit_args = dict(epochs=epoch + 1, initial_epoch=epoch, verbose=verbose,
+                            callbacks=[_EpochProgress(epochs)] if verbose else None)
             if y is None:
                 record = trainer.fit(train_data, **fit_args)
             else:
