@@ -26,6 +26,7 @@ setup(
         "notebooks": ["matplotlib", "jupyter", "nbformat", "nbclient", "ipykernel"],
         "bench": ["matplotlib", "hgq2"],
         "distributed": ["ray"],
+        "peers": ["ai-edge-quantizer>=0.10"],
     },
     entry_points={"console_scripts": ["autoqnn=autoqnn.cli:main"]},
     classifiers=[

@@ -72,7 +72,7 @@ def test_finalize_collapses_to_rounded_bits_and_argmax(tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(loaded.predict(X, verbose=0), final.predict(X, verbose=0))
     info = autoqnn.export_tflite(final, tmp_path / "final.tflite")
-    assert _output_steps(info, final, X) <= 2.0
+    assert _output_steps(info, final, X) <= 2.0 + 1e-4  # float noise on the step count
     with pytest.raises(autoqnn.export.ExportError, match="autoqnn.finalize"):
         autoqnn.export_tflite(qmodel, tmp_path / "mixed.tflite")
 
@@ -202,7 +202,7 @@ def test_finalize_folds_batchnorm_trained_unfolded(tmp_path):
     kept = autoqnn.finalize(qmodel, fold_batchnorm=False)
     np.testing.assert_array_equal(kept.predict(X, verbose=0), ref)
     info = autoqnn.export_tflite(final, tmp_path / "folded.tflite")
-    assert _output_steps(info, final, X) <= 2.0
+    assert _output_steps(info, final, X) <= 2.0 + 1e-4  # float noise on the step count
 
 
 def test_per_channel_folding_after_training_unfolded_is_exact(tmp_path):
