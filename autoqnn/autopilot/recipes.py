@@ -102,10 +102,15 @@ class RecipeProposer:
         if index is not None:
             self.state.tried[index] = value
 
-    def propose(self) -> dict | None:
-        """The next untried recipe of the space (None when all were tried)."""
-        if not self.state.untried():
+    def propose(self, fits=None) -> dict | None:
+        """The untried recipe of the space the cost model ranks highest among those
+        `fits(recipe)` accepts (all when None); None when there is none."""
+        untried = self.state.untried()
+        if not untried:
             return None
-        index = self.sampler.propose(self.state, 1)[0]
-        config = self.space.config(index)
-        return {k: config[k] for k in RECIPE_SPACE}
+        for index in self.sampler.propose(self.state, len(untried)):
+            config = self.space.config(index)
+            recipe = {k: config[k] for k in RECIPE_SPACE}
+            if fits is None or fits(recipe):
+                return recipe
+        return None

@@ -262,11 +262,8 @@ def choose_retrain_free(model, calibration_data, *, budget: Budget, settings: di
     run.uniform(seeds[0])
     skipped = []
     pending = [*seeds[1:3], ADAROUND, *seeds[3:]]
-    while True:
-        proposed = not pending
-        recipe = run.proposer.propose() if proposed else pending.pop(0)
-        if recipe is None:
-            break
+    while pending:
+        recipe = pending.pop(0)
         if recipe is ADAROUND:
             if run.best.candidate.kind not in ("search", "shared"):
                 continue
@@ -275,15 +272,17 @@ def choose_retrain_free(model, calibration_data, *, budget: Budget, settings: di
                 run.adaround()
             else:
                 skipped.append(f"adaround on {run.best.candidate.name}")
-            continue
-        if not run.affordable(run.estimate(recipe)):
-            if recipe_name(recipe) not in skipped:
-                skipped.append(recipe_name(recipe))
-            if proposed:
-                skipped.append(f"{len(run.proposer.state.untried()) - 1} more recipes of "
-                               "the space")
-                break
-            continue
+        elif run.affordable(run.estimate(recipe)):
+            run.candidate(recipe)
+        else:
+            skipped.append(recipe_name(recipe))
+    while True:  # the cost model's picks among the recipes that fit the time left
+        recipe = run.proposer.propose(lambda r: run.affordable(run.estimate(r)))
+        if recipe is None:
+            left = len(run.proposer.state.untried())
+            if left:
+                skipped.append(f"{left} more recipes of the space")
+            break
         run.candidate(recipe)
     if run.best.recipe is not None and run.best.candidate.kind in ("search", "shared"):
         run.uniform(run.best.recipe)
