@@ -15,9 +15,13 @@ weights and the same calibration images (`--calibration` training images, no lab
   (`recipe="defaults"`: the previous one call);
 * `search mse+bc`: the same search with MSE weight clipping and bias correction (the
   recipe of the README's former mixed-precision table);
-* `one call`: the autopilot with its default time budget, judging without labels on the
-  last quarter of the calibration images; its choice, its candidates and their scores are
-  recorded.
+* `one call (N s)`: the autopilot with time budget N (`--time-budgets`, default 60, its
+  default, and 240), judging without labels on the last quarter of the calibration images;
+  its choice, its candidates and their scores are recorded.
+
+`--reuse FILE` takes the fixed rows of a model and budget from an earlier JSON of this tool
+(same float weights and data; the fixed rows do not depend on the autopilot's code) and
+says so in the output.
 
 The fixed rows calibrate on the first 512 calibration images (the search's default). Top-1
 is on the test split (`--test-subset` first images; all by default), which chooses
@@ -27,6 +31,7 @@ on this machine, shared with whatever else runs: compare them within one run.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -85,8 +90,9 @@ def main(argv=None):
     parser.add_argument("--calibration", type=int, default=2000,
                         help="unlabelled training images given to every row")
     parser.add_argument("--test-subset", type=int, default=None)
-    parser.add_argument("--time-budget", type=float, default=None,
-                        help="the autopilot's time budget (default: quantize's)")
+    parser.add_argument("--time-budgets", type=float, nargs="+", default=[60.0, 240.0],
+                        help="the autopilot's time budgets, one row each")
+    parser.add_argument("--reuse", default=None, help="fixed rows from this earlier JSON")
     parser.set_defaults(model=["cnn", "mobilenet", "resnet", "mobilenetv2"])
     args = parser.parse_args(argv)
     train, val, test = load_splits(args.data, args.train_subset, 2000, args.test_subset)
@@ -94,24 +100,37 @@ def main(argv=None):
     out = {"command": "python tools/bench_autopilot.py " + " ".join(sys.argv[1:]),
            "data": {"train": len(train[0]), "calibration": len(calib), "test": len(test[0])},
            "models": {}}
-    extra = {} if args.time_budget is None else {"time_budget_seconds": args.time_budget}
+    earlier = json.loads(Path(args.reuse).read_text())["models"] if args.reuse else {}
+    if args.reuse:
+        out["fixed_rows_reused_from"] = args.reuse
     for name in args.model:
         model, _ = train_reference(name, train, epochs=args.epochs)
         entry = {"float_top1": round(100 * accuracy(model, *test), 2), "budgets": {}}
         print(f"{name}: float {entry['float_top1']}", flush=True)
         for budget in args.budgets:
-            rows = fixed_rows(model, calib, budget, test)
-            qmodel, seconds = timed(lambda m=model, b=budget: autoqnn.quantize(
-                m, calibration_data=calib, weight_bits_budget=b, verbose=0, **extra))
-            choice = qmodel.autoqnn_report.recipe
-            rows.append(row("one call", qmodel, test, seconds, chosen=choice.chosen,
-                            choice=choice.to_dict()))
-            print(f"  {budget} one call: {rows[-1]['top1']} ({choice.chosen}, "
-                  f"{seconds:.0f} s)", flush=True)
-            best_fixed = max(r["top1"] for r in rows[:-1])
-            entry["budgets"][str(budget)] = {
-                "rows": rows, "one_call_minus_best_fixed": round(rows[-1]["top1"] - best_fixed, 2),
-                "one_call_gap_to_float": round(entry["float_top1"] - rows[-1]["top1"], 2)}
+            before = earlier.get(name, {}).get("budgets", {}).get(str(budget))
+            if before is not None:
+                rows = [r for r in before["rows"] if not r["method"].startswith("one call")]
+            else:
+                rows = fixed_rows(model, calib, budget, test)
+            best_fixed = max(r["top1"] for r in rows)
+            summary = {}
+            for seconds_budget in args.time_budgets:
+                qmodel, seconds = timed(lambda m=model, b=budget, t=seconds_budget:
+                                        autoqnn.quantize(m, calibration_data=calib,
+                                                         weight_bits_budget=b, verbose=0,
+                                                         time_budget_seconds=t))
+                choice = qmodel.autoqnn_report.recipe
+                method = f"one call ({seconds_budget:g} s)"
+                rows.append(row(method, qmodel, test, seconds, chosen=choice.chosen,
+                                choice=choice.to_dict()))
+                print(f"  {budget} {method}: {rows[-1]['top1']} ({choice.chosen}, "
+                      f"{seconds:.0f} s)", flush=True)
+                summary[method] = {"minus_best_fixed": round(rows[-1]["top1"] - best_fixed, 2),
+                                   "gap_to_float": round(entry["float_top1"] - rows[-1]["top1"],
+                                                         2)}
+            entry["budgets"][str(budget)] = {"rows": rows, "one_call": summary}
+            write_json(args.json, out)
         out["models"][name] = entry
         write_json(args.json, out)
     return out

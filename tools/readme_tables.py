@@ -253,7 +253,7 @@ _HEADLINE_METHODS = ("mse clipping + bias correction", "<= 4.0 average bits",
 
 def _headline_rows(rows):
     """Per budget: uniform with the default recipe, the best fixed recipe, the one call."""
-    fixed = [r for r in rows if r["method"] != "one call"]
+    fixed = [r for r in rows if not r["method"].startswith("one call")]
     out = []
     uniform = next((r for r in fixed if r["method"] == "uniform defaults"), None)
     if uniform is not None:
@@ -262,8 +262,10 @@ def _headline_rows(rows):
         best = max(fixed, key=lambda r: r["top1"])
         out.append((f"best fixed recipe ({best['method']})", best))
     for r in rows:
-        if r["method"] == "one call":
-            out.append((f"**the one call** (chose {r.get('chosen', '?')})", r))
+        if r["method"].startswith("one call"):
+            budget = r["method"][len("one call"):].strip()
+            out.append((f"**the one call** {budget} (chose {r.get('chosen', '?')})".replace(
+                "  ", " "), r))
     return out
 
 
@@ -309,6 +311,29 @@ def headline_table():
                       "seconds", "file"), rows))
 
 
+def trained_table():
+    """The trained one call against the fixed low-bit training recipes
+    (results/autopilot_trained.json)."""
+    data = _load("autopilot_trained.json")
+    rows = []
+    for model, entry in (data or {}).get("models", {}).items():
+        for bits, result in entry.get("bits", {}).items():
+            for r in result["rows"]:
+                chosen = f" (chose {r['chosen']})" if "chosen" in r else ""
+                rows.append((model, r["method"] + chosen,
+                             f"{r['weight_bits_avg']:.2f}" if "weight_bits_avg" in r else "32",
+                             f"{r['top1']:.2f}", r["seconds"]))
+            rows.append((model, f"W{bits}: one call minus best fixed / gap to float + epochs / "
+                         "time over the fine-tune alone", "",
+                         f"{result['one_call_minus_best_fixed']:+.2f} / "
+                         f"{result['one_call_gap_to_float_plus_epochs']:.2f}",
+                         f"{result['one_call_seconds_over_fine_tune']:.2f}x"))
+    if rows:
+        print(f"{data['qat_epochs']} training epochs per row on {data['data']['train']} images; "
+              "`results/autopilot_trained.json`\n")
+        print(_table(("model", "method", "avg w bits", "top-1 %", "seconds"), rows))
+
+
 def files_table():
     """Every results/*.json and the command that wrote it."""
     rows = []
@@ -323,6 +348,7 @@ def files_table():
 
 
 SECTIONS = (("The one call against fixed recipes", headline_table),
+            ("The trained one call against fixed training recipes", trained_table),
             ("Accuracy, bits and size", bench_table), ("TFLite export", export_table),
             ("Quantizer costs", quantizer_tables),
             ("Mixed precision without retraining", sensitivity_table),
