@@ -176,14 +176,18 @@ class _Run:
         """The model of `recipe` at a searched policy (`overrides`), with its result."""
         options = self.options(recipe)
         qmodel = options.build(self.model, self.data, overrides, self.config)
+        table = self.policies[table_key(recipe)][1].sensitivity \
+            if table_key(recipe) in self.policies else None
+        self.finish(qmodel, options, start, {"step": step}, "sensitivity", table)
+        return qmodel
+
+    def finish(self, qmodel, options, start, record, strategy, table):
+        """Fits the memory budget and attaches the `SearchResult` of a built candidate."""
         history = []
         memory = fit_memory(qmodel, self.budget.memory_bytes, options.candidate_activation_bits,
                             self.data, options.observer, options.num_samples, history)
-        table = self.policies[table_key(recipe)][1].sensitivity \
-            if table_key(recipe) in self.policies else None
-        search_result(qmodel, [{"step": step}, *history], "sensitivity", start, memory,
-                      self.budget, table, options.activation_bits)
-        return qmodel
+        search_result(qmodel, [record, *history], strategy, start, memory, self.budget, table,
+                      options.activation_bits)
 
     def uniform(self, recipe):
         """Every searched layer at the widest single width within the budget."""
@@ -202,12 +206,8 @@ class _Run:
                 (self.budget.size_bytes is not None and report.size_bytes > self.budget.size_bytes)
             if over:
                 continue
-            history = []
-            memory = fit_memory(qmodel, self.budget.memory_bytes,
-                                options.candidate_activation_bits, self.data, options.observer,
-                                options.num_samples, history)
-            search_result(qmodel, [{"step": "uniform", "weight_bits": bits}, *history],
-                          "uniform", start, memory, self.budget, None, options.activation_bits)
+            self.finish(qmodel, options, start, {"step": "uniform", "weight_bits": bits},
+                        "uniform", None)
             self.build_costs.append(time.perf_counter() - start)
             self.judged(f"{name} {bits}-bit", recipe, "uniform", qmodel, start, None)
             return

@@ -48,6 +48,11 @@ def dump(model: schema.ModelT) -> bytes:
     return bytes(builder.Output())
 
 
+def tensor_name(tensor) -> str:
+    """A flatbuffer tensor's name as a str."""
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+
+
 def op_code(model: schema.ModelT, op) -> int:
     code = model.operatorCodes[op.opcodeIndex]
     return max(code.builtinCode, code.deprecatedBuiltinCode)
@@ -98,7 +103,7 @@ def convs_to_fully_connected(model: schema.ModelT) -> list[str]:
         if op_code(model, op) != schema.BuiltinOperator.CONV_2D:
             continue
         filt = graph.tensors[op.inputs[1]]
-        name = filt.name.decode() if isinstance(filt.name, bytes) else str(filt.name)
+        name = tensor_name(filt)
         shape = list(filt.shape)
         opts = op.builtinOptions
         if (len(shape) != 4 or shape[1:3] != [1, 1] or opts.strideH != 1 or opts.strideW != 1
@@ -219,7 +224,7 @@ def pack_int2(model: schema.ModelT) -> list[str]:
         if op_code(model, op) != schema.BuiltinOperator.FULLY_CONNECTED:
             continue
         tensor = graph.tensors[op.inputs[1]]
-        name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+        name = tensor_name(tensor)
         if tensor.type != schema.TensorType.INT4:
             continue
         buffer = model.buffers[tensor.buffer]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
-from autoqnn.export.flatbuffer import op_code
+from autoqnn.export.flatbuffer import op_code, tensor_name
 from autoqnn.export.grid import INT8_MAX, embed_in_int_grid
 from autoqnn.export.storage import NARROW_TYPES, finer_grid
 
@@ -40,10 +40,6 @@ def int4_bytes(values: np.ndarray) -> np.ndarray:
     padded = np.concatenate([values, np.zeros(values.size % 2, np.int8)])
     nibbles = (padded.astype(np.int16) & 15).astype(np.uint8).reshape(-1, 2)
     return nibbles[:, 0] | (nibbles[:, 1] << 4)
-
-
-def _name(tensor) -> str:
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
 
 
 def _dequantize_code(model) -> int:
@@ -87,14 +83,14 @@ def dequantize_weights(model: schema.ModelT, storage: str) -> tuple[dict, list[s
                                np.float32).reshape(tuple(tensor.shape))
         grid = embed_in_int_grid(values, axis, INT8_MAX)
         if grid is None:
-            left_float.append(_name(tensor))
+            left_float.append(tensor_name(tensor))
             new_ops.append(op)
             continue
         bits = 4 if storage != "int8" and grid.max_abs <= 7 and 4 in NARROW_TYPES[op_name] else 8
         grid = finer_grid(grid, bits)
         ints = np.moveaxis(grid.ints.reshape(np.moveaxis(values, axis, -1).shape), -1, axis)
         quantized = schema.TensorT()
-        quantized.name = (_name(tensor) + "/int").encode()
+        quantized.name = (tensor_name(tensor) + "/int").encode()
         quantized.shape = np.asarray(tensor.shape, np.int32)
         quantized.type = schema.TensorType.INT4 if bits == 4 else schema.TensorType.INT8
         quantized.quantization = schema.QuantizationParametersT()
@@ -114,6 +110,6 @@ def dequantize_weights(model: schema.ModelT, storage: str) -> tuple[dict, list[s
         dequantize.inputs = np.asarray([len(graph.tensors) - 1], np.int32)
         dequantize.outputs = np.asarray([index], np.int32)
         new_ops.extend([dequantize, op])
-        stored[_name(tensor)] = f"int{bits}"
+        stored[tensor_name(tensor)] = f"int{bits}"
     graph.operators = new_ops
     return stored, left_float
