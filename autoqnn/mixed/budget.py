@@ -15,8 +15,10 @@ sensitive policies the smaller one wins). Budgets:
   `fixed_bytes + sum params_l b_l / 8 <= budget`, `fixed_bytes` being
   everything that is not a searched weight (biases, scales, float layers).
 
-Both may be given together (both rows hold). A budget below the smallest
-policy raises a `ValueError` stating the achievable minimum.
+Both may be given together (both rows hold). A target (`autoqnn.mixed.target`) adds
+rows of its own per-layer costs (`LayerBudget`: the bytes of the exported file, the
+LiteRT latency measured on this machine), each `fixed + sum_l cost(l, b_l) <= budget`.
+A budget below the smallest policy raises a `ValueError` stating the achievable minimum.
 
 Example:
     >>> from autoqnn.mixed.budget import solve_policy
@@ -46,16 +48,20 @@ class Budget:
         size_bytes: the model's size as the report counts it (`size_budget_bytes`).
         memory_bytes: the largest quantized activation tensor at batch 1
             (`memory_budget_bytes`).
+        latency_ms: LiteRT latency of the exported file on this machine
+            (`latency_budget_ms`; only with a target, `autoqnn.mixed.target`).
     """
 
     weight_bits: float | None = None
     size_bytes: float | None = None
     memory_bytes: float | None = None
+    latency_ms: float | None = None
 
     def __post_init__(self):
-        if self.weight_bits is None and self.size_bytes is None and self.memory_bytes is None:
-            raise ValueError("give a budget: weight_bits_budget=, size_budget_bytes= or "
-                             "memory_budget_bytes=")
+        if all(v is None for v in (self.weight_bits, self.size_bytes, self.memory_bytes,
+                                   self.latency_ms)):
+            raise ValueError("give a budget: weight_bits_budget=, size_budget_bytes=, "
+                             "memory_budget_bytes= or latency_budget_ms=")
         for name, value in self.to_dict().items():
             check_budget(name, value)
 
@@ -67,8 +73,37 @@ class Budget:
     def to_dict(self) -> dict:
         """`{"weight_bits_budget": ..., ...}`, the budgets given (the keyword names)."""
         named = {"weight_bits_budget": self.weight_bits, "size_budget_bytes": self.size_bytes,
-                 "memory_budget_bytes": self.memory_bytes}
+                 "memory_budget_bytes": self.memory_bytes, "latency_budget_ms": self.latency_ms}
         return {k: v for k, v in named.items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerBudget:
+    """A budget on a per-layer cost: `fixed + sum_l costs[l][b_l] <= budget`.
+
+    Attributes:
+        name: the keyword the user gave it as ("size_budget_bytes", ...).
+        costs: `{path: {bits: cost}}` of every searched layer and candidate.
+        budget: the user's number.
+        fixed: the part of the cost no choice changes.
+        unit: for messages ("bytes", "ms").
+        what: what is counted, for messages ("the .tflite file", ...).
+    """
+
+    name: str
+    costs: dict
+    budget: float
+    fixed: float = 0.0
+    unit: str = ""
+    what: str = ""
+
+    def cost(self, policy: dict) -> float:
+        """`fixed + sum_l costs[l][policy[l]]`."""
+        return self.fixed + float(sum(self.costs[p][b] for p, b in policy.items()))
+
+    def smallest(self) -> float:
+        """The least cost any policy has."""
+        return self.fixed + float(sum(min(c.values()) for c in self.costs.values()))
 
 
 def _bits_rows(values, layers):
@@ -103,8 +138,8 @@ def pinned_cost(report, pinned) -> tuple[int, float]:
 
 
 def solve_policy(values: dict, params: dict, *, weight_bits_budget=None, size_budget_bytes=None,
-                 fixed_bytes: float = 0.0, pinned_params: int = 0, pinned_bit_params: float = 0.0
-                 ) -> dict:
+                 fixed_bytes: float = 0.0, pinned_params: int = 0, pinned_bit_params: float = 0.0,
+                 layer_budgets: tuple = ()) -> dict:
     """The least-sensitive policy `{path: bits}` within the budget(s).
 
     Args:
@@ -116,6 +151,7 @@ def solve_policy(values: dict, params: dict, *, weight_bits_budget=None, size_bu
         pinned_params, pinned_bit_params: quantized parameters of layers the
             search does not choose (pinned by the user), and their
             `sum params * bits`: they count in the average.
+        layer_budgets: `LayerBudget`s, one row each (a target's file bytes, latency).
 
     Returns:
         `{path: bits}`.
@@ -123,7 +159,7 @@ def solve_policy(values: dict, params: dict, *, weight_bits_budget=None, size_bu
     Raises:
         ValueError: no budget, a non-positive budget, or one no policy meets.
     """
-    if weight_bits_budget is None and size_budget_bytes is None:
+    if weight_bits_budget is None and size_budget_bytes is None and not layer_budgets:
         raise ValueError("give weight_bits_budget or size_budget_bytes, got neither")
     layers = list(values)
     rows = _bits_rows(values, layers)
@@ -156,13 +192,26 @@ def solve_policy(values: dict, params: dict, *, weight_bits_budget=None, size_bu
                 f"of {smallest_size:.1f} bytes (every layer at its smallest candidate)")
         constraints.append(LinearConstraint(cost_bits[None, :] / 8.0, -np.inf,
                                             size_budget_bytes - fixed_bytes + 1e-6))
+    for extra in layer_budgets:
+        check_budget(extra.name, extra.budget)
+        smallest_cost = extra.smallest()
+        if extra.budget < smallest_cost - 1e-9 * max(1.0, abs(smallest_cost)):
+            raise ValueError(
+                f"{extra.name}={extra.budget!r} is below the smallest achievable "
+                f"{smallest_cost:.6g} {extra.unit} of {extra.what or 'any policy'} (every "
+                "searched layer at its cheapest candidate)")
+        constraints.append(LinearConstraint(
+            np.array([extra.costs[p][b] for _, p, b in rows], "float64")[None, :], -np.inf,
+            extra.budget - extra.fixed + 1e-9 * max(1.0, abs(extra.budget))))
     objective = np.array([values[p][b] for _, p, b in rows], "float64")
     objective = objective + 1e-9 * np.array([b for _, _, b in rows], "float64")
     result = milp(objective, constraints=constraints, integrality=np.ones(len(rows)),
                   bounds=Bounds(0, 1))
     if not result.success:
-        raise ValueError(f"no policy meets weight_bits_budget={weight_bits_budget!r} and "
-                         f"size_budget_bytes={size_budget_bytes!r} together ({result.message})")
+        given = {"weight_bits_budget": weight_bits_budget, "size_budget_bytes": size_budget_bytes,
+                 **{b.name: b.budget for b in layer_budgets}}
+        given = ", ".join(f"{k}={v!r}" for k, v in given.items() if v is not None)
+        raise ValueError(f"no policy meets {given} together ({result.message})")
     chosen = {}
     for j, (_, path, bits) in enumerate(rows):
         if result.x[j] > 0.5:

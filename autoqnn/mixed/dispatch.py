@@ -79,7 +79,8 @@ def strategy_config(strategy: str, settings: dict):
 def search(model, train_data=None, val_data=None, *, strategy="sensitivity",
            calibration_data=None, weight_bits_budget: float | None = None,
            size_budget_bytes: float | None = None, memory_budget_bytes: float | None = None,
-           config: dict | None = None, checkpoint_dir=None, verbose: int = defaults.VERBOSE,
+           latency_budget_ms: float | None = None, config: dict | None = None,
+           checkpoint_dir=None, verbose: int = defaults.VERBOSE,
            **settings) -> SearchResult:
     """Searches per-layer weight bits (and, for a memory budget, activation bits).
 
@@ -93,9 +94,12 @@ def search(model, train_data=None, val_data=None, *, strategy="sensitivity",
             (`SensitivityConfig`, `DifferentiableConfig`, `RLConfig`).
         calibration_data: inputs (no labels needed), e.g. a few hundred images.
         weight_bits_budget: parameter-weighted average weight bits to stay under.
-        size_budget_bytes: model size (as the report counts it) to stay under.
+        size_budget_bytes: model size (as the report counts it; with
+            `target="litert"`, the bytes of the `.tflite` file) to stay under.
         memory_budget_bytes: largest quantized activation tensor (batch 1) to stay
             under; activation bits are lowered through `candidate_activation_bits`.
+        latency_budget_ms: LiteRT latency of the `.tflite` file on this machine (batch 1)
+            to stay under; strategy "sensitivity" with `target="litert"` only.
         config: per-layer overrides (`quantize`'s); the layers they select are pinned:
             kept as configured, out of the search, in the budget.
         checkpoint_dir: keep the strategy's checkpoints there, in a folder keyed by the
@@ -103,7 +107,8 @@ def search(model, train_data=None, val_data=None, *, strategy="sensitivity",
             result, another setting starts fresh beside it.
         verbose: 1 shows progress (probes, epochs, episodes).
         **settings: the strategy's settings (the fields of its config), e.g.
-            `candidate_bits`, `scheme`, `ptq`, `metric` ("sensitivity"); `epochs`,
+            `candidate_bits`, `scheme`, `ptq`, `metric`, `target` ("sensitivity":
+            `target="litert"` searches the `.tflite` file, `autoqnn.mixed.target`); `epochs`,
             `candidates`, `finetune_epochs` (the differentiable ones); `episodes`,
             `agent`, `executor` ("rl").
 
@@ -117,7 +122,8 @@ def search(model, train_data=None, val_data=None, *, strategy="sensitivity",
             bad bits.
     """
     check_model(model)
-    budget = Budget(weight_bits_budget, size_budget_bytes, memory_budget_bytes)
+    budget = Budget(weight_bits_budget, size_budget_bytes, memory_budget_bytes,
+                    latency_budget_ms)
     if isinstance(strategy, str):
         options = strategy_config(strategy, settings)
     elif type(strategy) in _RUNS:
@@ -128,6 +134,9 @@ def search(model, train_data=None, val_data=None, *, strategy="sensitivity",
     else:
         raise ValueError(f"strategy must be one of {list(STRATEGIES)} or a strategy config, "
                          f"got {strategy!r}")
+    if latency_budget_ms is not None and not isinstance(options, SensitivityConfig):
+        raise ValueError(f"latency_budget_ms={latency_budget_ms!r} is searched by strategy "
+                         "'sensitivity' with target='litert' only")
     return _RUNS[type(options)](model, train_data, val_data, options=options, budget=budget,
                                 calibration_data=calibration_data, config=config,
                                 checkpoint_dir=checkpoint_dir, verbose=verbose)

@@ -128,7 +128,7 @@ def _outputs(model, batches) -> np.ndarray:
 def measure_sensitivity(qmodel, float_model, data, candidate_bits=(2, 3, 4, 8), *,
                         metric: str = "kl", num_samples: int | None = 512,
                         refine=None, exclude=(), caps: dict | None = None,
-                        verbose: int = 0) -> SensitivityTable:
+                        allowed: dict | None = None, verbose: int = 0) -> SensitivityTable:
     """Measures the sensitivity table of `qmodel` (see the module docstring).
 
     Args:
@@ -145,6 +145,9 @@ def measure_sensitivity(qmodel, float_model, data, candidate_bits=(2, 3, 4, 8), 
         exclude: layer paths left as they are (pinned by the user).
         caps: `{path: bits}`: a layer's candidates stop there (the DNAS/QPL
             repair only lowers bits); its start is then its cap.
+        allowed: `{path: bits}`: a layer's candidates, instead of those of
+            `candidate_bits` its scheme accepts (a target's stored widths,
+            `autoqnn.mixed.target`).
         verbose: 1 shows a progress bar over the probes.
 
     Returns:
@@ -162,7 +165,8 @@ def measure_sensitivity(qmodel, float_model, data, candidate_bits=(2, 3, 4, 8), 
     layers = [(p, layer) for p, layer in searchable_layers(qmodel) if p not in set(exclude)]
     if not layers:
         raise ValueError(f"model {qmodel.name!r} has no quantized weighted layer to search")
-    candidates = {path: layer_candidates(layer, candidate_bits) for path, layer in layers}
+    candidates = {path: tuple(allowed[path]) if allowed is not None and path in allowed
+                  else layer_candidates(layer, candidate_bits) for path, layer in layers}
     if caps:
         candidates = {path: tuple(b for b in bits if b <= caps.get(path, b)) or bits[:1]
                       for path, bits in candidates.items()}
