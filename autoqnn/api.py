@@ -54,6 +54,8 @@ def quantize(
     weight_bits_budget: float | None = None,
     size_budget_bytes: float | None = None,
     memory_budget_bytes: float | None = None,
+    latency_budget_ms: float | None = None,
+    target=None,
     train_data=None,
     val_data=None,
     recipe: str = "auto",
@@ -129,6 +131,14 @@ def quantize(
             the scheme options, `activation_scheme`) or `recipe="defaults"`, the
             search runs with that recipe alone. `calibration_samples` is the number
             of images the search measures and calibrates on (default 512).
+        latency_budget_ms, target: `target="litert"` (or an
+            `autoqnn.mixed.target.LiteRTTarget`) searches the `.tflite` file LiteRT
+            runs: candidates LiteRT stores at their own width, `size_budget_bytes` in
+            bytes of the file, `latency_budget_ms` (needs the target) in LiteRT
+            milliseconds on this machine, the file checked before it is returned
+            (`autoqnn.mixed.target`). The autopilot does not take a target yet: with
+            one, the search runs with the recipe given (default: `quantize`'s), as with
+            `recipe="defaults"`.
         train_data, val_data: labelled `(x, y)` data: with a weight-bits or size
             budget the autopilot trains (`autoqnn.autopilot.trained`): bits per layer
             from the retrain-free search, the low-bit training recipe (uniform, LSQ,
@@ -180,7 +190,13 @@ def quantize(
                    "calibration_samples": calibration_samples}
     calibration_changed = {k: v for k, v in calibration.items() if v != _CALIBRATION[k]}
     budgets = {"weight_bits_budget": weight_bits_budget, "size_budget_bytes": size_budget_bytes,
-               "memory_budget_bytes": memory_budget_bytes}
+               "memory_budget_bytes": memory_budget_bytes, "latency_budget_ms": latency_budget_ms}
+    if latency_budget_ms is not None and target is None:
+        raise ValueError(f"latency_budget_ms={latency_budget_ms!r} needs target='litert' (the "
+                         "latency of the .tflite file on LiteRT)")
+    if target is not None and all(v is None for v in budgets.values()):
+        raise ValueError(f"target={target!r} is for a budget search: give weight_bits_budget=, "
+                         "size_budget_bytes= or latency_budget_ms= with it")
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {list(RECIPES)}, got {recipe!r} (a recipe of "
                          "your own: ptq=PTQConfig(...))")
@@ -190,7 +206,8 @@ def quantize(
                          "and a budget with it (or fine-tune with autoqnn.finetune)")
     if any(v is not None for v in budgets.values()):
         return _search(model, given, changed, calibration_changed, config, ptq, budgets,
-                       calibration_data, train_data, val_data, verbose, autopilot, epochs)
+                       calibration_data, train_data, val_data, verbose, autopilot, epochs,
+                       target)
     _no_autopilot(autopilot, "they choose the recipe under a budget: give weight_bits_budget=, "
                   "size_budget_bytes= or memory_budget_bytes=")
     if train_data is not None or val_data is not None:
@@ -245,7 +262,8 @@ def _no_autopilot(autopilot, why):
 
 
 def _search(model, given, changed, calibration_changed, config, ptq, budgets,
-            calibration_data, train_data, val_data, verbose, autopilot, epochs=None):
+            calibration_data, train_data, val_data, verbose, autopilot, epochs=None,
+            target=None):
     """`quantize` with a budget: the search, with every setting passed on or refused."""
     if given["weight_bits"] is not None:
         raise ValueError(f"weight_bits={given['weight_bits']!r} conflicts with a budget: the "
@@ -261,6 +279,9 @@ def _search(model, given, changed, calibration_changed, config, ptq, budgets,
         changed = {k: v for k, v in given.items() if v != _DEFAULTS[k]}
         config = config.overrides
     if train_data is not None:
+        if target is not None:
+            raise ValueError(f"target={target!r} applies to the retrain-free search: drop "
+                             "train_data= (the trained autopilot does not take a target)")
         _no_autopilot(autopilot, "the trained autopilot (train_data=) chooses its recipe on "
                       "validation")
         refused = sorted(set(changed) - set(_TRAINED_SETTINGS))
@@ -284,6 +305,7 @@ def _search(model, given, changed, calibration_changed, config, ptq, budgets,
     fixed = sorted(set(changed) & set(_RECIPE_SETTINGS))
     fixed += ["ptq"] if ptq is not None else []
     fixed += ["calibration_method"] if "calibration_method" in calibration_changed else []
+    fixed += ["target"] if target is not None else []  # the autopilot takes none yet
     if not fixed and autopilot["recipe"] == "auto":
         if calibration_data is None:
             raise ValueError("quantize with a budget needs calibration_data= (inputs, no "
@@ -302,12 +324,13 @@ def _search(model, given, changed, calibration_changed, config, ptq, budgets,
                   f"the recipe is fixed here by {fixed_by}")
     if "calibration_method" in calibration_changed:
         settings["calibration_method"] = calibration_changed["calibration_method"]
+    target = {} if target is None else {"target": target}
     return search(model, calibration_data=calibration_data, strategy="sensitivity", ptq=ptq,
                   config=config, num_samples=samples or defaults.SEARCH_SAMPLES,
-                  verbose=verbose, **settings, **budgets).model
+                  verbose=verbose, **settings, **budgets, **target).model
 
 
 def _budget(budgets: dict) -> Budget:
     """The `Budget` of quantize's budget keywords."""
     return Budget(budgets["weight_bits_budget"], budgets["size_budget_bytes"],
-                  budgets["memory_budget_bytes"])
+                  budgets["memory_budget_bytes"], budgets["latency_budget_ms"])

@@ -113,13 +113,25 @@ def solve_checked(costs: TargetCosts, budget, solve, build, history):
         predicted and measured).
     """
     size_slack = latency_slack = 0.0
+    policy, model, check, over = None, None, {}, []
     for attempt in range(costs.target.checks):
-        policy = solve(costs.budgets(budget, size_slack, latency_slack))
+        try:
+            policy = solve(costs.budgets(budget, size_slack, latency_slack))
+        except ValueError as err:
+            if attempt == 0:
+                raise
+            warnings.warn(f"target='litert': the searched file misses its budget "
+                          f"({'; '.join(over)}) and no policy is left once the budget is "
+                          f"tightened by the measured error ({err}); the last policy is "
+                          "returned (the latency varies with the machine's load: measure "
+                          "again, or give a larger budget)", stacklevel=4)
+            return policy, model, check
         model = build(policy)
         file = tflite_file(model)
         predicted = costs.predict(policy)
-        check = {"step": "litert check", "attempt": attempt + 1,
-                 "file_bytes": len(file), "predicted_file_bytes": predicted["file_bytes"]}
+        check = {"step": "litert check", "attempt": attempt + 1, "policy": dict(policy),
+                 "file_bytes": len(file), "predicted_file_bytes": predicted["file_bytes"],
+                 "start_file_bytes": len(costs.start_file)}
         over = []
         if budget.size_bytes is not None and len(file) > budget.size_bytes:
             over.append(f"{len(file)} bytes > size_budget_bytes={budget.size_bytes!r}")
