@@ -74,6 +74,30 @@ def export_table():
                       "top-1 Keras -> TFLite", "max logit diff (steps)", ".aqnn bytes"), rows))
 
 
+def target_table():
+    """`results/bench_target.json`: the search with target="litert" beside uniform files."""
+    data = _load("bench_target.json")
+    if data is None:
+        return
+    rows = []
+    for r in data["rows"]:
+        budget = ", ".join(f"{k.replace('_budget', '')}={v}" for k, v in
+                           r.get("budget", {}).items())
+        if "error" in r:
+            rows.append((r["model"], r["variant"], budget, "cannot: " + r["error"].split(
+                ": ", 1)[-1].split(" (")[0], "", "", "", "", ""))
+            continue
+        meets = [r[k] for k in ("meets_size_budget", "meets_latency_budget") if k in r]
+        rows.append((r["model"], r["variant"], budget, f"{r['bytes']:,}",
+                     f"{r['bytes_vs_w4a8']:.3f}", f"{100 * r['tflite_accuracy']:.2f}",
+                     f"{r['latency_ms_1t']:.3f}", f"{r['latency_vs_w8a8_1t']:.2f}",
+                     ("yes" if all(meets) else "no") if meets else ""))
+    print(f"`results/bench_target.json` ({data['machine']}; latency: 1 thread, batch 1, "
+          "ratios within the run)\n")
+    print(_table(("model", "file", "budget", "bytes", "x W4A8", "LiteRT top-1 %", "ms",
+                  "x W8A8", "meets budget"), rows))
+
+
 def quantizer_tables():
     data = _load("quantizer.json")
     if data is None:
@@ -350,6 +374,7 @@ def files_table():
 SECTIONS = (("The one call against fixed recipes", headline_table),
             ("The trained one call against fixed training recipes", trained_table),
             ("Accuracy, bits and size", bench_table), ("TFLite export", export_table),
+            ("Search for the LiteRT file (target='litert')", target_table),
             ("Quantizer costs", quantizer_tables),
             ("Mixed precision without retraining", sensitivity_table),
             ("DNAS + QPL search", search_table), ("RL, Ray and search cost", rl_tables),
