@@ -21,8 +21,8 @@ setup(
         "ai-edge-litert",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "ruff", "matplotlib", "keras-hub", "ray", "nbformat",
-                 "nbclient", "ipykernel"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "ruff", "matplotlib", "keras-hub",
+                 "ray", "nbformat", "nbclient", "ipykernel"],
         "notebooks": ["matplotlib", "jupyter", "nbformat", "nbclient", "ipykernel"],
         "bench": ["matplotlib", "hgq2"],
         "distributed": ["ray"],

@@ -154,7 +154,6 @@ class _Run:
             if kind == "shared":
                 overrides, _, _ = self.policies[key]
                 qmodel = self.build(recipe, overrides, start, f"policy of {self.policies[key][2]}")
-                self.build_costs.append(time.perf_counter() - start)
             else:
                 result = search(self.model, calibration_data=self.data,
                                 strategy=self.options(recipe), config=self.config, verbose=0,
@@ -164,13 +163,15 @@ class _Run:
                              if path in searched}
                 self.policies[key] = (overrides, result, name)
                 qmodel = result.model
-                self.search_costs.setdefault(key, []).append(time.perf_counter() - start)
         except Exception as err:  # noqa: BLE001 - a failed recipe is a row; the first raises
             if strict:
                 raise
             self.fail(name, recipe, kind, start, f"{type(err).__name__}: {err}")
             return
         self.judged(name, recipe, kind, qmodel, start, overrides)
+        # costs include the judging, so the estimates of what fits the time left do too
+        costs = self.build_costs if kind == "shared" else self.search_costs.setdefault(key, [])
+        costs.append(time.perf_counter() - start)
 
     def build(self, recipe, overrides, start, step):
         """The model of `recipe` at a searched policy (`overrides`), with its result."""
@@ -208,8 +209,8 @@ class _Run:
                 continue
             self.finish(qmodel, options, start, {"step": "uniform", "weight_bits": bits},
                         "uniform", None)
-            self.build_costs.append(time.perf_counter() - start)
             self.judged(f"{name} {bits}-bit", recipe, "uniform", qmodel, start, None)
+            self.build_costs.append(time.perf_counter() - start)
             return
         self.fail(name, options.ptq and options.ptq.to_dict(), "uniform", start,
                   "no single width of candidate_bits meets the budget")
@@ -285,7 +286,10 @@ def choose_retrain_free(model, calibration_data, *, budget: Budget, settings: di
             break
         run.candidate(recipe)
     if run.best.recipe is not None and run.best.candidate.kind in ("search", "shared"):
-        run.uniform(run.best.recipe)
+        if run.affordable(max(run.build_costs, default=0.0)):
+            run.uniform(run.best.recipe)
+        else:
+            skipped.append(f"uniform {recipe_name(run.best.recipe)}")
     choice = RecipeChoice(run.best.candidate.name, run.candidates, judge.describe(),
                           judge.float_score, time_budget_seconds, run.elapsed(), skipped)
     qmodel = run.best.model
