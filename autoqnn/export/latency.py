@@ -6,11 +6,12 @@ over all rounds is reported. The key of the machine and runtime (`machine_key`) 
 where a measurement holds: a cache of latencies is only valid under the same key.
 
 Example:
-    >>> import numpy as np, tensorflow as tf
+    >>> import contextlib, io, tensorflow as tf
     >>> from autoqnn.export.latency import time_files
     >>> inputs = tf.keras.Input((4,))
     >>> model = tf.keras.Model(inputs, tf.keras.layers.Dense(2)(inputs))
-    >>> flat = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    >>> with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its artifact
+    ...     flat = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     >>> ms = time_files({"fc": flat}, rounds=2, invokes=5)
     >>> 0 < ms["fc"] < 100
     True

@@ -63,12 +63,13 @@ def test_file_bytes_budget_and_stored_widths(net, target, tmp_path):
     uniform = autoqnn.quantize(net, weight_bits=4, calibration_data=X, verbose=0)
     w4_bytes = autoqnn.export_tflite(uniform, tmp_path / "w4.tflite").size_bytes
     budget = w4_bytes - 1000  # below uniform W4A8's file: needs an int2 fully connected layer
-    result = autoqnn.search(net, calibration_data=X, size_budget_bytes=budget, target=target,
-                            verbose=0, num_samples=32)
+    qmodel = autoqnn.quantize(net, calibration_data=X, size_budget_bytes=budget, target=target,
+                              calibration_samples=32, verbose=0)  # the search, through quantize
+    result = qmodel.autoqnn_search
     bits = result.bits()
     assert bits["conv"] in (4, 8) and {bits["fc1"], bits["logits"]} <= {2, 4, 8}
     assert 2 in bits.values()
-    info = autoqnn.export_tflite(result.model, tmp_path / "searched.tflite")
+    info = autoqnn.export_tflite(qmodel, tmp_path / "searched.tflite")
     check = [h for h in result.history if h["step"] == "litert check"][-1]
     assert info.size_bytes == check["file_bytes"] == check["predicted_file_bytes"]
     assert info.size_bytes <= budget < w4_bytes
