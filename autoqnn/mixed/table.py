@@ -3,7 +3,8 @@
 The table is measured on a quantized model whose weighted layers all start at
 the largest candidate bitwidth (activations as they will be deployed). For
 each layer and each smaller candidate, `autoqnn.set_bits` lowers that layer
-alone, in place (no re-clone), the calibration images run through the model,
+alone, in place (no re-clone), the calibration images run through the model
+(one traced pass over weights held fake-quantized: `autoqnn.mixed.probe`),
 and the distortion of the outputs against the float model's outputs is
 recorded; then the layer goes back. The sensitivity of `(layer, bits)` is the
 distortion increase over the all-largest start:
@@ -45,6 +46,7 @@ import numpy as np
 from autoqnn.data import iterate_batches
 from autoqnn.finalize import set_bits
 from autoqnn.layers.quantized import QuantizedWeightsMixin
+from autoqnn.mixed.probe import WeightProbe
 from autoqnn.report import float_reasons, quantization_report
 from autoqnn.walk import iter_layers
 
@@ -179,23 +181,27 @@ def measure_sensitivity(qmodel, float_model, data, candidate_bits=(2, 3, 4, 8), 
         for _, layer in layers:
             refine(layer)
     reference = _outputs(float_model, batches)
-    start_d = distortion(reference, _outputs(qmodel, batches), metric)
     probes = sum(len(c) - 1 for c in candidates.values())
     bar = keras.utils.Progbar(probes, unit_name="probe") if verbose and probes else None
     values = {}
-    for path, layer in layers:
-        top = candidates[path][-1]
-        values[path] = {top: 0.0}
-        for bits in candidates[path][:-1]:
-            set_bits(qmodel, {path: bits}, update_report=False)
-            if refine is not None:
-                refine(layer)
-            values[path][bits] = distortion(reference, _outputs(qmodel, batches), metric) - start_d
-            if bar is not None:
-                bar.add(1)
-        set_bits(qmodel, {path: top}, update_report=False)
-        if refine is not None:
-            refine(layer)
+    with WeightProbe(qmodel, [layer for _, layer in layers]) as probe:
+        start_d = distortion(reference, probe.outputs(batches), metric)
+        for path, layer in layers:
+            top = candidates[path][-1]
+            values[path] = {top: 0.0}
+            for bits in candidates[path][:-1]:
+                with probe.changing(layer):
+                    set_bits(qmodel, {path: bits}, update_report=False)
+                    if refine is not None:
+                        refine(layer)
+                values[path][bits] = distortion(reference, probe.outputs(batches),
+                                                 metric) - start_d
+                if bar is not None:
+                    bar.add(1)
+            with probe.changing(layer):
+                set_bits(qmodel, {path: top}, update_report=False)
+                if refine is not None:
+                    refine(layer)
     qmodel.autoqnn_report = quantization_report(qmodel, float_reasons(qmodel))
     params = {path: int(sum(np.prod(getattr(layer, attr).shape)
                             for attr in layer.weight_quantizers)) for path, layer in layers}
