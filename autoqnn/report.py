@@ -52,6 +52,8 @@ class LayerReport:
         quantized_params: how many of them are quantized.
         size_bytes: storage at the quantized bit widths (float weights at 32 bits).
         reason: why a weighted layer stayed float, or a note.
+        state_params: how many of `params` are quantizer state (scales, clips,
+            bits) that the quantization added, not weights of the float layer.
     """
 
     name: str
@@ -65,6 +67,7 @@ class LayerReport:
     quantized_params: int = 0
     size_bytes: float = 0.0
     reason: str = ""
+    state_params: int = 0
 
 
 class QuantizationReport:
@@ -115,6 +118,15 @@ class QuantizationReport:
         """Average bits of the quantized weight parameters (0 if none)."""
         q = sum(r.quantized_params for r in self)
         return float(sum(r.quantized_params * (r.weight_bits or 0) for r in self) / q) if q else 0.0
+
+    @property
+    def quantized_fraction(self) -> float:
+        """The share of the model's weight parameters that are quantized: quantized
+        weights over all weights of the rows (composite rows count only their own
+        weights), the quantizers' own state (scales, clips) left out. Biases and float
+        layers' weights count as float."""
+        weights = sum(r.params - r.state_params for r in self if r.status != "composite")
+        return sum(r.quantized_params for r in self) / weights if weights else 0.0
 
     @property
     def uncalibrated(self) -> list[str]:
@@ -198,6 +210,9 @@ def _sublayer_note(row, layer, parent):
                "quantizes it)"
         if kind == "softmax" and isinstance(parent, keras.layers.MultiHeadAttention):
             note = f"{what} (attention_activations=True quantizes the attention probabilities)"
+            if "probabilities" in (getattr(parent, "attention_aq", None) or {}):
+                note = (f"{what} on quantized scores; its output, the attention probabilities, "
+                        "is quantized (probabilities_aq): int8 in TFLite")
     row.reason = f"{row.reason}: {note}" if row.reason else note
     return row
 
@@ -267,6 +282,7 @@ def _layer_row(layer, name, reasons):
     if quantizers:
         quantized = {id(getattr(layer, attr)): q for attr, q in quantizers.items()}
         size, qparams = 0.0, 0
+        state = {id(v) for q in quantizers.values() for v in q.variables}
         for v in weights:  # quantizer state (scales, clips) counts at 32 bits
             quantizer = quantized.get(id(v))
             if quantizer is not None:
@@ -296,12 +312,14 @@ def _layer_row(layer, name, reasons):
             quantized_params=qparams,
             size_bytes=size,
             reason="; ".join(notes),
+            state_params=sum(_count(v) for v in weights if id(v) in state),
         )
     if isinstance(layer, QuantizedComposite) and layer.replaced_sublayers:
         names = [sub.name for sub in layer.replaced_sublayers.values()]
         note = f"quantized sublayers: {', '.join(names)}"
         if getattr(layer, "attention_aq", None):
-            note += "; attention activations quantized (query, key, value, probabilities)"
+            note += ("; attention activations quantized ("
+                     + ", ".join(layer.attention_aq) + ")")
         return LayerReport(name, cls, "composite", params=params, size_bytes=params * 4.0,
                            reason=note)
     if isinstance(layer, FoldedBatchNorm):

@@ -1,9 +1,12 @@
 """Benchmark: keras.io-style user models (autoqnn.user_models) through autoqnn.
 
 For each style: float accuracy, W8A8 and W4A8 accuracy, a search under
-`weight_bits_budget` (default 3.0), the full-integer TFLite accuracy and its
-agreement with the Keras W8A8 model, the fraction of weight parameters
-quantized, and Keras 3's own `model.quantize("int8")` where it applies.
+`weight_bits_budget` (default 3.0), the full-integer TFLite accuracy (export
+with default arguments, no representative data) and its agreement with the
+Keras W8A8 model, the `.keras` round trip (plain `keras.models.load_model`),
+the fraction of weight parameters quantized (`QuantizationReport.
+quantized_fraction`: biases count as float, quantizer state is left out), and
+Keras 3's own `model.quantize("int8")` where it applies.
 Errors are recorded per cell, never hidden. Validation (for search) is carved
 from the training data; the test split only measures.
 
@@ -34,9 +37,6 @@ def accuracy(model, x, y) -> float:
     return float((np.asarray(model.predict(x, verbose=0)).argmax(-1) == y).mean())
 
 
-def quantized_fraction(report) -> float:
-    params = sum(r.params for r in report if r.status != "composite")
-    return sum(r.quantized_params for r in report) / max(params, 1)
 
 
 def cell(fn):
@@ -71,7 +71,7 @@ def bench_style(name, data, args):
         row["w8a8"] = w8a8
     else:
         row["w8a8"] = accuracy(w8a8, x_test, y_test)
-        row["quantized_fraction"] = quantized_fraction(w8a8.autoqnn_report)
+        row["quantized_fraction"] = w8a8.autoqnn_report.quantized_fraction
         row["float_layers"] = {r.name: r.reason for r in w8a8.autoqnn_report.float_layers}
 
         def tflite():
@@ -84,6 +84,16 @@ def bench_style(name, data, args):
                     "bytes": info.size_bytes}
 
         row["tflite"] = cell(tflite)
+
+        def round_trip():
+            path = os.path.join(tempfile.mkdtemp(), f"{name}.keras")
+            w8a8.save(path)
+            loaded = keras.models.load_model(path, safe_mode=False)
+            diff = np.abs(loaded.predict(x_test[:100], verbose=0)
+                          - w8a8.predict(x_test[:100], verbose=0)).max()
+            return {"max_abs_difference": float(diff)}
+
+        row["keras_round_trip"] = cell(round_trip)
     row["w4a8"] = cell(lambda: accuracy(autoqnn.quantize(model, weight_bits=4,
                                                          calibration_data=calibration),
                                         x_test, y_test))

@@ -9,6 +9,8 @@ trace (on a clone; the model is never changed):
 * `einsum_as_conv_call`: an EinsumDense whose equation is a matmul in disguise
   (MultiHeadAttention's projections) as a 1x1 conv on its flattened kernel;
 * `layer_norm_call`: LayerNormalization without NEG (no int8 kernel);
+* `integer_layer_norm_call`: an `IntegerLayerNormalization` (quantized inner
+  tensors) with its gamma and beta as the 1x1 depthwise convolution below;
 * `affine_call`: a per-channel affine layer that stays float in the model
   (a BatchNormalization that follows no weighted layer, as in ConvMixer's GELU then
   BatchNorm; `Rescaling`; an adapted `Normalization`) as one DEPTHWISE_CONV_2D
@@ -91,13 +93,49 @@ def einsum_as_conv_call(layer, plan: WeightPlan):
     if flat_plan.grid is None and plan.grid is not None:
         raise ExportError(f"internal error: the flattened kernel of {plan.layer!r} lost its grid")
 
+    bias = _flat_bias(layer, shape[n_contracted:])
+
     def call(inputs, training=None):
         del training
         kernel = flat_plan.fake_quant(shape=(1, 1, rows, cols))
         x = tf.reshape(inputs, (-1, 1, 1, rows))
         y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
+        if bias is not None:  # before the reshape back, so CONV_2D fuses it
+            y = y + bias
         y = tf.reshape(y, _lead_shape(inputs, n_contracted) + list(shape[n_contracted:]))
-        return layer._bias_and_activation(y)
+        if bias is None:
+            return layer._bias_and_activation(y)
+        return y if layer.activation is None else layer.activation(y)
+
+    return call
+
+
+def _flat_bias(layer, out_shape):
+    """An EinsumDense's bias broadcast to its kernel's output dims and flattened, or None
+    (no bias, or one over other axes: then it is added after the reshape)."""
+    if getattr(layer, "bias", None) is None:
+        return None
+    bias = np.asarray(keras.ops.convert_to_numpy(layer.bias), np.float32)
+    try:
+        return tf.constant(np.broadcast_to(bias, tuple(out_shape)).reshape(-1))
+    except ValueError:
+        return None
+
+
+def integer_layer_norm_call(layer, path: str):
+    """`call` of an `IntegerLayerNormalization`: its quantized chain (the traced
+    quantizers are the constant-range ones), then gamma and beta as the 1x1 depthwise
+    convolution of `affine_call`, so every op of the chain is int8."""
+    channels = int(layer.gamma.shape[0] if layer.gamma is not None else layer.beta.shape[0])
+    scale = (np.asarray(keras.ops.convert_to_numpy(layer.gamma), np.float64)
+             if layer.gamma is not None else np.ones(channels))
+    offset = (np.asarray(keras.ops.convert_to_numpy(layer.beta), np.float64)
+              if layer.beta is not None else np.zeros(channels))
+    affine = affine_call(layer, path, scale, offset)
+
+    def call(inputs, *args, **kwargs):
+        del args, kwargs
+        return affine(layer.normalize(inputs))
 
     return call
 

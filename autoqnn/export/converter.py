@@ -30,11 +30,13 @@ from autoqnn.export.calls import (
     dense_as_conv_call,
     einsum_as_conv_call,
     einsum_as_matmul,
+    integer_layer_norm_call,
     layer_norm_call,
 )
 from autoqnn.export.diagnose import layer_names_in
 from autoqnn.export.lowering import ExportError, iter_layers, lowered
 from autoqnn.layers.activation import ActivationQuantizer
+from autoqnn.layers.normalization import IntegerLayerNormalization
 from autoqnn.layers.quantized import QuantDense, QuantEinsumDense
 from autoqnn.rewrite.clone import clone_quantized
 
@@ -100,6 +102,10 @@ def convert(model, weight_plans, activation_plans, *, representative_data=None, 
     ] + [
         (layer, layer_norm_call(layer)) for layer in layers.values()
         if isinstance(layer, keras.layers.LayerNormalization) and not layer.rms_scaling
+        and not (integer and isinstance(layer, IntegerLayerNormalization))
+    ] + [
+        (layer, integer_layer_norm_call(layer, path)) for path, layer in layers.items()
+        if integer and isinstance(layer, IntegerLayerNormalization)
     ] + (affine_calls(layers) if integer else []) + [
         (layer, _identity) for layer in layers.values()
         if float_activations and isinstance(layer, ActivationQuantizer)

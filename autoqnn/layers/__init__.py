@@ -3,6 +3,7 @@
 from autoqnn.layers.activation import ActivationQuantizer, reset_compiled_functions
 from autoqnn.layers.composite import QuantizedComposite, composite_class, quantized_composite
 from autoqnn.layers.folded import FoldedBatchNorm
+from autoqnn.layers.normalization import IntegerLayerNormalization
 from autoqnn.layers.quantized import (
     QUANTIZED_LAYERS,
     QuantConv1D,
@@ -23,6 +24,7 @@ __all__ = [
     "QUANTIZED_LAYERS",
     "ActivationQuantizer",
     "FoldedBatchNorm",
+    "IntegerLayerNormalization",
     "QuantConv1D",
     "QuantConv2D",
     "QuantConv2DTranspose",

@@ -20,9 +20,11 @@ A twin can also own activation quantizers of its own:
 * an output quantizer (`output_quantizer`, the sublayer "output_aq"), for a
   float sublayer whose output an override asks to quantize (a LayerNorm);
 * attention quantizers (`attention_quantizers`, MultiHeadAttention and its
-  subclasses): the projected query, key and value and the attention
-  probabilities ("query_aq", "key_aq", "value_aq", "probabilities_aq"), so
-  both attention matmuls multiply quantized operands.
+  subclasses; `ATTENTION_TENSORS`): the projected query, key and value, the
+  scaled query, the scores, the attention probabilities and their combination
+  with the values ("query_aq", ..., "context_aq"), so both attention matmuls
+  multiply quantized operands and every tensor of the core has an int8 range.
+  Twins saved with the first four only load and run as they were.
 
 Supported: sublayers held in attributes, or in lists, tuples or dicts
 assigned to an attribute at once. Sublayers created another way (appended
@@ -59,7 +61,8 @@ from autoqnn.layers.slots import (
 )
 
 REGISTERED_NAME = "autoqnn>QuantizedComposite"
-ATTENTION_TENSORS = ("query", "key", "value", "probabilities")
+ATTENTION_TENSORS = ("query", "key", "value", "probabilities", "scaled_query", "scores",
+                     "context")
 
 _PENDING = threading.local()
 _CLASSES: dict = {}
@@ -250,7 +253,10 @@ class _QuantizedAttention:
         scores = ops.einsum(self._dot_product_equation,
                             keras.KerasTensor(projected["key"]),
                             keras.KerasTensor(projected["query"]))
-        projected["probabilities"] = scores.shape
+        projected["probabilities"] = projected["scores"] = scores.shape
+        projected["scaled_query"] = projected["query"]
+        projected["context"] = ops.einsum(self._combine_equation, scores,
+                                          keras.KerasTensor(projected["value"])).shape
         for name, aq in self.attention_aq.items():
             if not aq.built:
                 aq.build(tuple(projected[name]))
@@ -259,17 +265,23 @@ class _QuantizedAttention:
                            return_attention_scores=False, use_causal_mask=False):
         del return_attention_scores
         aq = self.attention_aq
+
+        def quantize(name, tensor):  # twins saved before a tensor was added lack it
+            return aq[name](tensor) if name in aq else tensor
+
         query, key, value = aq["query"](query), aq["key"](key), aq["value"](value)
         if use_causal_mask:
             causal = self._compute_causal_mask(query, value)
             attention_mask = causal if attention_mask is None else ops.logical_and(
                 ops.cast(attention_mask, "bool"), causal)
-        query = ops.multiply(query, ops.cast(self._inverse_sqrt_key_dim, query.dtype))
-        scores = ops.einsum(self._dot_product_equation, key, query)
+        query = quantize("scaled_query", ops.multiply(
+            query, ops.cast(self._inverse_sqrt_key_dim, query.dtype)))
+        scores = quantize("scores", ops.einsum(self._dot_product_equation, key, query))
         probabilities = aq["probabilities"](self._masked_softmax(scores, attention_mask))
         dropped = (self._dropout_layer(probabilities, training=training)
                    if self._dropout > 0.0 else probabilities)
-        return ops.einsum(self._combine_equation, dropped, value), probabilities
+        context = ops.einsum(self._combine_equation, dropped, value)
+        return quantize("context", context), probabilities
 
 
 _BASE_KWARGS = ("name", "trainable", "dtype")

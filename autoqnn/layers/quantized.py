@@ -68,14 +68,11 @@ class QuantizedWeightsMixin:
     weight_channel_axes: dict = {"kernel": -1}
 
     def __init__(self, *args, weight_quantizers=None, frozen_weights=(), input_quantizer=None,
-                 **kwargs):
+                 output_quantizer=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.input_quantizer = None
-        if input_quantizer is not None:
-            if not isinstance(input_quantizer, dict):
-                raise TypeError("input_quantizer must be a dict of ActivationQuantizer "
-                                f"arguments or None, got {input_quantizer!r}")
-            self.input_quantizer = ActivationQuantizer(name="input_aq", **input_quantizer)
+        self.input_quantizer = _sublayer_quantizer("input_quantizer", input_quantizer, "input_aq")
+        self.output_quantizer = _sublayer_quantizer("output_quantizer", output_quantizer,
+                                                    "output_aq")
         self.frozen_weights = [str(name) for name in frozen_weights]
         weight_quantizers = dict(weight_quantizers or {})
         unknown = set(weight_quantizers) - set(self.weight_channel_axes)
@@ -100,6 +97,8 @@ class QuantizedWeightsMixin:
             quantizer.build(self, attr, tuple(var.shape), self.weight_channel_axes[attr])
         if self.input_quantizer is not None and not self.input_quantizer.built:
             self.input_quantizer.build(input_shape)
+        if self.output_quantizer is not None and not self.output_quantizer.built:
+            self.output_quantizer.build(self.compute_output_shape(input_shape))
 
     def __call__(self, *args, **kwargs):
         if self.input_quantizer is not None:
@@ -107,7 +106,10 @@ class QuantizedWeightsMixin:
                 args = (self.input_quantizer(args[0]),) + args[1:]
             elif "inputs" in kwargs:
                 kwargs["inputs"] = self.input_quantizer(kwargs["inputs"])
-        return super().__call__(*args, **kwargs)
+        outputs = super().__call__(*args, **kwargs)
+        if getattr(self, "output_quantizer", None) is not None:
+            outputs = self.output_quantizer(outputs)
+        return outputs
 
     @property
     def quantizer_state(self) -> dict:
@@ -171,6 +173,10 @@ class QuantizedWeightsMixin:
             aq = self.input_quantizer.get_config()
             aq.pop("name", None)
             config["input_quantizer"] = aq
+        if self.output_quantizer is not None:
+            aq = self.output_quantizer.get_config()
+            aq.pop("name", None)
+            config["output_quantizer"] = aq
         return config
 
 
@@ -286,6 +292,16 @@ class QuantEmbedding(QuantizedWeightsMixin, keras.layers.Embedding):
             inputs = ops.cast(inputs, "int32")
         table = self.quantized_weight("embeddings", training)
         return ops.cast(ops.take(table, inputs, axis=0), self.compute_dtype)
+
+
+def _sublayer_quantizer(argument, spec, name):
+    """The `ActivationQuantizer` sublayer `name` built from `spec` (None: none)."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise TypeError(f"{argument} must be a dict of ActivationQuantizer arguments or None, "
+                        f"got {spec!r}")
+    return ActivationQuantizer(name=name, **spec)
 
 
 def weight_statistics(values, channel_axis, scheme) -> dict:

@@ -96,8 +96,9 @@ def clone_composite(layer, change, path):
         elif changed is None and isinstance(sub, QuantizedComposite):
             new, copier = clone_composite(sub, change, sub_path)
             plans[key] = (sub, new, copier)
-        elif changed is None and getattr(sub, "input_quantizer", None) is not None:
-            plans[key] = _with_input_quantizer_changed(sub, change, sub_path)
+        elif changed is None and any(getattr(sub, slot, None) is not None
+                                     for slot in _QUANTIZER_SLOTS):
+            plans[key] = _with_quantizers_changed(sub, change, sub_path)
         elif changed is None:
             plans[key] = (sub, replicate(sub)[0], None)
         else:
@@ -137,27 +138,35 @@ def clone_composite(layer, change, path):
     return clone, copy
 
 
-def _with_input_quantizer_changed(layer, change, path):
-    """The plan of a quantized sublayer whose input quantizer `change` may rebuild (a
-    per-tensor conversion, a finalize): `(layer, new layer, copier or None)`."""
-    aq = layer.input_quantizer
-    changed = change(f"{path}/{aq.name}", aq) if change is not None else None
-    if changed is None:
-        return layer, layer.__class__.from_config(layer.get_config()), None
+def _with_quantizers_changed(layer, change, path):
+    """The plan of a quantized sublayer whose input / output quantizers `change` may
+    rebuild (a per-tensor conversion, a finalize): `(layer, new layer, copier or None)`."""
+    slots = [slot for slot in _QUANTIZER_SLOTS if getattr(layer, slot, None) is not None]
+    changes = {}
+    for slot in slots:
+        aq = getattr(layer, slot)
+        changes[slot] = change(f"{path}/{aq.name}", aq) if change is not None else None
     config = layer.get_config()
-    config["input_quantizer"] = {k: v for k, v in changed.layer.get_config().items()
-                                 if k != "name"}
+    for slot, changed in changes.items():
+        if changed is not None:
+            config[slot] = {k: v for k, v in changed.layer.get_config().items() if k != "name"}
+    if all(changed is None for changed in changes.values()):
+        return layer, layer.__class__.from_config(config), None
 
     def copy(original, clone):
-        inner = {id(v) for v in original.input_quantizer.weights}
-        targets = {v.name: v for v in clone.weights
-                   if id(v) not in {id(w) for w in clone.input_quantizer.weights}}
+        inner = {id(v) for slot in slots for v in getattr(original, slot).weights}
+        clone_inner = {id(v) for slot in slots for v in getattr(clone, slot).weights}
+        targets = {v.name: v for v in clone.weights if id(v) not in clone_inner}
         for variable in original.weights:
             if id(variable) not in inner:
                 targets[variable.name].assign(keras.ops.convert_to_numpy(variable))
-        _apply(original.input_quantizer, clone.input_quantizer, changed)
+        for slot in slots:
+            _apply(getattr(original, slot), getattr(clone, slot), changes[slot])
 
     return layer, layer.__class__.from_config(config), copy
+
+
+_QUANTIZER_SLOTS = ("input_quantizer", "output_quantizer")
 
 
 def _apply(original, clone, changed):
@@ -175,9 +184,20 @@ def _apply(original, clone, changed):
 
 def _copy_variables(original, clone, renames):
     """Copies by (renamed) variable name: a rebuilt quantized layer, whose own variable
-    names are unique, with state renamed or dropped (no new name, or None)."""
-    targets = {v.name: v for v in clone.weights}
+    names are unique, with state renamed or dropped (no new name, or None). Its input
+    and output quantizers (whose variables share names) are copied quantizer by
+    quantizer."""
+    inner, clone_inner = set(), set()
+    for slot in _QUANTIZER_SLOTS:
+        source, target = getattr(original, slot, None), getattr(clone, slot, None)
+        if source is not None and target is not None:
+            copy_state(source, target)
+            inner.update(id(v) for v in source.weights)
+            clone_inner.update(id(v) for v in target.weights)
+    targets = {v.name: v for v in clone.weights if id(v) not in clone_inner}
     for variable in original.weights:
+        if id(variable) in inner:
+            continue
         name = renames.get(variable.name, variable.name)
         if name is not None and name in targets:
             targets[name].assign(keras.ops.convert_to_numpy(variable))

@@ -18,8 +18,12 @@
   once on zeros and watching its sublayers' calls). Float sublayers (LayerNorm,
   Softmax, activations) keep float outputs unless an override that selects
   them sets `activation_bits`: then their twin quantizes its output.
-  `attention_activations=True` on a MultiHeadAttention also quantizes the
-  projected query/key/value and the attention probabilities.
+  Quantized sublayers of layers other than attention also quantize their
+  outputs, which feed the layer's own code (an add, a softmax, a matmul).
+  A MultiHeadAttention whose activations are quantized also quantizes its
+  attention core (`ATTENTION_TENSORS`: the projected and scaled query, key,
+  value, scores, probabilities and their combination), so TFLite runs it in
+  int8; an override `{"attention_activations": False}` keeps the core float.
 
 What stays float, and why, is logged by path for the report. `copy_into_twin`
 copies the float weights into the built twin (swapped sublayers by slot,
@@ -106,14 +110,17 @@ class _Planner:
     def plan(self, layer, path, layer_config):
         """The twin of `layer`, or None when nothing in it is quantized."""
         replacements = {}
+        # A sublayer's output feeds the layer's own code (an add, a softmax, a matmul):
+        # it gets a range, except in attention (its core has quantizers of its own).
+        outputs = not isinstance(layer, keras.layers.MultiHeadAttention)
         for key, sub in sublayer_slots(layer).items():
             sub_path = f"{path}/{sub.name}"
-            replacement = self.plan_sublayer(sub, sub_path, layer_config)
+            replacement = self.plan_sublayer(sub, sub_path, layer_config, outputs)
             if replacement is not None:
                 replacements[key] = replacement
         attention = {}
         if (isinstance(layer, keras.layers.MultiHeadAttention) and layer_config.quantize
-                and layer_config.attention_activations):
+                and self.attention_activations(layer, path, layer_config)):
             spec = layer_config.output_quantizer_spec()
             if spec is not None:
                 attention = dict.fromkeys(ATTENTION_TENSORS, spec)
@@ -122,7 +129,17 @@ class _Planner:
         return quantized_composite(layer, replacements, attention_quantizers=attention or None,
                                    live=True)
 
-    def plan_sublayer(self, sub, path, parent_config):
+    def attention_activations(self, layer, path, layer_config) -> bool:
+        """Whether the attention core of `layer` is quantized: as an override selecting
+        it says (`attention_activations`), else whenever its activations are (so the
+        default W8A8 model exports full-integer)."""
+        for selector in self.config.matching_selectors(layer.name, type(layer), path):
+            value = self.config.overrides[selector]
+            if isinstance(value, dict) and "attention_activations" in value:
+                return bool(value["attention_activations"])
+        return layer_config.activation_bits is not None
+
+    def plan_sublayer(self, sub, path, parent_config, outputs=True):
         cfg = self.config.for_layer(sub.name, type(sub), path, base=parent_config)
         weighted = bool(sub.weights)
         if not cfg.quantize:
@@ -143,11 +160,16 @@ class _Planner:
                 self.float_reasons[path] = str(err)
                 return None
             spec = cfg.output_quantizer_spec()
-            if (spec is not None and isinstance(quantized, QuantizedWeightsMixin)
-                    and not isinstance(sub, keras.layers.Embedding)
-                    and self.needs_input_quantizer(sub)):
-                quantized = type(quantized).from_config(
-                    {**quantized.get_config(), "input_quantizer": spec})
+            if (spec is None or not isinstance(quantized, QuantizedWeightsMixin)
+                    or isinstance(sub, keras.layers.Embedding)):
+                return quantized
+            extra = {}
+            if self.needs_input_quantizer(sub):
+                extra["input_quantizer"] = spec
+            if outputs:
+                extra["output_quantizer"] = spec
+            if extra:
+                quantized = type(quantized).from_config({**quantized.get_config(), **extra})
             return quantized
         if is_composite(sub):
             twin = self.plan(sub, path, cfg)

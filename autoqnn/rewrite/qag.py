@@ -28,8 +28,9 @@ from keras import tree
 from autoqnn.config import LayerConfig, QuantizationConfig
 from autoqnn.layers.activation import ActivationQuantizer
 from autoqnn.layers.folded import FoldedBatchNorm
+from autoqnn.layers.normalization import IntegerLayerNormalization, can_integerize
 from autoqnn.layers.quantized import QuantizedWeightsMixin
-from autoqnn.rewrite import composite, fold
+from autoqnn.rewrite import affine, composite, fold
 from autoqnn.rewrite.graph import ModelGraph
 from autoqnn.rewrite.registry import (
     Unsupported,
@@ -37,9 +38,15 @@ from autoqnn.rewrite.registry import (
     fuses_into,
     has_unfusable_activation,
     layer_role,
+    quantize_builtin_layer,
 )
-from autoqnn.rewrite.replica import copy_state, replicate
+from autoqnn.rewrite.replica import copy_in_order, copy_state, replicate
 from autoqnn.walk import iter_layers, iter_sublayers, own_weights
+
+INTEGER_NORM_NOTE = (
+    "gamma and beta stay float here and export as an int8 per-channel affine (a 1x1 "
+    "depthwise convolution); its mean, variance, rsqrt and normalized tensors are "
+    "quantized (IntegerLayerNormalization), so TFLite runs it in int8")
 
 
 @dataclasses.dataclass
@@ -172,6 +179,7 @@ class _CloneState:
         self.origin = {}  # id(clone) -> original
         self.input_quantizers = {}
         self.split_activations = {}  # id(clone) -> the activation taken out of it
+        self.affine_clones = set()  # ids of BatchNorms rebuilt as depthwise convolutions
         self.used_names = {layer.name for layer in graph.layers}
 
     def unique_name(self, base):
@@ -206,11 +214,24 @@ class _CloneState:
         layer_config = self.rewriter.layer_config(layer)
         handler = find_handler(layer)
         reason = None
+        integer = layer_config.quantize and layer_config.activation_bits is not None
+        if integer and can_integerize(layer):
+            clone = IntegerLayerNormalization.from_config(
+                {**layer.get_config(), "internal_quantizer": layer_config.output_quantizer_spec()})
+            self.rewriter.log.float_reasons[self.rewriter.prefix + layer.name] = INTEGER_NORM_NOTE
+            return clone, "integer_norm"
         if handler is None and isinstance(layer, keras.layers.BatchNormalization):
+            unfit = affine.as_depthwise_reason(layer)
+            if self.rewriter.config.fold_batchnorm and layer_config.quantize and unfit is None:
+                clone = quantize_builtin_layer(affine.depthwise_for(layer), layer_config)
+                self.affine_clones.add(id(clone))
+                return clone, "affine"
             reason = (
                 "BatchNormalization not folded (fold_batchnorm=False, or it does not "
-                "directly follow a Conv/Dense); runs as a float per-channel affine op between "
-                "int8 ranges (TFLite: a 1x1 depthwise convolution)"
+                "directly follow a Conv/Dense"
+                + (f", and it stays a BatchNormalization: {unfit}" if unfit else "")
+                + "); runs as a float per-channel affine op between int8 ranges (TFLite: a "
+                "1x1 depthwise convolution)"
             )
         elif handler is None and composite.is_composite(layer) and layer_config.quantize:
             try:
@@ -261,6 +282,8 @@ class _CloneState:
 
     def call_layer(self, layer, *args, **kwargs):
         args = tree.map_structure(self._quantize_if_model_input, args)
+        if id(layer) in self.affine_clones:  # BatchNorm's call arguments (mask) go
+            kwargs = {k: v for k, v in kwargs.items() if k == "training"}
         outputs = layer(*args, **kwargs)
         original = self.origin.get(id(layer))
         if id(layer) in self.split_activations:
@@ -325,6 +348,14 @@ class _CloneState:
                 continue
             if kind == "composite":
                 composite.copy_into_twin(original, clone)
+                continue
+            if kind == "integer_norm":
+                copy_in_order(original.weights, own_weights(clone), original)
+                continue
+            if kind == "affine":
+                clone.kernel.assign(affine.batchnorm_affine_weights(original)[0])
+                clone.bias.assign(affine.batchnorm_affine_weights(original)[1])
+                clone.initialize_quantizers()
                 continue
             values = {v.name: keras.ops.convert_to_numpy(v) for v in original.weights}
             if id(original) in self.folds:

@@ -8,7 +8,7 @@ import autoqnn
 from autoqnn.export import ExportError, run_tflite
 from autoqnn.export.per_tensor import per_tensor_activations
 from autoqnn.layers import ActivationQuantizer, QuantDense, QuantEinsumDense
-from autoqnn.layers.composite import QuantizedComposite
+from autoqnn.layers.composite import ATTENTION_TENSORS, QuantizedComposite
 from autoqnn.models import build_model
 from autoqnn.walk import find_layer
 
@@ -124,10 +124,12 @@ def test_attention_projections_are_quantized_and_float_model_is_unchanged(tokens
 
 def test_report_gives_sublayer_paths_and_float_reasons(quantized):
     report = quantized.autoqnn_report
-    assert "no quantization handler for LayerNormalization" in report.get("ln1").reason
+    # Its gamma and beta stay float; its inner tensors are quantized (int8 in TFLite).
+    assert "IntegerLayerNormalization" in report.get("ln1").reason
+    assert report.get("ln1/variance_aq").status == "activation"
     softmax = [r for r in report if r.name.startswith("mha/softmax")]
-    assert len(softmax) == 1 and "float" in softmax[0].reason
-    assert "attention_activations" in softmax[0].reason
+    # The attention core is quantized by default at W8A8: the softmax reads quantized scores.
+    assert len(softmax) == 1 and "probabilities_aq" in softmax[0].reason
     assert "mha/attention_output" in str(report)
 
 
@@ -200,21 +202,24 @@ def test_set_bits_and_finalize_reach_sublayers(float_model, tokens, tmp_path):
     assert autoqnn.quantization_report(loaded).get("mha/query").weight_bits == 3
 
 
-def test_attention_activations_option(float_model, tokens, tmp_path):
-    q = autoqnn.quantize(float_model, calibration_data=tokens,
-                         config={keras.layers.MultiHeadAttention: {"attention_activations": True}})
-    mha = q.get_layer("mha")
-    assert sorted(mha.attention_aq) == ["key", "probabilities", "query", "value"]
+def test_attention_activations_option(float_model, quantized, tokens, tmp_path):
+    # Default (activations quantized): the whole attention core has ranges.
+    mha = quantized.get_layer("mha")
+    assert sorted(mha.attention_aq) == sorted(ATTENTION_TENSORS)
     assert all(aq.is_calibrated for aq in mha.attention_aq.values())
-    assert "mha/probabilities_aq" in [r.name for r in q.autoqnn_report]
+    assert "mha/probabilities_aq" in [r.name for r in quantized.autoqnn_report]
     lo, hi = mha.attention_aq["probabilities"].get_range()
     assert lo == 0.0 and 0.0 < hi <= 1.0
-    assert relative_error(q.predict(tokens, verbose=0),
+    assert relative_error(quantized.predict(tokens, verbose=0),
                           float_model.predict(tokens, verbose=0)) < 0.05
-    q.save(tmp_path / "att.keras")
+    quantized.save(tmp_path / "att.keras")
     loaded = keras.models.load_model(tmp_path / "att.keras")
-    np.testing.assert_allclose(loaded.predict(tokens, verbose=0), q.predict(tokens, verbose=0),
-                               atol=1e-5)
+    np.testing.assert_allclose(loaded.predict(tokens, verbose=0),
+                               quantized.predict(tokens, verbose=0), atol=1e-5)
+    # An explicit False keeps the core float.
+    q = autoqnn.quantize(float_model, calibration_data=tokens,
+                         config={keras.layers.MultiHeadAttention: {"attention_activations": False}})
+    assert not q.get_layer("mha").attention_aq
 
 
 def test_sensitivity_search_treats_sublayers_as_units(float_model, tokens):
@@ -224,18 +229,18 @@ def test_sensitivity_search_treats_sublayers_as_units(float_model, tokens):
     assert result.average_weight_bits <= 4.0
 
 
-def test_tflite_export_of_attention(quantized, tokens, tmp_path):
-    # The attention core (scores, softmax) and LayerNorm's statistics have no range in the
-    # model: without representative data the export says so.
-    with pytest.raises(ExportError, match="representative_data"):
-        autoqnn.export_tflite(quantized, tmp_path / "no_data.tflite")
-    info = autoqnn.export_tflite(quantized, tmp_path / "att.tflite",
-                                 representative_data=tokens[:32])
+def test_tflite_export_of_attention(float_model, quantized, tokens, tmp_path):
+    # Attention core and LayerNorm internals have ranges: full-integer without data.
+    info = autoqnn.export_tflite(quantized, tmp_path / "att.tflite")
     assert {f"mha/{name}/kernel" for name in PROJECTIONS} <= set(info.weight_dtypes)
     got = run_tflite(info.path, tokens[:16])
     expected = quantized.predict(tokens[:16], verbose=0)
-    # The converter calibrates the attention core itself (float in the Keras model).
-    assert relative_error(got, expected) < 0.1
+    assert relative_error(got, expected) < 0.05
+    # With the core kept float, the export names what has no range.
+    q = autoqnn.quantize(float_model, calibration_data=tokens,
+                         config={keras.layers.MultiHeadAttention: {"attention_activations": False}})
+    with pytest.raises(ExportError, match="representative_data"):
+        autoqnn.export_tflite(q, tmp_path / "no_data.tflite")
 
 
 def block_model():
