@@ -66,7 +66,8 @@ class WeightProbe:
             self._restore()
             raise
         model = self.model
-        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                                    autograph=False)
         return self
 
     def __exit__(self, *exc):
