@@ -19,6 +19,11 @@ weights and the same calibration images (`--calibration` training images, no lab
   default, and 240), judging without labels on the last quarter of the calibration images;
   its choice, its candidates and their scores are recorded.
 
+Every row is also exported with `export_tflite`'s defaults (each layer stored at the
+narrowest width LiteRT runs for its bits) and run by LiteRT on the test images:
+`tflite_bytes` and `tflite_top1` (rows reused with `--reuse` from a run before these
+columns lack them).
+
 `--reuse FILE` takes the fixed rows of a model and budget from an earlier JSON of this tool
 (same float weights and data; the fixed rows do not depend on the autopilot's code) and
 says so in the output.
@@ -33,23 +38,42 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import accuracy, load_splits, reference_parser, train_reference, write_json  # noqa: E402
 
 import autoqnn  # noqa: E402
+from autoqnn.export import run_tflite  # noqa: E402
 
 SAMPLES = 512
+
+
+def tflite_columns(qmodel, test) -> dict:
+    """The model exported with `export_tflite`'s defaults (storage="narrow"): its file
+    bytes and its top-1 run by LiteRT (or why it did not export)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.tflite"
+        try:
+            autoqnn.export_tflite(qmodel, path)
+        except Exception as err:  # noqa: BLE001 - a row that says why
+            return {"tflite_error": f"{type(err).__name__}: {err}"[:300]}
+        logits = run_tflite(path, test[0], batch_size=256)
+        return {"tflite_bytes": path.stat().st_size,
+                "tflite_top1": round(100 * float(np.mean(np.argmax(logits, -1) == test[1])), 2)}
 
 
 def row(method, qmodel, test, seconds, **extra):
     report = qmodel.autoqnn_report
     return {"method": method, "weight_bits_avg": round(report.weight_bits_avg, 3),
             "top1": round(100 * accuracy(qmodel, *test), 2),
-            "size_bytes": int(report.size_bytes), "seconds": round(seconds, 2), **extra}
+            "size_bytes": int(report.size_bytes), "seconds": round(seconds, 2),
+            **tflite_columns(qmodel, test), **extra}
 
 
 def timed(fn):

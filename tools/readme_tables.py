@@ -4,6 +4,7 @@
     python tools/readme_tables.py --write docs/results_tables.md   # the generated page
     python tools/readme_tables.py --check                 # fails if a generated page is stale
     python tools/readme_tables.py --headline              # the README's headline table
+    python tools/readme_tables.py --pareto docs/img       # its pictures (needs matplotlib)
 
 Nothing here measures anything: it formats what the benchmark tools wrote, so the
 figures in the README and under docs/ can be regenerated and checked against their files.
@@ -293,29 +294,67 @@ def _headline_rows(rows):
     return out
 
 
-def headline_table():
-    """The one call against the fixed recipes at the same budget (results/autopilot_*.json;
-    while none is committed, the retrain-free search it runs, results/sensitivity.json).
+_PEERS = {"tflite_int8": "TFLite converter, int8",
+          "aeq_static_wi8_ai8": "AI Edge Quantizer, static wi8 ai8",
+          "aeq_static_wi4_ai8": "AI Edge Quantizer, static wi4 ai8",
+          "aeq_dynamic_wi4": "AI Edge Quantizer, dynamic wi4 (float activations)",
+          "aeq_weight_only_wi4": "AI Edge Quantizer, weight-only wi4",
+          "keras_quantize_int8_litert": "Keras 3 quantize('int8') + export"}
+"""The peers' rows of `results/bench_export.json` the headline shows, by variant."""
 
-    Peers (Keras 3 native quantize, the TFLite converter, AI Edge Quantizer, HGQ2, MCT) join
-    this table when `tools/bench_peers.py` writes `results/peers.json` (not yet measured).
-    """
+
+def _kib(value):
+    return "" if value is None else f"{value / 1024:.1f}"
+
+
+def _peer_rows(model, float_top1):
+    """The peers of `model` in results/bench_export.json, when it was measured on the same
+    float weights (same float top-1 on the test split); a peer that failed says why."""
+    data = _load("bench_export.json") or {"rows": []}
+    rows = [r for r in data["rows"] if r["model"] == model]
+    floats = [r for r in rows if r["variant"] == "float"]
+    if not floats or abs(100 * floats[0]["tflite_accuracy"] - float_top1) > 0.005:
+        return []
+    out = []
+    for r in rows:
+        if r["variant"] not in _PEERS:
+            continue
+        name = _PEERS[r["variant"]]
+        if "error" in r:
+            out.append((model, f"{name}: failed ({r['error'].split(':')[0]}, see the file)",
+                        "", "", "", "", "", "",
+                        "`bench_export.json`"))
+            continue
+        out.append((model, name, "", "", "", _kib(r["bytes"]),
+                    f"{100 * r['tflite_accuracy']:.2f}", "", "`bench_export.json`"))
+    return out
+
+
+def headline_table():
+    """The one call against the fixed recipes at the same budget (results/autopilot.json)
+    and the peers on the same float weights (results/bench_export.json): top-1 of the Keras
+    model, bytes and top-1 of the `.tflite` file LiteRT runs (`export_tflite`'s defaults).
+    While no autopilot run is committed: the retrain-free search it runs
+    (results/sensitivity.json)."""
     rows = []
     files = [RESULTS / "autopilot.json"] if (RESULTS / "autopilot.json").is_file() else \
         sorted(RESULTS.glob("autopilot_*.json"))
     for path in files:
         data = _load(path.name)
         for model, entry in data.get("models", {}).items():
-            rows.append((model, "float", "", 32, f"{entry['float_top1']:.2f}", "", "",
+            rows.append((model, "float", "", 32, f"{entry['float_top1']:.2f}", "", "", "",
                          f"`{path.name}`"))
             for budget, result in entry.get("budgets", {}).items():
                 rows += [(model, method, budget, f"{r['weight_bits_avg']:.2f}",
-                          f"{r['top1']:.2f}", f"{r['size_bytes'] / 1024:.1f}", r["seconds"], "")
+                          f"{r['top1']:.2f}", _kib(r.get("tflite_bytes")),
+                          "" if r.get("tflite_top1") is None else f"{r['tflite_top1']:.2f}",
+                          r["seconds"], "")
                          for method, r in _headline_rows(result["rows"])]
+            rows += _peer_rows(model, entry["float_top1"])
     if not rows:  # until the one call's benchmark is committed: its retrain-free core
         data = _load("sensitivity.json") or {"models": {}}
         for model, entry in data["models"].items():
-            rows.append((model, "float", "", 32, f"{entry['float_top1']:.2f}", "", "",
+            rows.append((model, "float", "", 32, f"{entry['float_top1']:.2f}", "", "", "",
                          "`sensitivity.json`"))
             for r in entry["uniform"] + entry["search"]:
                 if not r["method"].endswith(_HEADLINE_METHODS):
@@ -323,16 +362,47 @@ def headline_table():
                 mct = r.get("mct_top1")
                 rows.append((model, r["method"] + ("" if mct is None else
                                                    f" (MCT at this budget: {mct:.2f})"),
-                             "", f"{r['weight_bits_avg']:.2f}", f"{r['top1']:.2f}",
-                             f"{r['size_bytes'] / 1024:.1f}", r["seconds"], ""))
-    peers = _load("peers.json")
-    for r in (peers or {}).get("rows", []):
-        rows.append((r["model"], r["method"], "", f"{r['weight_bits_avg']:.2f}",
-                     f"{r['top1']:.2f}", f"{r['size_bytes'] / 1024:.1f}", r["seconds"],
-                     "`peers.json`"))
+                             "", f"{r['weight_bits_avg']:.2f}", f"{r['top1']:.2f}", "", "",
+                             r["seconds"], ""))
     if rows:
-        print(_table(("model", "method (A8)", "budget", "avg w bits", "top-1 %", "KiB",
-                      "seconds", "file"), rows))
+        print(_table(("model", "method (A8)", "budget", "avg w bits", "top-1 %",
+                      ".tflite KiB", "LiteRT top-1 %", "seconds", "file"), rows))
+
+
+def file_points(model) -> dict:
+    """The `.tflite` files of `model` in the headline (ours from results/autopilot.json,
+    the peers' from results/bench_export.json): `{"rows": [{method, bytes, top1}]}` with
+    LiteRT's top-1, for `autoqnn.plots.plot_pareto`."""
+    entry = (_load("autopilot.json") or {"models": {}})["models"].get(model)
+    rows = []
+    if entry is not None:
+        for budget, result in entry["budgets"].items():
+            for method, r in _headline_rows(result["rows"]):
+                if r.get("tflite_bytes") is not None:
+                    label = method.replace("**", "").split(" (chose")[0]
+                    rows.append({"method": f"{label}, {budget} bits",
+                                 "bytes": r["tflite_bytes"], "top1": r["tflite_top1"]})
+        export = _load("bench_export.json") or {"rows": []}
+        floats = [r for r in export["rows"] if r["model"] == model and r["variant"] == "float"]
+        if floats and abs(100 * floats[0]["tflite_accuracy"] - entry["float_top1"]) <= 0.005:
+            rows += [{"method": _PEERS[r["variant"]], "bytes": r["bytes"],
+                      "top1": round(100 * r["tflite_accuracy"], 2)}
+                     for r in export["rows"] if r["model"] == model
+                     and r["variant"] in _PEERS and "error" not in r]
+    return {"rows": rows}
+
+
+def write_pareto(folder):
+    """docs/img/pareto_<model>.png: LiteRT top-1 against file bytes (`file_points`)."""
+    from autoqnn.plots import plot_pareto  # matplotlib: only for this option
+
+    for model in (_load("autopilot.json") or {"models": {}})["models"]:
+        points = file_points(model)
+        if points["rows"]:
+            path = Path(folder) / f"pareto_{model}.png"
+            plot_pareto(points, path, title=f"{model}: LiteRT top-1 against .tflite size "
+                                            "(autopilot.json, bench_export.json)")
+            print(f"wrote {path}")
 
 
 def trained_table():
@@ -431,6 +501,8 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when a generated page differs from what this prints")
     parser.add_argument("--headline", action="store_true", help="print the headline table")
+    parser.add_argument("--pareto", metavar="FOLDER",
+                        help="draw pareto_<model>.png (LiteRT top-1 against file bytes) there")
     args = parser.parse_args(argv)
     if args.check:
         bad = stale()
@@ -447,6 +519,8 @@ def main(argv=None):
             INDEX.write_text(index_text(INDEX.read_text()))
             print(f"wrote {INDEX.relative_to(ROOT)}")
         return 0
+    if args.pareto:
+        write_pareto(args.pareto)
     if args.headline:
         headline_table()
         return 0
