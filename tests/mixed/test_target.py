@@ -103,18 +103,19 @@ def test_latency_budget_met_on_litert(wide, target):
     assert slow.bits()["conv"] == 4
     check = [h for h in slow.history if h["step"] == "litert check"][-1]
     fast_ms = check["start_latency_ms"]
-    assert check["latency_ms"] > 2 * fast_ms
+    assert check["latency_ms"] > 1.3 * fast_ms  # measured on LiteRT, files interleaved
+    # halfway between the int8 file and the int4 convolution's (as the search predicts it)
+    budget = (fast_ms + check["predicted_latency_ms"]) / 2
     with pytest.raises(ValueError, match=r"no policy meets weight_bits_budget=5.0, "
                                          r"latency_budget_ms="):
-        search(weight_bits_budget=5.0, latency_budget_ms=1.5 * fast_ms)
-    # Fewer bytes than the all-int8 file, within 1.5x its latency: the convolution stays
-    # int8 and the Dense layer narrows.
+        search(weight_bits_budget=5.0, latency_budget_ms=budget)
+    # Fewer bytes than the all-int8 file, within that latency: the convolution stays int8
+    # and the Dense layer narrows.
     size = check["start_file_bytes"] - 100
-    timed = search(size_budget_bytes=size, latency_budget_ms=1.5 * fast_ms)
-    assert timed.bits() == {"conv": 8, "logits": timed.bits()["logits"]}
-    assert timed.bits()["logits"] < 8
+    timed = search(size_budget_bytes=size, latency_budget_ms=budget)
+    assert timed.bits()["conv"] == 8 and timed.bits()["logits"] < 8
     check = [h for h in timed.history if h["step"] == "litert check"][-1]
-    assert check["meets_budget"] and check["latency_ms"] <= 1.5 * fast_ms
+    assert check["meets_budget"] and check["latency_ms"] <= budget
     assert check["file_bytes"] <= size
     with pytest.raises(ValueError, match=r"latency_budget_ms=1e-05 is below the smallest "
                                          r"achievable [0-9.]+ ms of the .tflite file on LiteRT"):
