@@ -24,10 +24,13 @@ ops that the TFLite converter turns into int8 kernels:
 
 Attention models: the projections export as integer convolutions; the
 attention core (the query-key and probability-value batch matmuls, the
-softmax) has int8 ranges in the model only with `attention_activations=True`
-(`autoqnn.rewrite.composite`). Where a tensor has no range, the converter
-needs `representative_data=` to calibrate it, and `export_tflite` says which
-layers stay float otherwise.
+softmax) has int8 ranges in the model whenever its activations are quantized
+(`autoqnn.rewrite.composite`; an override `attention_activations=False` keeps
+it float), and a LayerNormalization's inner tensors have theirs
+(`autoqnn.layers.normalization`), so the default W8A8 model of a transformer
+exports full-integer without data. Where a tensor has no range (a float layer,
+an op inside a custom layer), the converter needs `representative_data=` to
+calibrate it, and `export_tflite` says which layers stay float otherwise.
 
 Example:
     >>> import os, tempfile, keras, numpy as np, autoqnn
