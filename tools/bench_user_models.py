@@ -78,9 +78,16 @@ def bench_style(name, data, args):
             path = os.path.join(tempfile.mkdtemp(), f"{name}.tflite")
             info = autoqnn.export_tflite(w8a8, path)
             lite = run_tflite(path, x_test, batch_size=100)
-            keras_pred = w8a8.predict(x_test, verbose=0).argmax(-1)
+            keras_out = w8a8.predict(x_test, verbose=0)
+            keras_pred = keras_out.argmax(-1)
+            differ = lite.argmax(-1) != keras_pred
+            top2 = np.sort(keras_out[differ], axis=-1)[:, -2:]
             return {"accuracy": float((lite.argmax(-1) == y_test).mean()),
-                    "agreement": float((lite.argmax(-1) == keras_pred).mean()),
+                    "agreement": float((~differ).mean()),
+                    "disagreements": int(differ.sum()),
+                    # Images whose Keras output has two equal top probabilities (its
+                    # argmax is the lower class index): a tie, not a different answer.
+                    "keras_ties": int((top2[:, 0] == top2[:, 1]).sum()),
                     "bytes": info.size_bytes}
 
         row["tflite"] = cell(tflite)
