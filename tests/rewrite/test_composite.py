@@ -8,7 +8,11 @@ import autoqnn
 from autoqnn.export import ExportError, run_tflite
 from autoqnn.export.per_tensor import per_tensor_activations
 from autoqnn.layers import ActivationQuantizer, QuantDense, QuantEinsumDense
-from autoqnn.layers.composite import ATTENTION_TENSORS, QuantizedComposite
+from autoqnn.layers.composite import (
+    ATTENTION_TENSORS,
+    QuantizedComposite,
+    quantized_composite,
+)
 from autoqnn.models import build_model
 from autoqnn.walk import find_layer
 
@@ -359,3 +363,20 @@ def test_vit_builds_and_quantizes():
     assert report.get("pos_embed").status == "float"  # a learned table, like a bias
     assert quantized_fraction(q, model) >= 0.95
     assert not report.uncalibrated
+
+
+def test_attention_twin_with_the_first_four_quantizers_still_runs():
+    # Twins saved before the scaled query, scores and context had quantizers load as
+    # they were: the core quantizes the four tensors they name and nothing else.
+    mha = keras.layers.MultiHeadAttention(2, 4, name="mha")
+    x = np.random.default_rng(0).normal(size=(2, 3, 8)).astype("float32")
+    expected = mha(x, x)
+    spec = {"scheme": "uniform", "bits": 8}
+    twin = quantized_composite(mha, {}, attention_quantizers=dict.fromkeys(
+        ("query", "key", "value", "probabilities"), spec))
+    got = twin(x, x)  # uncalibrated quantizers pass values through
+    for dense in ("query_dense", "key_dense", "value_dense", "output_dense"):
+        getattr(twin, dense).set_weights(getattr(mha, dense).get_weights())
+    np.testing.assert_allclose(np.asarray(twin(x, x)), np.asarray(expected), atol=1e-5)
+    assert sorted(twin.attention_aq) == ["key", "probabilities", "query", "value"]
+    assert got.shape == expected.shape
