@@ -136,9 +136,8 @@ def quantize(
             runs: candidates LiteRT stores at their own width, `size_budget_bytes` in
             bytes of the file, `latency_budget_ms` (needs the target) in LiteRT
             milliseconds on this machine, the file checked before it is returned
-            (`autoqnn.mixed.target`). The autopilot does not take a target yet: with
-            one, the search runs with the recipe given (default: `quantize`'s), as with
-            `recipe="defaults"`.
+            (`autoqnn.mixed.target`); the autopilot chooses the recipe under it as
+            without one.
         train_data, val_data: labelled `(x, y)` data: with a weight-bits or size
             budget the autopilot trains (`autoqnn.autopilot.trained`): bits per layer
             from the retrain-free search, the low-bit training recipe (uniform, LSQ,
@@ -305,7 +304,6 @@ def _search(model, given, changed, calibration_changed, config, ptq, budgets,
     fixed = sorted(set(changed) & set(_RECIPE_SETTINGS))
     fixed += ["ptq"] if ptq is not None else []
     fixed += ["calibration_method"] if "calibration_method" in calibration_changed else []
-    fixed += ["target"] if target is not None else []  # the autopilot takes none yet
     if not fixed and autopilot["recipe"] == "auto":
         if calibration_data is None:
             raise ValueError("quantize with a budget needs calibration_data= (inputs, no "
@@ -314,7 +312,7 @@ def _search(model, given, changed, calibration_changed, config, ptq, budgets,
         return choose_retrain_free(
             model, calibration_data, budget=_budget(budgets),
             settings={**shared, "num_samples": samples or defaults.SEARCH_SAMPLES},
-            config=config, val_data=val_data,
+            config=config, val_data=val_data, target=target,
             time_budget_seconds=autopilot["time_budget_seconds"], verbose=verbose)
     fixed_by = fixed or "recipe='defaults'"
     if val_data is not None:

@@ -46,6 +46,7 @@ from autoqnn.mixed.common import fit_memory
 from autoqnn.mixed.dispatch import search
 from autoqnn.mixed.result import search_result
 from autoqnn.mixed.sensitivity import SensitivityConfig
+from autoqnn.mixed.target import tflite_file
 
 ADAROUND_ITERATIONS = 150
 """Adam steps per layer of the autopilot's AdaRound candidate (`PTQConfig`'s default is 500):
@@ -191,20 +192,28 @@ class _Run:
                       options.activation_bits)
 
     def uniform(self, recipe):
-        """Every searched layer at the widest single width within the budget."""
+        """Every searched layer at the widest single width within the budget (with a
+        target: a width LiteRT stores every layer at, the size counted in file bytes)."""
         if not self.budget.on_weights:
             return
         options = self.options(recipe)
         start = time.perf_counter()
         name = f"uniform {recipe_name(recipe)}"
+        if options.target is not None and self.budget.latency_ms is not None:
+            self.fail(name, options.ptq and options.ptq.to_dict(), "uniform", start,
+                      "not built under a latency budget (only the search times its files)")
+            return
         for bits in sorted(options.candidate_bits, reverse=True):
             if self.budget.weight_bits is not None and bits > self.budget.weight_bits:
                 continue
+            if options.target is not None and bits not in LITERT_UNIFORM_BITS:
+                continue
             qmodel = options.build(self.model, self.data, {}, self.config, bits=bits)
             report = qmodel.autoqnn_report
+            size = report.size_bytes if options.target is None else len(tflite_file(qmodel))
             over = (self.budget.weight_bits is not None
                     and report.weight_bits_avg > self.budget.weight_bits + 1e-9) or \
-                (self.budget.size_bytes is not None and report.size_bytes > self.budget.size_bytes)
+                (self.budget.size_bytes is not None and size > self.budget.size_bytes)
             if over:
                 continue
             self.finish(qmodel, options, start, {"step": "uniform", "weight_bits": bits},
@@ -225,6 +234,8 @@ class _Run:
         self.judged(recipe_name(recipe), recipe, "adaround", qmodel, start, best.overrides)
 
 
+LITERT_UNIFORM_BITS = (4, 8)
+"""Single widths LiteRT stores every weighted layer at (int2 is fully-connected only)."""
 ADAROUND = object()
 """Marks AdaRound's turn in the order of candidates (after the cheap seeds)."""
 
@@ -232,7 +243,7 @@ ADAROUND = object()
 def choose_retrain_free(model, calibration_data, *, budget: Budget, settings: dict,
                         config=None, val_data=None,
                         time_budget_seconds: float = defaults.AUTOPILOT_SECONDS,
-                        verbose: int = 0):
+                        target=None, verbose: int = 0):
     """Runs the retrain-free autopilot (see the module doc); returns the chosen model with
     `autoqnn_report.recipe` (a `RecipeChoice`) and `autoqnn_search` (its `SearchResult`).
 
@@ -247,6 +258,10 @@ def choose_retrain_free(model, calibration_data, *, budget: Budget, settings: di
         val_data: labelled `(x, y)` data to judge on by accuracy instead.
         time_budget_seconds: time to spend; the first recipe and the uniform baseline are
             always tried.
+        target: None, or "litert" / a `LiteRTTarget`: every recipe's search counts the
+            `.tflite` file's bytes (and LiteRT latency) and stores each layer at its
+            searched width (`autoqnn.mixed.target`); candidates built at a searched policy
+            have its widths, so its file; the uniform baseline takes 4 or 8 bits.
         verbose: 1 prints each candidate and the choice.
     """
     inputs = as_arrays(calibration_data, "calibration_data")
@@ -257,6 +272,8 @@ def choose_retrain_free(model, calibration_data, *, budget: Budget, settings: di
         calibrate, held_out = split_holdout(inputs)
         judge = Judge(model, held_out)
     check_input_range(model, calibrate)
+    if target is not None:
+        settings = {**settings, "target": target}
     run = _Run(model, calibrate, judge, budget, settings, config, time_budget_seconds, verbose)
     seeds = run.proposer.seeds()
     run.candidate(seeds[0], strict=True)

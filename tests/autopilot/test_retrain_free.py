@@ -142,3 +142,21 @@ def test_proposer_hands_out_untried_recipes():
     assert proposed is not None
     proposer.tell(proposed, 2.0)
     assert len(proposer.state.tried) == 4
+
+
+def test_target_litert_counts_the_file_bytes(cnn, tmp_path):
+    """Under target="litert" every recipe's search budgets the .tflite file: the chosen
+    model's file is within the byte budget, whichever candidate won."""
+    uniform = autoqnn.quantize(cnn, weight_bits=8, calibration_data=X, verbose=0)
+    w8_bytes = autoqnn.export_tflite(uniform, tmp_path / "w8.tflite").size_bytes
+    budget = int(0.75 * w8_bytes)
+    qmodel = autoqnn.quantize(cnn, calibration_data=X, size_budget_bytes=budget,
+                              target="litert", time_budget_seconds=8, calibration_samples=48,
+                              verbose=0)
+    choice = qmodel.autoqnn_report.recipe
+    assert choice.candidates[0].kind == "search"
+    info = autoqnn.export_tflite(qmodel, tmp_path / "chosen.tflite")
+    assert info.size_bytes <= budget < w8_bytes
+    # the uniform baseline took a width LiteRT stores every layer at (or said why not)
+    rows = [c for c in choice.candidates if c.kind == "uniform"]
+    assert rows and all(c.name.endswith(("4-bit", "8-bit")) or c.error for c in rows)

@@ -65,7 +65,8 @@ def test_file_bytes_budget_and_stored_widths(net, target, tmp_path):
     w4_bytes = autoqnn.export_tflite(uniform, tmp_path / "w4.tflite").size_bytes
     budget = w4_bytes - 1000  # below uniform W4A8's file: needs an int2 fully connected layer
     qmodel = autoqnn.quantize(net, calibration_data=X, size_budget_bytes=budget, target=target,
-                              calibration_samples=32, verbose=0)  # the search, through quantize
+                              calibration_samples=32, recipe="defaults",
+                              verbose=0)  # the search, through quantize
     result = qmodel.autoqnn_search
     bits = result.bits()
     assert bits["conv"] in (4, 8) and {bits["fc1"], bits["logits"]} <= {2, 4, 8}
