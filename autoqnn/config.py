@@ -71,10 +71,12 @@ class LayerConfig:
         activation_quantizer: the same for the output activations, plus
             `{"range_axis": -1}` (per-channel ranges).
         attention_activations: for a MultiHeadAttention (or subclass):
-            also quantize the projected query, key and value and the
-            attention probabilities at `activation_bits`, so both attention
-            matmuls take quantized operands (default False: they run in
-            float; the projections' inputs are quantized either way).
+            quantize the projected query, key and value, the scaled query, the
+            scores, the attention probabilities and the context at
+            `activation_bits`, so the attention core runs in integers. The
+            rewrite does so whenever the layer's activations are quantized
+            unless an override gives this field explicitly (`False` keeps the
+            core float; the projections' inputs are quantized either way).
     """
 
     quantize: bool = True
