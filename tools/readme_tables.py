@@ -330,6 +330,10 @@ def _peer_rows(model, float_top1):
     return out
 
 
+HEADLINE_FILES = ("autopilot.json", "autopilot_more.json")
+"""The runs of tools/bench_autopilot.py the headline shows (one model in one file)."""
+
+
 def headline_table():
     """The one call against the fixed recipes at the same budget (results/autopilot.json)
     and the peers on the same float weights (results/bench_export.json): top-1 of the Keras
@@ -337,8 +341,7 @@ def headline_table():
     While no autopilot run is committed: the retrain-free search it runs
     (results/sensitivity.json)."""
     rows = []
-    files = [RESULTS / "autopilot.json"] if (RESULTS / "autopilot.json").is_file() else \
-        sorted(RESULTS.glob("autopilot_*.json"))
+    files = [RESULTS / name for name in HEADLINE_FILES if (RESULTS / name).is_file()]
     for path in files:
         data = _load(path.name)
         for model, entry in data.get("models", {}).items():
@@ -369,11 +372,19 @@ def headline_table():
                       ".tflite KiB", "LiteRT top-1 %", "seconds", "file"), rows))
 
 
+def _autopilot_models() -> dict:
+    """`{model: entry}` of the headline's autopilot runs."""
+    out = {}
+    for name in HEADLINE_FILES:
+        out.update((_load(name) or {"models": {}})["models"])
+    return out
+
+
 def file_points(model) -> dict:
     """The `.tflite` files of `model` in the headline (ours from results/autopilot.json,
     the peers' from results/bench_export.json): `{"rows": [{method, bytes, top1}]}` with
     LiteRT's top-1, for `autoqnn.plots.plot_pareto`."""
-    entry = (_load("autopilot.json") or {"models": {}})["models"].get(model)
+    entry = _autopilot_models().get(model)
     rows = []
     if entry is not None:
         for budget, result in entry["budgets"].items():
@@ -396,7 +407,7 @@ def write_pareto(folder):
     """docs/img/pareto_<model>.png: LiteRT top-1 against file bytes (`file_points`)."""
     from autoqnn.plots import plot_pareto  # matplotlib: only for this option
 
-    for model in (_load("autopilot.json") or {"models": {}})["models"]:
+    for model in _autopilot_models():
         points = file_points(model)
         if points["rows"]:
             path = Path(folder) / f"pareto_{model}.png"
@@ -441,6 +452,31 @@ def files_table():
     print(_table(("file", "command (run from the repository root)"), rows))
 
 
+def user_models_table():
+    """Models written the way keras.io examples write them (results/user_models.json)."""
+    data = _load("user_models.json")
+    if not data:
+        return
+    pct = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    rows = []
+    for r in data["rows"]:
+        tfl = r.get("tflite") or {}
+        search = r.get("search") or {}
+        trip = (r.get("keras_round_trip") or {}).get("max_abs_difference")
+        rows.append((r["style"], r["params"], pct(r.get("float")), pct(r.get("w8a8")),
+                     pct(r.get("w4a8")),
+                     "" if not search else f"{pct(search.get('accuracy'))} "
+                                           f"({search.get('weight_bits_avg', 0):.2f} bits)",
+                     pct(tfl.get("accuracy")), pct(tfl.get("agreement")),
+                     f"{tfl.get('disagreements', '')} / {tfl.get('keras_ties', '')}",
+                     pct(r.get("quantized_fraction")), pct(r.get("keras_int8")),
+                     "" if trip is None else f"{trip:g}"))
+    print(_table(("style", "params", "float %", "W8A8 %", "W4A8 %", "search <= 3.0 %",
+                  "LiteRT W8A8 %", "agreement %", "disagree / Keras ties", "quantized %",
+                  "Keras int8 %", ".keras round trip max diff"), rows))
+    print(f"\nAccuracies on the test images the command names: `{data['command']}`")
+
+
 SECTIONS = (("The one call against fixed recipes", headline_table),
             ("The trained one call against fixed training recipes", trained_table),
             ("Accuracy, bits and size", bench_table), ("TFLite export", export_table),
@@ -449,7 +485,9 @@ SECTIONS = (("The one call against fixed recipes", headline_table),
             ("Mixed precision without retraining", sensitivity_table),
             ("DNAS + QPL search", search_table), ("RL, Ray and search cost", rl_tables),
             ("PTQ tuner", tuner_table), ("Accuracy at <= 4 bits", lowbit_tables),
-            ("Vision transformer", vit_table), ("Files and their commands", files_table))
+            ("Vision transformer", vit_table),
+            ("Models as keras.io examples write them", user_models_table),
+            ("Files and their commands", files_table))
 
 
 def _captured(fn) -> str:
