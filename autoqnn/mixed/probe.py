@@ -4,8 +4,8 @@ A sensitivity sweep runs the whole quantized model once per (layer, bits) probe,
 only one layer's weights change between two probes. Run eagerly, every probe
 re-quantizes every weight of the model and dispatches each op from Python: on
 keras.applications MobileNetV2 that was over 90 % of the search's time. `WeightProbe`
-instead stores each searchable layer's *fake-quantized* weights in its own variables
-(marked `frozen_weights`, so the layer uses them as they are), traces one forward
+instead writes each searchable layer's *fake-quantized* weights into that layer's weight
+variables (marked `frozen_weights`, so the layer uses them as they are), traces one forward
 function, and on each change re-quantizes only the layer that changed. On leaving, every
 float weight and `frozen_weights` list is restored, whatever happened inside.
 
