@@ -561,6 +561,7 @@ def main(argv=None):
         write_pareto(args.pareto)
     if args.headline:
         headline_table()
+    if args.pareto or args.headline:
         return 0
     print(page(), end="")
     return 0
