@@ -307,18 +307,21 @@ def _kib(value):
     return "" if value is None else f"{value / 1024:.1f}"
 
 
-def _peer_rows(model, float_top1):
-    """The peers of `model` in results/bench_export.json, when it was measured on the same
-    float weights (same float top-1 on the test split); a peer that failed says why."""
+def _peers(model, float_top1) -> list:
+    """The peers' rows of `model` in results/bench_export.json, when it was measured on the
+    same float weights (same float top-1 on the test split); else none."""
     data = _load("bench_export.json") or {"rows": []}
     rows = [r for r in data["rows"] if r["model"] == model]
     floats = [r for r in rows if r["variant"] == "float"]
     if not floats or abs(100 * floats[0]["tflite_accuracy"] - float_top1) > 0.005:
         return []
+    return [r for r in rows if r["variant"] in _PEERS]
+
+
+def _peer_rows(model, float_top1):
+    """The headline rows of `_peers`; a peer that failed says why."""
     out = []
-    for r in rows:
-        if r["variant"] not in _PEERS:
-            continue
+    for r in _peers(model, float_top1):
         name = _PEERS[r["variant"]]
         if "error" in r:
             out.append((model, f"{name}: failed ({r['error'].split(':')[0]}, see the file)",
@@ -393,13 +396,9 @@ def file_points(model) -> dict:
                     label = method.replace("**", "").split(" (chose")[0]
                     rows.append({"method": f"{label}, {budget} bits",
                                  "bytes": r["tflite_bytes"], "top1": r["tflite_top1"]})
-        export = _load("bench_export.json") or {"rows": []}
-        floats = [r for r in export["rows"] if r["model"] == model and r["variant"] == "float"]
-        if floats and abs(100 * floats[0]["tflite_accuracy"] - entry["float_top1"]) <= 0.005:
-            rows += [{"method": _PEERS[r["variant"]], "bytes": r["bytes"],
-                      "top1": round(100 * r["tflite_accuracy"], 2)}
-                     for r in export["rows"] if r["model"] == model
-                     and r["variant"] in _PEERS and "error" not in r]
+        rows += [{"method": _PEERS[r["variant"]], "bytes": r["bytes"],
+                  "top1": round(100 * r["tflite_accuracy"], 2)}
+                 for r in _peers(model, entry["float_top1"]) if "error" not in r]
     return {"rows": rows}
 
 

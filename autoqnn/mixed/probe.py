@@ -74,19 +74,18 @@ class WeightProbe:
         self._restore()
         return False
 
-    @staticmethod
-    def _attrs(layer):
-        return [a for a in layer.weight_quantizers if a not in layer.frozen_weights]
+    def _attrs(self, layer):
+        """The weights of `layer` the probe holds quantized (those the user did not freeze)."""
+        return [a for a in layer.weight_quantizers if a not in self._frozen[id(layer)]]
 
     def _quantize(self, layer):
         """Writes `layer`'s fake-quantized weights (at its current bits) into its variables
         and marks them frozen, so the traced pass reads them as they are."""
-        frozen = self._frozen[id(layer)]
-        attrs = [a for a in layer.weight_quantizers if a not in frozen]
+        attrs = self._attrs(layer)
         values = {a: layer.quantized_weight(a) for a in attrs}
         for attr, value in values.items():
             getattr(layer, attr).assign(value)
-        layer.frozen_weights = frozen + attrs
+        layer.frozen_weights = self._frozen[id(layer)] + attrs
 
     def _unquantize(self, layer):
         """Puts `layer`'s float weights back and unfreezes them."""
